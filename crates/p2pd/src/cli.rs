@@ -1,0 +1,53 @@
+//! Command-line flags of `p2pd`. Every flag except `--config`, `--daemon` and `--pidfile` can
+//! also be set in the config file; the flag wins.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// p2pd — peer-to-peer file transfer daemon.
+///
+/// Runs in the foreground until SIGTERM/SIGINT (or `p2pctl shutdown`); control it with `p2pctl`
+/// or any gRPC client on its Unix socket. Every setting has a default: no config file is needed.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "p2pd", version, about, long_about)]
+pub(crate) struct Cli {
+    /// Control socket path [default: $XDG_RUNTIME_DIR/p2pd/p2pd.sock].
+    #[arg(long, env = "P2PD_SOCKET", value_name = "PATH")]
+    pub(crate) socket: Option<PathBuf>,
+
+    /// Directory for the identity and state [default: $XDG_STATE_HOME/p2pd].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+
+    /// TOML config file [default: $XDG_CONFIG_HOME/p2pd/config.toml, if it exists].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Peer listen address; port 0 picks a free port (shown by `p2pctl status`)
+    /// [default: 0.0.0.0:14567].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) listen: Option<SocketAddr>,
+
+    /// Device name shown to peers [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: Option<String>,
+
+    /// Where received files go [default: the user's download dir + p2p/].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) download_dir: Option<PathBuf>,
+
+    /// Log filter: a level (error, warn, info, debug, trace) or RUST_LOG-style directives
+    /// [default: $RUST_LOG, else info].
+    #[arg(long, value_name = "FILTER")]
+    pub(crate) log_level: Option<String>,
+
+    /// Detach into the background; logs go to p2pd.log in the state dir.
+    #[arg(long)]
+    pub(crate) daemon: bool,
+
+    /// With --daemon: write and lock this pid file [default: p2pd.pid in the state dir].
+    #[arg(long, value_name = "FILE", requires = "daemon")]
+    pub(crate) pidfile: Option<PathBuf>,
+}
