@@ -126,7 +126,9 @@ fn verify(manager: Manager, units: &[(&str, String)]) -> Result<(), String> {
     // --man=no: do not check Documentation= man pages (needs man-db, unrelated to the unit).
     cmd.args(["verify", "--man=no"]).args(&paths);
 
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run systemd-analyze: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run systemd-analyze: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     if out.status.success() && stderr.trim().is_empty() {
@@ -143,13 +145,22 @@ fn verify(manager: Manager, units: &[(&str, String)]) -> Result<(), String> {
 
 fn system_units() -> Vec<(&'static str, String)> {
     vec![
-        ("p2pd.service", localize(&read_repo_file("systemd/p2pd.service"))),
-        ("p2pd.socket", localize(&read_repo_file("systemd/p2pd.socket"))),
+        (
+            "p2pd.service",
+            localize(&read_repo_file("systemd/p2pd.service")),
+        ),
+        (
+            "p2pd.socket",
+            localize(&read_repo_file("systemd/p2pd.socket")),
+        ),
     ]
 }
 
 fn user_units() -> Vec<(&'static str, String)> {
-    vec![("p2pd.service", localize(&read_repo_file("systemd/user/p2pd.service")))]
+    vec![(
+        "p2pd.service",
+        localize(&read_repo_file("systemd/user/p2pd.service")),
+    )]
 }
 
 /// A unit file as `section -> key -> values` (a key may repeat).
@@ -176,7 +187,9 @@ fn parse_unit(text: &str) -> Unit {
             section = name.to_string();
             continue;
         }
-        let (key, value) = line.split_once('=').unwrap_or_else(|| panic!("not Key=Value: {line}"));
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not Key=Value: {line}"));
         unit.entry(section.clone())
             .or_default()
             .entry(key.trim().to_string())
@@ -202,8 +215,13 @@ fn has(unit: &Unit, section: &str, key: &str) -> bool {
 /// The value following `flag` in a command line.
 fn flag_value<'a>(cmdline: &'a str, flag: &str) -> &'a str {
     let mut words = cmdline.split_whitespace();
-    words.by_ref().find(|w| *w == flag).unwrap_or_else(|| panic!("{flag} missing in {cmdline}"));
-    words.next().unwrap_or_else(|| panic!("{flag} without a value in {cmdline}"))
+    words
+        .by_ref()
+        .find(|w| *w == flag)
+        .unwrap_or_else(|| panic!("{flag} missing in {cmdline}"));
+    words
+        .next()
+        .unwrap_or_else(|| panic!("{flag} without a value in {cmdline}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -227,19 +245,41 @@ fn verify_rejects_broken_units() {
     let mutations: &[(&str, &str, &str)] = &[
         // (what, from, to) - exit status 0, a warning on stderr
         ("misspelt key", "\nType=notify\n", "\nTpye=notify\n"),
-        ("bad value", "\nRestart=on-failure\n", "\nRestart=sometimes\n"),
-        ("bad boolean", "\nNoNewPrivileges=yes\n", "\nNoNewPrivileges=yess\n"),
-        ("unknown syscall set", "=@system-service\n", "=@system-servic\n"),
+        (
+            "bad value",
+            "\nRestart=on-failure\n",
+            "\nRestart=sometimes\n",
+        ),
+        (
+            "bad boolean",
+            "\nNoNewPrivileges=yes\n",
+            "\nNoNewPrivileges=yess\n",
+        ),
+        (
+            "unknown syscall set",
+            "=@system-service\n",
+            "=@system-servic\n",
+        ),
         // exit status 1
-        ("missing command", "ExecReload=/bin/true ", "ExecReload=/bin/kil "),
+        (
+            "missing command",
+            "ExecReload=/bin/true ",
+            "ExecReload=/bin/kil ",
+        ),
         ("misspelt section", "\n[Service]\n", "\n[Servise]\n"),
     ];
-    for (manager, units) in [(Manager::System, system_units()), (Manager::User, user_units())] {
+    for (manager, units) in [
+        (Manager::System, system_units()),
+        (Manager::User, user_units()),
+    ] {
         let service = &units[0].1;
         // "missing command" needs a known-good ExecReload= to break.
         let service = service.replace("ExecReload=/bin/kill ", "ExecReload=/bin/true ");
         for (what, from, to) in mutations {
-            assert!(service.contains(from), "{manager:?} unit has no {from:?} to break ({what})");
+            assert!(
+                service.contains(from),
+                "{manager:?} unit has no {from:?} to break ({what})"
+            );
             let mut broken = units.clone();
             broken[0].1 = service.replacen(from, to, 1);
             let err = verify(manager, &broken).err().unwrap_or_else(|| {
@@ -250,9 +290,14 @@ fn verify_rejects_broken_units() {
     }
     // And the typo is named, so a failing run points at the culprit.
     let mut broken = system_units();
-    broken[0].1 = broken[0].1.replacen("\nType=notify\n", "\nTpye=notify\n", 1);
+    broken[0].1 = broken[0]
+        .1
+        .replacen("\nType=notify\n", "\nTpye=notify\n", 1);
     let err = verify(Manager::System, &broken).unwrap_err();
-    assert!(err.contains("Tpye"), "the complaint does not name the bad key:\n{err}");
+    assert!(
+        err.contains("Tpye"),
+        "the complaint does not name the bad key:\n{err}"
+    );
 }
 
 #[test]
@@ -261,7 +306,10 @@ fn missing_install_path_is_what_gets_rewritten() {
     // rewritten they no longer do.
     for rel in ["systemd/p2pd.service", "systemd/user/p2pd.service"] {
         let text = read_repo_file(rel);
-        assert!(text.contains(&format!("ExecStart={INSTALLED_BINARY}")), "{rel}");
+        assert!(
+            text.contains(&format!("ExecStart={INSTALLED_BINARY}")),
+            "{rel}"
+        );
         assert!(!localize(&text).contains(INSTALLED_BINARY), "{rel}");
     }
 }
@@ -274,7 +322,10 @@ fn system_service_settings() {
     let svc = parse_unit(&read_repo_file("systemd/p2pd.service"));
     assert_eq!(get(&svc, "Service", "Type"), "notify");
     let reload = get(&svc, "Service", "ExecReload");
-    assert!(reload.contains("-HUP") && reload.contains("$MAINPID"), "ExecReload={reload}");
+    assert!(
+        reload.contains("-HUP") && reload.contains("$MAINPID"),
+        "ExecReload={reload}"
+    );
     assert_eq!(get(&svc, "Service", "User"), "p2pd");
     assert_eq!(get(&svc, "Service", "Group"), "p2pd");
     assert_eq!(get(&svc, "Service", "RuntimeDirectory"), "p2pd");
@@ -284,11 +335,19 @@ fn system_service_settings() {
     assert_eq!(get(&svc, "Install", "WantedBy"), "multi-user.target");
 
     let exec = get(&svc, "Service", "ExecStart");
-    assert!(exec.starts_with(&format!("{INSTALLED_BINARY} ")), "ExecStart={exec}");
+    assert!(
+        exec.starts_with(&format!("{INSTALLED_BINARY} ")),
+        "ExecStart={exec}"
+    );
 
     // The control socket lives in the RuntimeDirectory= (/run/<name>).
     let socket = Path::new(flag_value(exec, "--socket"));
-    assert_eq!(socket.parent(), Some(Path::new("/run/p2pd")), "--socket {}", socket.display());
+    assert_eq!(
+        socket.parent(),
+        Some(Path::new("/run/p2pd")),
+        "--socket {}",
+        socket.display()
+    );
 
     // With ProtectSystem=strict only StateDirectory= (/var/lib/<name>) is writable: the state
     // and download directories must lie inside it.
@@ -296,10 +355,17 @@ fn system_service_settings() {
         .split_whitespace()
         .map(|d| Path::new("/var/lib").join(d))
         .collect();
-    assert!(state_dirs.contains(&PathBuf::from("/var/lib/p2pd")), "{state_dirs:?}");
+    assert!(
+        state_dirs.contains(&PathBuf::from("/var/lib/p2pd")),
+        "{state_dirs:?}"
+    );
     for flag in ["--state-dir", "--download-dir"] {
         let dir = Path::new(flag_value(exec, flag));
-        assert!(dir.starts_with("/var/lib/p2pd"), "{flag} {} is read-only", dir.display());
+        assert!(
+            dir.starts_with("/var/lib/p2pd"),
+            "{flag} {} is read-only",
+            dir.display()
+        );
     }
 }
 
@@ -313,8 +379,14 @@ fn socket_unit_matches_service() {
         flag_value(exec, "--socket"),
         "p2pd.socket must listen where p2pd.service's --socket points"
     );
-    assert_eq!(get(&sock, "Socket", "SocketUser"), get(&svc, "Service", "User"));
-    assert_eq!(get(&sock, "Socket", "SocketGroup"), get(&svc, "Service", "Group"));
+    assert_eq!(
+        get(&sock, "Socket", "SocketUser"),
+        get(&svc, "Service", "User")
+    );
+    assert_eq!(
+        get(&sock, "Socket", "SocketGroup"),
+        get(&svc, "Service", "Group")
+    );
     assert_eq!(get(&sock, "Socket", "SocketMode"), "0660");
     assert_eq!(get(&sock, "Install", "WantedBy"), "sockets.target");
 }
@@ -326,10 +398,16 @@ fn user_service_settings() {
     // No flags: the per-user defaults ($XDG_RUNTIME_DIR/p2pd/p2pd.sock, $XDG_STATE_HOME/p2pd).
     assert_eq!(get(&svc, "Service", "ExecStart"), INSTALLED_BINARY);
     let reload = get(&svc, "Service", "ExecReload");
-    assert!(reload.contains("-HUP") && reload.contains("$MAINPID"), "ExecReload={reload}");
+    assert!(
+        reload.contains("-HUP") && reload.contains("$MAINPID"),
+        "ExecReload={reload}"
+    );
     assert_eq!(get(&svc, "Install", "WantedBy"), "default.target");
     for key in ["User", "Group", "DynamicUser"] {
-        assert!(!has(&svc, "Service", key), "a user unit cannot switch users ({key}=)");
+        assert!(
+            !has(&svc, "Service", key),
+            "a user unit cannot switch users ({key}=)"
+        );
     }
 }
 
@@ -369,8 +447,13 @@ fn launchd_plist_parses_and_runs_p2pd() {
     assert_eq!(plist["ProcessType"], "Background", "{plist:#}");
     // launchd expands neither "~" nor variables: log paths must be absolute.
     for key in ["StandardOutPath", "StandardErrorPath"] {
-        let p = plist[key].as_str().unwrap_or_else(|| panic!("{key} missing: {plist:#}"));
-        assert!(p.starts_with('/') && !p.contains('~') && !p.contains('$'), "{key}={p}");
+        let p = plist[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} missing: {plist:#}"));
+        assert!(
+            p.starts_with('/') && !p.contains('~') && !p.contains('$'),
+            "{key}={p}"
+        );
     }
 }
 
@@ -382,5 +465,8 @@ fn launchd_check_rejects_broken_plist() {
     let broken = good.replacen("</dict>\n</plist>", "</plist>", 1);
     assert_ne!(broken, good, "mutation did not apply");
     fs::write(&path, broken).expect("write");
-    assert!(load_plist(&path).is_err(), "a plist with an unclosed <dict> was accepted");
+    assert!(
+        load_plist(&path).is_err(),
+        "a plist with an unclosed <dict> was accepted"
+    );
 }

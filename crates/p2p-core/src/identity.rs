@@ -54,20 +54,29 @@ impl Identity {
     /// # Errors
     /// [`IdentityError`] if the directory or file cannot be accessed or the file is corrupt.
     pub fn load_or_create(state_dir: &Path) -> Result<Self, IdentityError> {
-        fsutil::ensure_private_dir(state_dir)
-            .map_err(|source| IdentityError::Io { path: state_dir.to_path_buf(), source })?;
+        fsutil::ensure_private_dir(state_dir).map_err(|source| IdentityError::Io {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
         let path = state_dir.join(IDENTITY_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| IdentityError::Corrupt { path: path.clone(), source }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| IdentityError::Corrupt {
+                path: path.clone(),
+                source,
+            }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let identity = Identity { device_id: Uuid::new_v4(), name: host_name() };
+                let identity = Identity {
+                    device_id: Uuid::new_v4(),
+                    name: host_name(),
+                };
                 let json = serde_json::to_vec_pretty(&identity).map_err(|e| IdentityError::Io {
                     path: path.clone(),
                     source: io::Error::other(e),
                 })?;
-                fsutil::write_atomic(&path, &json, 0o600)
-                    .map_err(|source| IdentityError::Io { path: path.clone(), source })?;
+                fsutil::write_atomic(&path, &json, 0o600).map_err(|source| IdentityError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
                 tracing::info!(device_id = %identity.device_id, name = %identity.name, "created a new device identity");
                 Ok(identity)
             }
@@ -78,8 +87,15 @@ impl Identity {
 
 /// The host name, or `p2pd-device` if it is empty or not valid UTF-8.
 pub fn host_name() -> String {
-    let name = gethostname::gethostname().to_string_lossy().trim().to_owned();
-    if name.is_empty() { "p2pd-device".to_owned() } else { name }
+    let name = gethostname::gethostname()
+        .to_string_lossy()
+        .trim()
+        .to_owned();
+    if name.is_empty() {
+        "p2pd-device".to_owned()
+    } else {
+        name
+    }
 }
 
 #[cfg(test)]
@@ -96,7 +112,10 @@ mod tests {
         let b = Identity::load_or_create(&state).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.device_id.get_version_num(), 4);
-        let mode = std::fs::metadata(state.join(IDENTITY_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(state.join(IDENTITY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -106,6 +125,9 @@ mod tests {
         std::fs::write(dir.path().join(IDENTITY_FILE), b"{not json").unwrap();
         let err = Identity::load_or_create(dir.path()).unwrap_err();
         assert!(matches!(err, IdentityError::Corrupt { .. }), "{err}");
-        assert_eq!(std::fs::read(dir.path().join(IDENTITY_FILE)).unwrap(), b"{not json");
+        assert_eq!(
+            std::fs::read(dir.path().join(IDENTITY_FILE)).unwrap(),
+            b"{not json"
+        );
     }
 }

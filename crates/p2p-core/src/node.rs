@@ -91,7 +91,9 @@ impl Node {
         peer_listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<Self, NodeError> {
-        let listen_addr = peer_listener.local_addr().map_err(NodeError::ListenerAddr)?;
+        let listen_addr = peer_listener
+            .local_addr()
+            .map_err(NodeError::ListenerAddr)?;
         tracing::info!(%listen_addr, device_id = %identity.device_id, name = %settings.name, "node started");
         Ok(Node {
             inner: Arc::new(Inner {
@@ -167,12 +169,17 @@ impl Node {
     pub async fn shutdown(&self, timeout: Duration) -> bool {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
-        let joined = tokio::time::timeout(timeout, self.inner.tasks.wait()).await.is_ok();
+        let joined = tokio::time::timeout(timeout, self.inner.tasks.wait())
+            .await
+            .is_ok();
         if let Ok(mut l) = self.inner._peer_listener.lock() {
             l.take();
         }
         if !joined {
-            tracing::warn!(remaining = self.inner.tasks.len(), "tasks still running at shutdown");
+            tracing::warn!(
+                remaining = self.inner.tasks.len(),
+                "tasks still running at shutdown"
+            );
         }
         joined
     }
@@ -185,7 +192,10 @@ mod tests {
     fn node(dir: &Path) -> Node {
         let identity = Identity::load_or_create(dir).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let settings = NodeSettings { name: "n".into(), download_dir: dir.join("dl") };
+        let settings = NodeSettings {
+            name: "n".into(),
+            download_dir: dir.join("dl"),
+        };
         Node::start(identity, settings, dir, listener, CancellationToken::new()).unwrap()
     }
 
@@ -197,7 +207,10 @@ mod tests {
         assert_ne!(s.listen_addr.port(), 0);
         assert_eq!(s.device_name, "n");
         assert_eq!(s.device_id, n.identity().device_id.to_string());
-        let old = n.update_settings(NodeSettings { name: "m".into(), download_dir: dir.path().into() });
+        let old = n.update_settings(NodeSettings {
+            name: "m".into(),
+            download_dir: dir.path().into(),
+        });
         assert_eq!(old.name, "n");
         assert_eq!(n.status().device_name, "m");
         assert!(n.shutdown(Duration::from_secs(1)).await);

@@ -66,7 +66,10 @@ pub fn default_socket_path() -> PathBuf {
 pub fn check_socket_path(path: &Path) -> Result<(), PathError> {
     let len = path.as_os_str().len();
     if len > MAX_SOCKET_PATH {
-        return Err(PathError::SocketPathTooLong { path: path.to_path_buf(), len });
+        return Err(PathError::SocketPathTooLong {
+            path: path.to_path_buf(),
+            len,
+        });
     }
     Ok(())
 }
@@ -78,12 +81,18 @@ pub fn check_socket_path(path: &Path) -> Result<(), PathError> {
 /// [`PathError::NoDefault`] when no home directory is known.
 pub fn default_state_dir() -> Result<PathBuf, PathError> {
     if let Some(p) = ProjectDirs::from("", "", "p2pd") {
-        return Ok(p.state_dir().unwrap_or_else(|| p.data_local_dir()).to_path_buf());
+        return Ok(p
+            .state_dir()
+            .unwrap_or_else(|| p.data_local_dir())
+            .to_path_buf());
     }
     if euid() == 0 {
         return Ok(PathBuf::from("/var/lib/p2pd"));
     }
-    Err(PathError::NoDefault { what: "state directory", flag: "--state-dir" })
+    Err(PathError::NoDefault {
+        what: "state directory",
+        flag: "--state-dir",
+    })
 }
 
 /// The default config file: `$XDG_CONFIG_HOME/p2pd/config.toml`.
@@ -118,6 +127,9 @@ mod tests {
 
     #[test]
     fn default_socket_ends_with_the_socket_file() {
-        assert!(default_socket_path().ends_with("p2pd/p2pd.sock") || default_socket_path().ends_with(SOCKET_FILE));
+        assert!(
+            default_socket_path().ends_with("p2pd/p2pd.sock")
+                || default_socket_path().ends_with(SOCKET_FILE)
+        );
     }
 }

@@ -5,7 +5,8 @@
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors of every schema, for server reflection.
 
 /// The encoded `FileDescriptorSet` of every schema in `proto/`, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/p2p_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/p2p_descriptor.bin"));
 
 /// The control API (`p2p.control.v1`).
 pub mod control {

@@ -18,7 +18,9 @@ pub async fn connect(path: &Path) -> Result<Channel, tonic::transport::Error> {
     Endpoint::from_static("http://p2pd.local")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
         }))
         .await
 }

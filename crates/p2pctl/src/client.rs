@@ -26,20 +26,28 @@ pub(crate) enum ConnectError {
 
 /// The socket to use: `--socket`/`P2PD_SOCKET`, else the default.
 pub(crate) fn socket_path(flag: Option<&Path>) -> PathBuf {
-    flag.map(Path::to_path_buf).unwrap_or_else(p2p_core::paths::default_socket_path)
+    flag.map(Path::to_path_buf)
+        .unwrap_or_else(p2p_core::paths::default_socket_path)
 }
 
 /// Connects to the control service.
 pub(crate) async fn connect(path: &Path) -> Result<ControlServiceClient<Channel>, ConnectError> {
     match p2p_proto::uds::connect(path).await {
         Ok(channel) => Ok(ControlServiceClient::new(channel)),
-        Err(e) => Err(match p2p_proto::uds::io_cause(&e).map(std::io::Error::kind) {
-            Some(std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
-                ConnectError::NotRunning(path.to_path_buf())
-            }
-            Some(std::io::ErrorKind::PermissionDenied) => ConnectError::PermissionDenied(path.to_path_buf()),
-            _ => ConnectError::Other { path: path.to_path_buf(), message: error_chain(&e) },
-        }),
+        Err(e) => Err(
+            match p2p_proto::uds::io_cause(&e).map(std::io::Error::kind) {
+                Some(std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+                    ConnectError::NotRunning(path.to_path_buf())
+                }
+                Some(std::io::ErrorKind::PermissionDenied) => {
+                    ConnectError::PermissionDenied(path.to_path_buf())
+                }
+                _ => ConnectError::Other {
+                    path: path.to_path_buf(),
+                    message: error_chain(&e),
+                },
+            },
+        ),
     }
 }
 

@@ -103,6 +103,9 @@ mod tests {
         assert_eq!(human_duration(Duration::from_secs(12)), "12s");
         assert_eq!(human_duration(Duration::from_secs(250)), "4m 10s");
         assert_eq!(human_duration(Duration::from_secs(7500)), "2h 5m");
-        assert_eq!(human_duration(Duration::from_secs(3 * 86_400 + 4 * 3600)), "3d 4h");
+        assert_eq!(
+            human_duration(Duration::from_secs(3 * 86_400 + 4 * 3600)),
+            "3d 4h"
+        );
     }
 }

@@ -41,7 +41,11 @@ pub(crate) enum ConfigError {
     Parse { path: PathBuf, message: String },
     /// A value has the right type but is not acceptable.
     #[error("invalid value for `{key}` ({origin}): {problem}")]
-    Invalid { key: &'static str, origin: String, problem: String },
+    Invalid {
+        key: &'static str,
+        origin: String,
+        problem: String,
+    },
     /// No default could be derived.
     #[error(transparent)]
     Path(#[from] p2p_core::paths::PathError),
@@ -75,7 +79,11 @@ impl Config {
         Self::merge(cli, file, config_file)
     }
 
-    fn merge(cli: &Cli, file: FileConfig, config_file: Option<PathBuf>) -> Result<Self, ConfigError> {
+    fn merge(
+        cli: &Cli,
+        file: FileConfig,
+        config_file: Option<PathBuf>,
+    ) -> Result<Self, ConfigError> {
         let origin = |flag: bool| -> String {
             match (&config_file, flag) {
                 (_, true) => "command line".to_owned(),
@@ -103,7 +111,11 @@ impl Config {
             })?;
         }
 
-        let log_level = match (&cli.log_level, std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()), &file.log_level) {
+        let log_level = match (
+            &cli.log_level,
+            std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()),
+            &file.log_level,
+        ) {
             (Some(l), _, _) => l.clone(),
             (None, Some(env), _) => env,
             (None, None, Some(l)) => l.clone(),
@@ -133,13 +145,23 @@ impl Config {
             None => p2p_core::paths::default_download_dir(&state_dir),
         };
 
-        Ok(Config { config_file, socket, state_dir, listen, name, download_dir, log_level })
+        Ok(Config {
+            config_file,
+            socket,
+            state_dir,
+            listen,
+            name,
+            download_dir,
+            log_level,
+        })
     }
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     toml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),
         message: e.to_string().trim_end().replace('\n', "\n    "),
@@ -148,7 +170,11 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 
 fn non_empty_path(p: PathBuf, key: &'static str, origin: String) -> Result<PathBuf, ConfigError> {
     if p.as_os_str().is_empty() {
-        return Err(ConfigError::Invalid { key, origin, problem: "the path is empty".to_owned() });
+        return Err(ConfigError::Invalid {
+            key,
+            origin,
+            problem: "the path is empty".to_owned(),
+        });
     }
     Ok(absolute(&p))
 }
@@ -164,7 +190,9 @@ fn validate_name(name: &str) -> Result<(), String> {
         return Err("the device name is empty".to_owned());
     }
     if name.chars().count() > MAX_NAME_LEN {
-        return Err(format!("the device name is longer than {MAX_NAME_LEN} characters"));
+        return Err(format!(
+            "the device name is longer than {MAX_NAME_LEN} characters"
+        ));
     }
     if name.chars().any(char::is_control) {
         return Err("the device name contains control characters".to_owned());
@@ -193,12 +221,29 @@ mod tests {
     #[test]
     fn flags_win_over_the_file_and_the_file_over_defaults() {
         let dir = tempfile::tempdir().unwrap();
-        let f = write(dir.path(), "name = \"from-file\"\nlisten = \"127.0.0.1:9\"\nlog_level = \"debug\"\n");
-        let c = Config::load(&cli(&["--config", f.to_str().unwrap(), "--name", "from-flag", "--log-level", "warn"])).unwrap();
+        let f = write(
+            dir.path(),
+            "name = \"from-file\"\nlisten = \"127.0.0.1:9\"\nlog_level = \"debug\"\n",
+        );
+        let c = Config::load(&cli(&[
+            "--config",
+            f.to_str().unwrap(),
+            "--name",
+            "from-flag",
+            "--log-level",
+            "warn",
+        ]))
+        .unwrap();
         assert_eq!(c.name.as_deref(), Some("from-flag"));
         assert_eq!(c.listen, "127.0.0.1:9".parse().unwrap());
         assert_eq!(c.log_level, "warn");
-        let c = Config::load(&cli(&["--config", f.to_str().unwrap(), "--state-dir", "/x"])).unwrap();
+        let c = Config::load(&cli(&[
+            "--config",
+            f.to_str().unwrap(),
+            "--state-dir",
+            "/x",
+        ]))
+        .unwrap();
         assert_eq!(c.name.as_deref(), Some("from-file"));
         assert_eq!(c.state_dir, PathBuf::from("/x"));
     }
@@ -207,7 +252,9 @@ mod tests {
     fn unknown_key_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let f = write(dir.path(), "lisen = \"0.0.0.0:1\"\n");
-        let err = Config::load(&cli(&["--config", f.to_str().unwrap()])).unwrap_err().to_string();
+        let err = Config::load(&cli(&["--config", f.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lisen"), "{err}");
     }
 
@@ -222,7 +269,9 @@ mod tests {
             ("download_dir = \"\"", "download_dir"),
         ] {
             let f = write(dir.path(), text);
-            let err = Config::load(&cli(&["--config", f.to_str().unwrap()])).unwrap_err().to_string();
+            let err = Config::load(&cli(&["--config", f.to_str().unwrap()]))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
     }

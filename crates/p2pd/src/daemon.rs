@@ -42,26 +42,24 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         None
     };
     let log_for_std = match &log_file {
-        Some(f) => Some((f.try_clone().context("cannot duplicate log file")?, f.try_clone().context("cannot duplicate log file")?)),
+        Some(f) => Some((
+            f.try_clone().context("cannot duplicate log file")?,
+            f.try_clone().context("cannot duplicate log file")?,
+        )),
         None => None,
     };
     let log = logging::init(&config.log_level, log_file).map_err(anyhow::Error::msg)?;
 
     let control = ControlSocket::open(&config.socket)?;
-    let identity = Identity::load_or_create(&config.state_dir)?;
-    let peer = std::net::TcpListener::bind(config.listen)
-        .with_context(|| format!("cannot listen for peers on {}", config.listen))?;
-    peer.set_nonblocking(true).context("cannot make the peer listener non-blocking")?;
-
-    if cli.daemon {
-        let pidfile = cli.pidfile.clone().map(|p| std::path::absolute(&p).unwrap_or(p));
-        let pidfile = pidfile.unwrap_or_else(|| config.state_dir.join("p2pd.pid"));
-        let mut d = daemonize::Daemonize::new().pid_file(&pidfile).working_directory("/").umask(0o077);
-        if let Some((out, err)) = log_for_std {
-            d = d.stdout(out).stderr(err);
+    // From here on a failed start must not leave our socket behind.
+    let prepared = prepare(&cli, &config, log_for_std);
+    let (identity, peer, pidfile) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            control.remove();
+            return Err(e);
         }
-        d.start().with_context(|| format!("cannot daemonize (pid file {})", pidfile.display()))?;
-    }
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -70,8 +68,95 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(serve(cli, config, identity, &control, peer, log));
     control.remove();
+    if let Some(p) = pidfile {
+        p.remove();
+    }
     runtime.shutdown_timeout(Duration::from_millis(500));
     result
+}
+
+/// The start-up steps between binding the control socket and forking.
+fn prepare(
+    cli: &Cli,
+    config: &Config,
+    log_for_std: Option<(std::fs::File, std::fs::File)>,
+) -> Result<(Identity, std::net::TcpListener, Option<PidFile>)> {
+    let identity = Identity::load_or_create(&config.state_dir)?;
+    let peer = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("cannot listen for peers on {}", config.listen))?;
+    peer.set_nonblocking(true)
+        .context("cannot make the peer listener non-blocking")?;
+    if !cli.daemon {
+        return Ok((identity, peer, None));
+    }
+    let path = match &cli.pidfile {
+        Some(p) => std::path::absolute(p).unwrap_or_else(|_| p.clone()),
+        None => config.state_dir.join("p2pd.pid"),
+    };
+    // Locked before the fork so that a second daemon learns of the first on its terminal; the
+    // lock travels with the inherited descriptor into the daemon.
+    let mut pidfile = PidFile::lock(&path)?;
+    let mut d = daemonize::Daemonize::new()
+        .working_directory("/")
+        .umask(0o077);
+    if let Some((out, err)) = log_for_std {
+        d = d.stdout(out).stderr(err);
+    }
+    d.start().context("cannot daemonize")?;
+    pidfile.write_pid()?;
+    Ok((identity, peer, Some(pidfile)))
+}
+
+/// A pid file held with an exclusive `flock` for the daemon's lifetime.
+struct PidFile {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+impl PidFile {
+    fn lock(path: &std::path::Path) -> Result<Self> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(path)
+            .with_context(|| format!("cannot open pid file {}", path.display()))?;
+        // SAFETY: flock on a valid descriptor we own.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r != 0 {
+            let holder = std::fs::read_to_string(path).unwrap_or_default();
+            anyhow::bail!(
+                "pid file {} is locked by a running p2pd (pid {})",
+                path.display(),
+                holder.trim()
+            );
+        }
+        Ok(PidFile {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn write_pid(&mut self) -> Result<()> {
+        use std::io::{Seek, Write};
+        let ctx = || format!("cannot write pid file {}", self.path.display());
+        self.file.set_len(0).with_context(ctx)?;
+        self.file
+            .seek(std::io::SeekFrom::Start(0))
+            .with_context(ctx)?;
+        writeln!(self.file, "{}", std::process::id()).with_context(ctx)?;
+        self.file.sync_all().with_context(ctx)
+    }
+
+    fn remove(self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), cause = %e, "cannot remove pid file");
+        }
+    }
 }
 
 async fn serve(
@@ -84,10 +169,18 @@ async fn serve(
 ) -> Result<()> {
     let shutdown = CancellationToken::new();
     let settings = settings_of(&config, &identity);
-    let node = Node::start(identity, settings, &config.state_dir, peer, shutdown.clone())?;
+    let node = Node::start(
+        identity,
+        settings,
+        &config.state_dir,
+        peer,
+        shutdown.clone(),
+    )?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<ControlServiceServer<ControlApi>>().await;
+    health_reporter
+        .set_serving::<ControlServiceServer<ControlApi>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(p2p_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -99,19 +192,31 @@ async fn serve(
         .build_v1alpha()
         .context("cannot build the reflection service")?;
 
-    let std_listener = control.listener.try_clone().context("cannot duplicate the control socket")?;
-    std_listener.set_nonblocking(true).context("cannot prepare the control socket")?;
-    let uds = tokio::net::UnixListener::from_std(std_listener).context("cannot register the control socket")?;
+    let std_listener = control
+        .listener
+        .try_clone()
+        .context("cannot duplicate the control socket")?;
+    std_listener
+        .set_nonblocking(true)
+        .context("cannot prepare the control socket")?;
+    let uds = tokio::net::UnixListener::from_std(std_listener)
+        .context("cannot register the control socket")?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds);
 
     let server_shutdown = shutdown.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(ControlServiceServer::new(ControlApi::new(node.clone(), control.path.clone())))
+            .add_service(ControlServiceServer::new(ControlApi::new(
+                node.clone(),
+                control.path.clone(),
+            )))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(incoming, async move { server_shutdown.cancelled().await }),
+            .serve_with_incoming_shutdown(
+                incoming,
+                async move { server_shutdown.cancelled().await },
+            ),
     );
 
     let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
@@ -182,7 +287,10 @@ fn reload(cli: &Cli, current: Config, node: &Node, log: &LogHandle) -> Config {
     .filter_map(|(k, changed)| changed.then_some(k))
     .collect();
     for key in &restart_needed {
-        tracing::warn!(key, "SIGHUP: `{key}` changed; it takes effect after a restart");
+        tracing::warn!(
+            key,
+            "SIGHUP: `{key}` changed; it takes effect after a restart"
+        );
     }
     if new.log_level != current.log_level {
         if let Err(e) = log.set(&new.log_level) {
@@ -200,7 +308,12 @@ fn reload(cli: &Cli, current: Config, node: &Node, log: &LogHandle) -> Config {
     );
     // Keep the values that need a restart as they are running, so the next reload compares
     // against what is really in effect.
-    Config { socket: current.socket, state_dir: current.state_dir, listen: current.listen, ..new }
+    Config {
+        socket: current.socket,
+        state_dir: current.state_dir,
+        listen: current.listen,
+        ..new
+    }
 }
 
 fn notify(state: &[sd_notify::NotifyState<'_>]) {

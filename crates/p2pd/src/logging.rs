@@ -23,7 +23,9 @@ impl LogHandle {
 
 /// Parses a log filter (`info`, `p2pd=debug,warn`, …) with a message naming the problem.
 pub(crate) fn parse_filter(s: &str) -> Result<EnvFilter, String> {
-    EnvFilter::builder().parse(s).map_err(|e| format!("{s:?} is not a log filter: {e}"))
+    EnvFilter::builder()
+        .parse(s)
+        .map_err(|e| format!("{s:?} is not a log filter: {e}"))
 }
 
 /// Installs the global subscriber. With `file`, log lines go there instead of stderr.
@@ -32,9 +34,15 @@ pub(crate) fn init(filter: &str, file: Option<File>) -> Result<LogHandle, String
     let registry = tracing_subscriber::registry().with(layer);
     let result = match file {
         Some(f) => registry
-            .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(Mutex::new(f)))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(Mutex::new(f)),
+            )
             .try_init(),
-        None => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init(),
+        None => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
     };
     result.map_err(|e| e.to_string())?;
     Ok(LogHandle(handle))

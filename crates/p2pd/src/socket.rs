@@ -48,14 +48,20 @@ impl ControlSocket {
     pub(crate) fn open(path: &Path) -> Result<Self, SocketError> {
         let mut fds = listenfd::ListenFd::from_env();
         if fds.len() > 0 {
-            let listener = fds.take_unix_listener(0).map_err(|source| SocketError::Io {
-                what: "cannot use the socket passed by the service manager for",
-                path: path.to_path_buf(),
-                source,
-            })?;
+            let listener = fds
+                .take_unix_listener(0)
+                .map_err(|source| SocketError::Io {
+                    what: "cannot use the socket passed by the service manager for",
+                    path: path.to_path_buf(),
+                    source,
+                })?;
             if let Some(listener) = listener {
                 tracing::info!(socket = %path.display(), "serving on the socket passed by the service manager");
-                return Ok(ControlSocket { listener, path: path.to_path_buf(), owned: None });
+                return Ok(ControlSocket {
+                    listener,
+                    path: path.to_path_buf(),
+                    owned: None,
+                });
             }
         }
         Self::bind(path)
@@ -93,7 +99,11 @@ impl ControlSocket {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(io_err("cannot set permissions of"))?;
         let meta = std::fs::metadata(path).map_err(io_err("cannot inspect"))?;
-        Ok(ControlSocket { listener, path: path.to_path_buf(), owned: Some((meta.dev(), meta.ino())) })
+        Ok(ControlSocket {
+            listener,
+            path: path.to_path_buf(),
+            owned: Some((meta.dev(), meta.ino())),
+        })
     }
 
     /// Removes the socket file if it is still the one this process bound.
@@ -128,7 +138,10 @@ fn prepare_dir(dir: &Path) -> Result<(), SocketError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     if meta.uid() != euid && meta.uid() != 0 {
-        return Err(SocketError::ForeignDir { dir: dir.to_path_buf(), owner: meta.uid() });
+        return Err(SocketError::ForeignDir {
+            dir: dir.to_path_buf(),
+            owner: meta.uid(),
+        });
     }
     Ok(())
 }
@@ -145,7 +158,10 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(path.parent().unwrap()), 0o700);
-        assert!(matches!(ControlSocket::bind(&path), Err(SocketError::AlreadyRunning(_))));
+        assert!(matches!(
+            ControlSocket::bind(&path),
+            Err(SocketError::AlreadyRunning(_))
+        ));
         drop(s); // listener closed, file left behind: stale
         let s2 = ControlSocket::bind(&path).unwrap();
         s2.remove();
@@ -157,7 +173,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("p2pd.sock");
         std::fs::write(&path, b"precious").unwrap();
-        assert!(matches!(ControlSocket::bind(&path), Err(SocketError::NotASocket(_))));
+        assert!(matches!(
+            ControlSocket::bind(&path),
+            Err(SocketError::NotASocket(_))
+        ));
         assert_eq!(std::fs::read(&path).unwrap(), b"precious");
     }
 }
