@@ -376,3 +376,205 @@ impl Drop for PidGuard {
         }
     }
 }
+
+/// Helpers for transfer tests over the control API.
+pub mod api {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use p2p_proto::control::v1 as pb;
+    use p2p_proto::control::v1::control_service_client::ControlServiceClient;
+    use sha2::{Digest, Sha256};
+    use tokio_stream::StreamExt;
+    use tonic::transport::Channel;
+
+    use crate::Daemon;
+
+    /// A control client for `d`.
+    pub async fn client(d: &Daemon) -> ControlServiceClient<Channel> {
+        ControlServiceClient::new(
+            p2p_proto::uds::connect(&d.dirs.socket)
+                .await
+                .expect("connect to control socket"),
+        )
+    }
+
+    /// The peer listen address of `d`.
+    pub fn peer_addr(d: &Daemon) -> String {
+        d.status()["listen_address"]
+            .as_str()
+            .expect("listen_address")
+            .to_owned()
+    }
+
+    /// Starts a send and returns its id (panics on an RPC error).
+    pub async fn send(
+        from: &Daemon,
+        paths: &[&Path],
+        to: &str,
+        options: Option<pb::SendOptions>,
+    ) -> String {
+        try_send(from, paths, to, options)
+            .await
+            .expect("Send RPC")
+            .transfer_id
+    }
+
+    /// Starts a send and returns the RPC result.
+    pub async fn try_send(
+        from: &Daemon,
+        paths: &[&Path],
+        to: &str,
+        options: Option<pb::SendOptions>,
+    ) -> Result<pb::SendResponse, tonic::Status> {
+        let req = pb::SendRequest {
+            paths: paths.iter().map(|p| p.display().to_string()).collect(),
+            peer: to.to_owned(),
+            options,
+        };
+        client(from)
+            .await
+            .send(req)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Waits (at most `timeout`) until transfer `id` on `d` ends; returns its final record.
+    pub async fn wait_done(d: &Daemon, id: &str, timeout: Duration) -> pb::Transfer {
+        let mut c = client(d).await;
+        let req = pb::WatchTransfersRequest {
+            ids: vec![id.to_owned()],
+            until_done: true,
+        };
+        let fut = async {
+            let mut stream = c
+                .watch_transfers(req)
+                .await
+                .expect("WatchTransfers")
+                .into_inner();
+            let mut last = None;
+            while let Some(ev) = stream.next().await {
+                last = ev.expect("event").transfer;
+            }
+            last.expect("at least one event")
+        };
+        let t = tokio::time::timeout(timeout, fut)
+            .await
+            .unwrap_or_else(|_| panic!("transfer {id} did not end within {timeout:?}"));
+        assert!(is_final(&t), "stream ended before the transfer did: {t:?}");
+        t
+    }
+
+    /// Waits until `pred` holds for transfer `id` (polling GetTransfer), at most `timeout`.
+    pub async fn wait_for(
+        d: &Daemon,
+        id: &str,
+        timeout: Duration,
+        pred: impl Fn(&pb::Transfer) -> bool,
+    ) -> pb::Transfer {
+        let mut c = client(d).await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(t) = c
+                .get_transfer(pb::GetTransferRequest { id: id.to_owned() })
+                .await
+            {
+                let t = t.into_inner();
+                if pred(&t) {
+                    return t;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition on transfer {id} not reached within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until an incoming offer is listed on `d`, returns it.
+    pub async fn wait_offer(d: &Daemon, timeout: Duration) -> pb::IncomingOffer {
+        let mut c = client(d).await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let offers = c
+                .list_incoming(pb::ListIncomingRequest {})
+                .await
+                .expect("ListIncoming")
+                .into_inner()
+                .offers;
+            if let Some(o) = offers.into_iter().next() {
+                return o;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no offer within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether a transfer has ended.
+    pub fn is_final(t: &pb::Transfer) -> bool {
+        matches!(
+            pb::TransferState::try_from(t.state),
+            Ok(pb::TransferState::Completed
+                | pb::TransferState::Failed
+                | pb::TransferState::Cancelled
+                | pb::TransferState::Rejected)
+        )
+    }
+
+    /// The state of a transfer as an enum.
+    pub fn state(t: &pb::Transfer) -> pb::TransferState {
+        pb::TransferState::try_from(t.state).unwrap_or(pb::TransferState::Unspecified)
+    }
+
+    /// SHA-256 of a file, hex.
+    pub fn sha256_file(p: &Path) -> String {
+        let mut h = Sha256::new();
+        let mut f = std::fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+        std::io::copy(&mut f, &mut h).expect("read");
+        format!("{:x}", h.finalize())
+    }
+
+    /// Writes `size` pseudo-random (incompressible) bytes, deterministic per `seed`.
+    pub fn random_file(p: &Path, size: usize, seed: u64) {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut buf = Vec::with_capacity(size);
+        while buf.len() < size {
+            // xorshift64*
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            buf.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        }
+        buf.truncate(size);
+        std::fs::write(p, buf).expect("write random file");
+    }
+
+    /// Files under `dir` whose name marks a temporary part file.
+    pub fn part_files(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.to_string_lossy().ends_with(".p2pd-part") {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    /// Default send timeout for tests.
+    pub const T: Duration = Duration::from_secs(60);
+    /// A short wait.
+    pub const SHORT: Duration = Duration::from_secs(10);
+}

@@ -5,15 +5,28 @@
 //! - [`paths`]: default locations of the control socket, state and downloads (XDG on Linux).
 //! - [`identity`]: the device id and name, created once and kept in the state dir.
 //! - [`fsutil`]: small filesystem helpers (atomic writes, private directories).
-//! - [`node`]: the running node — identity, peer listener, live settings, counters, shutdown.
+//! - [`wire`]: framing of the peer wire protocol (length prefix, limits, capability bits).
+//! - [`session`]: peer sessions — handshake, reader and writer tasks, keepalive, routing.
+//! - [`manifest`]: what a transfer carries; validation of a peer's manifest.
+//! - [`transfer`]: the registry of transfers, their state, progress and events.
+//! - [`sender`]: the sending side of a transfer (window, adaptive compression, hashing).
+//! - [`receiver`]: the receiving side (verification, temporary files, atomic placement).
+//! - [`node`]: the running node — identity, listener, sessions, transfers, offers, shutdown.
 
 pub mod fsutil;
 pub mod identity;
+pub mod manifest;
 pub mod node;
 pub mod paths;
+pub mod receiver;
+pub mod sender;
+pub mod session;
+pub mod transfer;
+pub mod wire;
 
 pub use identity::{Identity, IdentityError};
-pub use node::{Node, NodeSettings, Status};
+pub use node::{AcceptPolicy, IncomingOffer, Node, NodeError, NodeSettings, SessionInfo, Status};
+pub use transfer::{Direction, SendOptions, TransferSnapshot, TransferState};
 
 /// Version of this crate (and of the p2pd release it belongs to).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

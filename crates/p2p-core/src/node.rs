@@ -1,18 +1,58 @@
-//! The running node: identity, live settings, the peer listener, activity counters and the
-//! task tracker that shutdown joins.
+//! The running node: identity, live settings, the peer listener, sessions, transfers, incoming
+//! offers — and shutdown.
 //!
-//! `Node` is a cheap cloneable handle. The control service and tests call it; it never prints.
+//! `Node` is a cheap cloneable handle; the control service and tests call it. It never prints.
 
-use std::net::{SocketAddr, TcpListener};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use p2p_proto::wire::v1::frame::Body;
+use p2p_proto::wire::v1::{self as wire};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::identity::Identity;
+use crate::manifest::{self, LocalManifest, ManifestError};
+use crate::receiver::{self, ReceiveEnd};
+use crate::session::{self, LocalInfo, Session, SessionError, SessionEvents};
+use crate::transfer::{
+    Direction, MAX_CHUNK, MAX_WINDOW, NewTransfer, SendOptions, TransferEntry, TransferSnapshot,
+    TransferState, Transfers,
+};
+use crate::wire::caps;
+
+/// How long an incoming offer waits for a decision before it is rejected as expired.
+pub const OFFER_TIMEOUT: Duration = Duration::from_secs(600);
+/// Time allowed to open a TCP connection to a peer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes running at once on the listener; more wait, so a flood cannot exhaust us.
+const MAX_HANDSHAKES: usize = 64;
+
+/// What to do with an incoming offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AcceptPolicy {
+    /// Wait for `accept` or `reject` from the user.
+    #[default]
+    Ask,
+    /// Accept into the download directory at once.
+    Auto,
+}
+
+impl std::str::FromStr for AcceptPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ask" => Ok(Self::Ask),
+            "auto" => Ok(Self::Auto),
+            other => Err(format!("{other:?} is not a receiving policy (ask or auto)")),
+        }
+    }
+}
 
 /// Settings that can change while the node runs (on a config reload).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +61,8 @@ pub struct NodeSettings {
     pub name: String,
     /// Where received files go unless a transfer names another directory.
     pub download_dir: PathBuf,
+    /// What to do with incoming offers.
+    pub accept: AcceptPolicy,
 }
 
 /// A snapshot of the node, as reported by `GetStatus`.
@@ -46,12 +88,89 @@ pub struct Status {
     pub download_dir: PathBuf,
 }
 
-/// Errors of node start-up.
+/// An offer waiting for a local decision.
+#[derive(Debug, Clone)]
+pub struct IncomingOffer {
+    /// Transfer id.
+    pub transfer_id: String,
+    /// Peer device id.
+    pub peer_id: String,
+    /// Peer name.
+    pub peer_name: String,
+    /// Peer listen address.
+    pub peer_address: String,
+    /// Top-level names.
+    pub roots: Vec<String>,
+    /// Number of files.
+    pub total_files: u64,
+    /// Payload bytes.
+    pub total_bytes: u64,
+    /// When it arrived (ms since the epoch).
+    pub offered_at_ms: u64,
+    /// When it expires (ms since the epoch).
+    pub expires_at_ms: u64,
+}
+
+/// A view of a live session.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Peer device id.
+    pub peer_id: String,
+    /// Peer name.
+    pub peer_name: String,
+    /// Peer listen address.
+    pub peer_address: SocketAddr,
+    /// Remote address of the connection.
+    pub remote_address: SocketAddr,
+    /// Whether we connected.
+    pub outgoing: bool,
+    /// When it was established (ms since the epoch).
+    pub established_at_ms: u64,
+    /// Transfers using it.
+    pub active_transfers: u32,
+    /// Peer software version.
+    pub peer_version: String,
+}
+
+enum Decision {
+    Accept(Option<PathBuf>),
+    Reject(String),
+}
+
+struct PendingOffer {
+    offer: IncomingOffer,
+    decide: oneshot::Sender<Decision>,
+}
+
+/// Errors of node operations, each mapped to one gRPC status by the control service.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// The peer listener's address could not be read.
     #[error("cannot read the peer listener's address")]
     ListenerAddr(#[source] std::io::Error),
+    /// A path to send does not exist.
+    #[error("no such file or directory: {0}")]
+    PathNotFound(PathBuf),
+    /// An argument is not acceptable.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The peer cannot be reached or the handshake failed.
+    #[error("cannot reach peer {peer}: {reason}")]
+    Unreachable {
+        /// The address given.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// No such transfer, offer or session.
+    #[error("{0}")]
+    NotFound(String),
+    /// The operation does not fit the current state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Reading the files to send failed.
+    #[error("{0}")]
+    Io(String),
 }
 
 /// Handle to the running node.
@@ -60,55 +179,112 @@ pub struct Node {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     identity: Identity,
-    // Reloads replace the settings while RPCs read them; a std lock suffices since no one holds
-    // it across an await.
+    // Reloads replace the settings while RPCs read them; no one holds it across an await.
     settings: RwLock<NodeSettings>,
     state_dir: PathBuf,
     started: Instant,
     listen_addr: SocketAddr,
-    // Keeps the peer port bound for the node's lifetime, so the reported address stays ours.
-    _peer_listener: Mutex<Option<TcpListener>>,
-    sessions: AtomicU32,
-    active_transfers: AtomicU32,
+    // Live sessions by local session id; the session's reader removes its entry when it ends.
+    sessions: Mutex<HashMap<u64, Arc<Session>>>,
+    // Serialises dialing so that two sends to one peer share one new session.
+    dial: tokio::sync::Mutex<()>,
+    transfers: Transfers,
+    // Offers waiting for accept/reject, by transfer id.
+    offers: Mutex<HashMap<String, PendingOffer>>,
     shutdown: CancellationToken,
     // Every task the node spawns is registered here so that shutdown can join them.
     tasks: TaskTracker,
 }
 
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("device_id", &self.identity.device_id)
+            .field("listen_addr", &self.listen_addr)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The node as the sessions see it: a weak handle, so sessions do not keep the node alive.
+struct Events(Weak<Inner>);
+
+impl SessionEvents for Events {
+    fn offer(&self, session: Arc<Session>, info: wire::TransferInfo) {
+        if let Some(inner) = self.0.upgrade() {
+            let node = Node { inner };
+            node.inner
+                .tasks
+                .clone()
+                .spawn(async move { node.handle_offer(session, info).await });
+        }
+    }
+
+    fn ended(&self, session: &Arc<Session>, _reason: &str) {
+        if let Some(inner) = self.0.upgrade() {
+            lock(&inner.sessions).remove(&session.id);
+        }
+    }
+}
+
 impl Node {
-    /// Starts a node over an already bound peer listener. `shutdown` is the root cancellation
-    /// token: cancelling it stops every task of the node.
+    /// Starts a node over an already bound peer listener (set non-blocking). `shutdown` is the
+    /// root cancellation token: cancelling it stops every task of the node. Must be called
+    /// inside a tokio runtime.
     ///
     /// # Errors
-    /// [`NodeError`] if the listener's address cannot be read.
+    /// [`NodeError::ListenerAddr`] if the listener cannot be used.
     pub fn start(
         identity: Identity,
         settings: NodeSettings,
         state_dir: &Path,
-        peer_listener: TcpListener,
+        peer_listener: std::net::TcpListener,
         shutdown: CancellationToken,
     ) -> Result<Self, NodeError> {
         let listen_addr = peer_listener
             .local_addr()
             .map_err(NodeError::ListenerAddr)?;
+        peer_listener
+            .set_nonblocking(true)
+            .map_err(NodeError::ListenerAddr)?;
+        let listener =
+            tokio::net::TcpListener::from_std(peer_listener).map_err(NodeError::ListenerAddr)?;
         tracing::info!(%listen_addr, device_id = %identity.device_id, name = %settings.name, "node started");
-        Ok(Node {
+        let node = Node {
             inner: Arc::new(Inner {
                 identity,
                 settings: RwLock::new(settings),
                 state_dir: state_dir.to_path_buf(),
                 started: Instant::now(),
                 listen_addr,
-                _peer_listener: Mutex::new(Some(peer_listener)),
-                sessions: AtomicU32::new(0),
-                active_transfers: AtomicU32::new(0),
+                sessions: Mutex::new(HashMap::new()),
+                dial: tokio::sync::Mutex::new(()),
+                transfers: Transfers::new(),
+                offers: Mutex::new(HashMap::new()),
                 shutdown,
                 tasks: TaskTracker::new(),
             }),
-        })
+        };
+        let n = node.clone();
+        node.inner
+            .tasks
+            .spawn(async move { n.accept_loop(listener).await });
+        Ok(node)
     }
 
     /// The device identity.
@@ -147,8 +323,8 @@ impl Node {
             version: crate::VERSION,
             uptime: self.inner.started.elapsed(),
             listen_addr: self.inner.listen_addr,
-            session_count: self.inner.sessions.load(Ordering::Relaxed),
-            active_transfer_count: self.inner.active_transfers.load(Ordering::Relaxed),
+            session_count: lock(&self.inner.sessions).len() as u32,
+            active_transfer_count: self.inner.transfers.active_count(),
             state_dir: self.inner.state_dir.clone(),
             download_dir: settings.download_dir,
         }
@@ -164,17 +340,15 @@ impl Node {
         self.inner.shutdown.cancel();
     }
 
-    /// Stops the node: cancels every task and waits for them, at most `timeout`. Returns whether
-    /// all tasks finished in time.
+    /// Stops the node: fails unfinished transfers, closes sessions, and waits for every task,
+    /// at most `timeout`. Returns whether all tasks finished in time.
     pub async fn shutdown(&self, timeout: Duration) -> bool {
         self.inner.shutdown.cancel();
+        self.inner.transfers.fail_all("daemon shutting down");
         self.inner.tasks.close();
         let joined = tokio::time::timeout(timeout, self.inner.tasks.wait())
             .await
             .is_ok();
-        if let Ok(mut l) = self.inner._peer_listener.lock() {
-            l.take();
-        }
         if !joined {
             tracing::warn!(
                 remaining = self.inner.tasks.len(),
@@ -183,6 +357,581 @@ impl Node {
         }
         joined
     }
+
+    fn local_info(&self) -> LocalInfo {
+        LocalInfo {
+            device_id: self.inner.identity.device_id.to_string(),
+            name: self.settings().name,
+            listen_port: self.inner.listen_addr.port(),
+        }
+    }
+
+    fn events(&self) -> Arc<dyn SessionEvents> {
+        Arc::new(Events(Arc::downgrade(&self.inner)))
+    }
+
+    async fn accept_loop(self, listener: tokio::net::TcpListener) {
+        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        loop {
+            let accepted = tokio::select! {
+                _ = self.inner.shutdown.cancelled() => break,
+                a = listener.accept() => a,
+            };
+            let (stream, remote) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "accepting a peer connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                break;
+            };
+            let node = self.clone();
+            self.inner.tasks.spawn(async move {
+                let _permit = permit;
+                tune(&stream);
+                match session::accept(
+                    stream,
+                    remote,
+                    &node.local_info(),
+                    node.events(),
+                    &node.inner.shutdown,
+                )
+                .await
+                {
+                    Ok(s) => {
+                        lock(&node.inner.sessions).insert(s.id, s);
+                    }
+                    Err(e) => tracing::info!(%remote, cause = %e, "incoming peer handshake failed"),
+                }
+            });
+        }
+    }
+
+    /// Opens a session to `peer` (HOST:PORT), or returns the live one with that address.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an address that does not parse or resolve, `Unreachable` when the
+    /// connection or handshake fails.
+    pub async fn connect(&self, peer: &str) -> Result<Arc<Session>, NodeError> {
+        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(peer).await {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                return Err(NodeError::InvalidArgument(format!(
+                    "peer {peer:?} is not a usable HOST:PORT: {e}"
+                )));
+            }
+        };
+        if addrs.is_empty() {
+            return Err(NodeError::InvalidArgument(format!(
+                "peer {peer:?} resolves to no address"
+            )));
+        }
+        let _dialing = self.inner.dial.lock().await;
+        if let Some(s) = self.find_session(&addrs) {
+            return Ok(s);
+        }
+        let unreachable = |reason: String| NodeError::Unreachable {
+            peer: peer.to_owned(),
+            reason,
+        };
+        let mut last = String::from("no address");
+        for addr in addrs {
+            let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    last = e.to_string();
+                    continue;
+                }
+                Err(_) => {
+                    last = format!("no answer within {CONNECT_TIMEOUT:?}");
+                    continue;
+                }
+            };
+            tune(&stream);
+            let proposal = wire::Config {
+                chunk_size: MAX_CHUNK,
+                compress: true,
+                level: crate::transfer::DEFAULT_LEVEL,
+                windowed: true,
+                window_size: MAX_WINDOW,
+            };
+            let s = session::initiate(
+                stream,
+                addr,
+                &self.local_info(),
+                proposal,
+                self.events(),
+                &self.inner.shutdown,
+            )
+            .await
+            .map_err(|e: SessionError| unreachable(e.to_string()))?;
+            lock(&self.inner.sessions).insert(s.id, s.clone());
+            return Ok(s);
+        }
+        Err(unreachable(last))
+    }
+
+    fn find_session(&self, addrs: &[SocketAddr]) -> Option<Arc<Session>> {
+        lock(&self.inner.sessions)
+            .values()
+            .find(|s| {
+                !s.closed.is_cancelled()
+                    && addrs
+                        .iter()
+                        .any(|a| *a == s.peer.listen_addr || (s.outgoing && *a == s.remote))
+            })
+            .cloned()
+    }
+
+    /// Starts sending `paths` to `peer`; returns the transfer id once the offer is on its way.
+    ///
+    /// # Errors
+    /// `PathNotFound`, `InvalidArgument` (options, paths, peer), `Unreachable`.
+    pub async fn send(
+        &self,
+        paths: Vec<PathBuf>,
+        peer: &str,
+        opts: SendOptions,
+    ) -> Result<String, NodeError> {
+        opts.validate().map_err(NodeError::InvalidArgument)?;
+        if let Some(p) = paths.iter().find(|p| !p.is_absolute()) {
+            return Err(NodeError::InvalidArgument(format!(
+                "path {} is not absolute",
+                p.display()
+            )));
+        }
+        let manifest = tokio::task::spawn_blocking(move || LocalManifest::build(&paths))
+            .await
+            .map_err(|e| NodeError::Io(format!("reading the files failed: {e}")))?
+            .map_err(|e| match e {
+                ManifestError::NotFound(p) => NodeError::PathNotFound(p),
+                ManifestError::Io { .. } => NodeError::Io(error_chain(&e)),
+                other => NodeError::InvalidArgument(other.to_string()),
+            })?;
+        let session = self.connect(peer).await?;
+        if manifest.has_folder && session.caps & caps::FOLDER == 0 {
+            return Err(NodeError::InvalidArgument(
+                "the peer does not accept folders".into(),
+            ));
+        }
+        let opts = SendOptions {
+            chunk_size: opts.chunk_size.min(session.limits.chunk_size),
+            window: if session.limits.windowed {
+                opts.window.min(session.limits.window_size)
+            } else {
+                1
+            },
+            compress: opts.compress && session.limits.compress,
+            level: opts.level,
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        let entry = self.inner.transfers.insert(
+            NewTransfer {
+                id: id.clone(),
+                direction: Direction::Send,
+                state: TransferState::Offered,
+                peer_id: session.peer.device_id.clone(),
+                peer_name: session.peer.name.clone(),
+                peer_address: session.peer.listen_addr.to_string(),
+                roots: manifest.roots.clone(),
+                total_files: manifest.files.len() as u64,
+                total_bytes: manifest.total_bytes,
+                destination: String::new(),
+            },
+            self.inner.shutdown.child_token(),
+        );
+        tracing::info!(transfer = %id, peer = %session.peer.device_id, files = manifest.files.len(), bytes = manifest.total_bytes, "sending");
+        self.inner
+            .tasks
+            .spawn(crate::sender::run(session, entry, manifest, opts));
+        Ok(id)
+    }
+
+    async fn handle_offer(self, session: Arc<Session>, info: wire::TransferInfo) {
+        let id = info.transfer_id.clone();
+        let reject = |reason: String| {
+            let session = session.clone();
+            let id = id.clone();
+            async move {
+                let _ = session
+                    .send(Body::Reject(wire::Reject {
+                        transfer_id: id,
+                        reason,
+                    }))
+                    .await;
+            }
+        };
+        if id.is_empty() || id.len() > 64 || self.inner.transfers.get(&id).is_some() {
+            reject("missing or duplicate transfer id".into()).await;
+            return;
+        }
+        let total_bytes: u64 = info
+            .files
+            .iter()
+            .map(|f| f.size)
+            .fold(0, u64::saturating_add);
+        let new = NewTransfer {
+            id: id.clone(),
+            direction: Direction::Receive,
+            state: TransferState::WaitingAccept,
+            peer_id: session.peer.device_id.clone(),
+            peer_name: session.peer.name.clone(),
+            peer_address: session.peer.listen_addr.to_string(),
+            roots: info.roots.iter().take(100).cloned().collect(),
+            total_files: info.files.len() as u64,
+            total_bytes,
+            destination: String::new(),
+        };
+        if let Err(e) =
+            manifest::validate(&info, session.limits.chunk_size, session.limits.window_size)
+        {
+            tracing::warn!(transfer = %id, peer = %session.peer.device_id, cause = %e, "rejected an unsafe offer");
+            let entry = self.inner.transfers.insert(new, CancellationToken::new());
+            entry.set_state(TransferState::Rejected, e.to_string());
+            reject(e.to_string()).await;
+            return;
+        }
+        let entry = self
+            .inner
+            .transfers
+            .insert(new, self.inner.shutdown.child_token());
+        session
+            .active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (route_tx, route_rx) = mpsc::channel(256);
+        session.route(&id, route_tx.clone());
+        self.receive(&session, &entry, info, route_tx, route_rx)
+            .await;
+        session.unroute(&id);
+        session
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn receive(
+        &self,
+        session: &Arc<Session>,
+        entry: &Arc<TransferEntry>,
+        info: wire::TransferInfo,
+        route_tx: mpsc::Sender<Body>,
+        mut route_rx: mpsc::Receiver<Body>,
+    ) {
+        let id = info.transfer_id.clone();
+        let send_reject = |reason: String| async {
+            let _ = session
+                .send(Body::Reject(wire::Reject {
+                    transfer_id: id.clone(),
+                    reason,
+                }))
+                .await;
+        };
+        let decision = match self.settings().accept {
+            AcceptPolicy::Auto => Decision::Accept(None),
+            AcceptPolicy::Ask => {
+                let (tx, rx) = oneshot::channel();
+                let offer = IncomingOffer {
+                    transfer_id: id.clone(),
+                    peer_id: session.peer.device_id.clone(),
+                    peer_name: session.peer.name.clone(),
+                    peer_address: session.peer.listen_addr.to_string(),
+                    roots: info.roots.clone(),
+                    total_files: info.files.len() as u64,
+                    total_bytes: info.total_bytes,
+                    offered_at_ms: now_ms(),
+                    expires_at_ms: now_ms() + OFFER_TIMEOUT.as_millis() as u64,
+                };
+                tracing::info!(transfer = %id, peer = %session.peer.device_id, "offer waits for accept or reject");
+                lock(&self.inner.offers).insert(id.clone(), PendingOffer { offer, decide: tx });
+                let decided = tokio::select! {
+                    d = rx => d.ok(),
+                    _ = tokio::time::sleep(OFFER_TIMEOUT) => Some(Decision::Reject("offer expired".into())),
+                    _ = entry.cancel.cancelled() => Some(Decision::Reject("cancelled by receiver".into())),
+                    f = route_rx.recv() => match f {
+                        Some(Body::Cancel(c)) => {
+                            lock(&self.inner.offers).remove(&id);
+                            entry.set_state(TransferState::Cancelled, c.reason);
+                            return;
+                        }
+                        _ => None,
+                    },
+                };
+                lock(&self.inner.offers).remove(&id);
+                match decided {
+                    Some(d) => d,
+                    None => {
+                        entry.set_state(TransferState::Failed, "session to peer lost");
+                        return;
+                    }
+                }
+            }
+        };
+        let dest_dir = match decision {
+            Decision::Reject(reason) => {
+                entry.set_state(TransferState::Rejected, reason.clone());
+                send_reject(reason).await;
+                return;
+            }
+            Decision::Accept(dir) => dir.unwrap_or_else(|| self.settings().download_dir),
+        };
+        let info = Arc::new(info);
+        let prepared = {
+            let info = info.clone();
+            let dir = dest_dir.clone();
+            tokio::task::spawn_blocking(move || receiver::prepare(&dir, &info)).await
+        };
+        let dest = match prepared {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
+                entry.set_state(TransferState::Failed, e.to_string());
+                send_reject(e.to_string()).await;
+                return;
+            }
+            Err(e) => {
+                entry.set_state(
+                    TransferState::Failed,
+                    format!("preparing the destination failed: {e}"),
+                );
+                send_reject("receiver error".into()).await;
+                return;
+            }
+        };
+        entry.set_destination(dest_dir.display().to_string());
+        entry.set_state(TransferState::Running, "");
+        if session
+            .send(Body::Ready(wire::Ready {
+                transfer_id: id.clone(),
+            }))
+            .await
+            .is_err()
+        {
+            entry.set_state(TransferState::Failed, "session to peer lost");
+            return;
+        }
+        let mut worker = {
+            let writer = session.writer();
+            let entry = entry.clone();
+            let info = info.clone();
+            tokio::task::spawn_blocking(move || {
+                receiver::receive(&info, &dest, route_rx, &writer, &entry)
+            })
+        };
+        // A local cancel wakes the worker through its own channel.
+        let mut local_cancel = false;
+        let end = loop {
+            tokio::select! {
+                r = &mut worker => break r,
+                _ = entry.cancel.cancelled(), if !local_cancel => {
+                    local_cancel = true;
+                    let _ = route_tx.send(Body::Cancel(wire::Cancel { transfer_id: id.clone(), reason: "cancelled by receiver".into() })).await;
+                }
+            }
+        };
+        drop(route_tx);
+        match end {
+            Ok(ReceiveEnd::Completed) => {
+                entry.set_state(TransferState::Completed, "");
+            }
+            Ok(ReceiveEnd::Cancelled(reason)) => {
+                if local_cancel {
+                    let _ = session
+                        .send(Body::Cancel(wire::Cancel {
+                            transfer_id: id.clone(),
+                            reason: reason.clone(),
+                        }))
+                        .await;
+                }
+                entry.set_state(TransferState::Cancelled, reason);
+            }
+            Ok(ReceiveEnd::Failed { reason, tell_peer }) => {
+                if tell_peer {
+                    let _ = session
+                        .send(Body::Cancel(wire::Cancel {
+                            transfer_id: id.clone(),
+                            reason: reason.clone(),
+                        }))
+                        .await;
+                }
+                entry.set_state(TransferState::Failed, reason);
+            }
+            Err(e) => {
+                entry.set_state(
+                    TransferState::Failed,
+                    format!("receiver thread failed: {e}"),
+                );
+            }
+        }
+    }
+
+    /// Snapshots of every transfer since the node started.
+    pub fn transfers(&self) -> Vec<TransferSnapshot> {
+        self.inner.transfers.list()
+    }
+
+    /// One transfer.
+    ///
+    /// # Errors
+    /// `NotFound`.
+    pub fn transfer(&self, id: &str) -> Result<TransferSnapshot, NodeError> {
+        self.inner
+            .transfers
+            .get(id)
+            .map(|e| e.snapshot())
+            .ok_or_else(|| NodeError::NotFound(format!("no transfer {id}")))
+    }
+
+    /// Subscribes to transfer events (subscribe before listing to miss nothing).
+    pub fn subscribe_transfers(&self) -> tokio::sync::broadcast::Receiver<TransferSnapshot> {
+        self.inner.transfers.subscribe()
+    }
+
+    /// Cancels a transfer in either direction.
+    ///
+    /// # Errors
+    /// `NotFound`, or `FailedPrecondition` if it already ended.
+    pub fn cancel(&self, id: &str) -> Result<(), NodeError> {
+        let entry = self
+            .inner
+            .transfers
+            .get(id)
+            .ok_or_else(|| NodeError::NotFound(format!("no transfer {id}")))?;
+        if !entry.set_state(TransferState::Cancelled, "cancelled by user") {
+            return Err(NodeError::FailedPrecondition(format!(
+                "transfer {id} has already ended ({:?})",
+                entry.state()
+            )));
+        }
+        lock(&self.inner.offers).remove(id);
+        Ok(())
+    }
+
+    /// Offers waiting for a decision.
+    pub fn incoming(&self) -> Vec<IncomingOffer> {
+        let mut v: Vec<IncomingOffer> = lock(&self.inner.offers)
+            .values()
+            .map(|p| p.offer.clone())
+            .collect();
+        v.sort_by_key(|o| o.offered_at_ms);
+        v
+    }
+
+    /// Accepts a waiting offer, into `dest` or the download dir.
+    ///
+    /// # Errors
+    /// `NotFound` if no such offer waits; `InvalidArgument` for a relative `dest`.
+    pub fn accept(&self, id: &str, dest: Option<PathBuf>) -> Result<(), NodeError> {
+        if let Some(d) = &dest {
+            if !d.is_absolute() {
+                return Err(NodeError::InvalidArgument(format!(
+                    "destination {} is not absolute",
+                    d.display()
+                )));
+            }
+        }
+        self.decide(id, Decision::Accept(dest))
+    }
+
+    /// Rejects a waiting offer; the sender is told `reason`.
+    ///
+    /// # Errors
+    /// `NotFound` if no such offer waits.
+    pub fn reject(&self, id: &str, reason: &str) -> Result<(), NodeError> {
+        let reason = if reason.is_empty() {
+            "rejected by receiver"
+        } else {
+            reason
+        };
+        self.decide(id, Decision::Reject(reason.to_owned()))
+    }
+
+    fn decide(&self, id: &str, d: Decision) -> Result<(), NodeError> {
+        let pending = lock(&self.inner.offers).remove(id);
+        let pending =
+            pending.ok_or_else(|| NodeError::NotFound(format!("no offer {id} is waiting")))?;
+        pending
+            .decide
+            .send(d)
+            .map_err(|_| NodeError::FailedPrecondition(format!("offer {id} is no longer waiting")))
+    }
+
+    /// Live sessions.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let mut v: Vec<SessionInfo> = lock(&self.inner.sessions)
+            .values()
+            .map(|s| session_info(s))
+            .collect();
+        v.sort_by_key(|s| s.established_at_ms);
+        v
+    }
+
+    /// Opens (or reuses) a session, for `Connect`.
+    ///
+    /// # Errors
+    /// As [`Node::connect`].
+    pub async fn open_session(&self, peer: &str) -> Result<SessionInfo, NodeError> {
+        self.connect(peer).await.map(|s| session_info(&s))
+    }
+
+    /// Closes the sessions whose peer id, listen address or remote address is `peer`.
+    ///
+    /// # Errors
+    /// `NotFound` if none matches.
+    pub fn disconnect(&self, peer: &str) -> Result<u32, NodeError> {
+        let sessions: Vec<Arc<Session>> = lock(&self.inner.sessions)
+            .values()
+            .filter(|s| {
+                s.peer.device_id == peer
+                    || s.peer.listen_addr.to_string() == peer
+                    || s.remote.to_string() == peer
+            })
+            .cloned()
+            .collect();
+        if sessions.is_empty() {
+            return Err(NodeError::NotFound(format!("no session with {peer}")));
+        }
+        for s in &sessions {
+            s.close();
+        }
+        Ok(sessions.len() as u32)
+    }
+}
+
+fn session_info(s: &Session) -> SessionInfo {
+    SessionInfo {
+        peer_id: s.peer.device_id.clone(),
+        peer_name: s.peer.name.clone(),
+        peer_address: s.peer.listen_addr,
+        remote_address: s.remote,
+        outgoing: s.outgoing,
+        established_at_ms: s
+            .established
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        active_transfers: s.active.load(std::sync::atomic::Ordering::Relaxed),
+        peer_version: s.peer.version.clone(),
+    }
+}
+
+/// Latency matters for acknowledgements: no Nagle.
+fn tune(stream: &TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(cause = %e, "cannot set TCP_NODELAY");
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 #[cfg(test)]
@@ -191,10 +940,11 @@ mod tests {
 
     fn node(dir: &Path) -> Node {
         let identity = Identity::load_or_create(dir).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let settings = NodeSettings {
             name: "n".into(),
             download_dir: dir.join("dl"),
+            accept: AcceptPolicy::Auto,
         };
         Node::start(identity, settings, dir, listener, CancellationToken::new()).unwrap()
     }
@@ -210,10 +960,48 @@ mod tests {
         let old = n.update_settings(NodeSettings {
             name: "m".into(),
             download_dir: dir.path().into(),
+            accept: AcceptPolicy::Ask,
         });
         assert_eq!(old.name, "n");
         assert_eq!(n.status().device_name, "m");
         assert!(n.shutdown(Duration::from_secs(1)).await);
         assert!(n.shutdown_token().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn two_nodes_transfer_a_file_in_process() {
+        let a_dir = tempfile::tempdir().unwrap();
+        let b_dir = tempfile::tempdir().unwrap();
+        let a = node(a_dir.path());
+        let b = node(b_dir.path());
+        let src = a_dir.path().join("hello.txt");
+        std::fs::write(&src, b"hello, peer").unwrap();
+        let mut events = a.subscribe_transfers();
+        let id = a
+            .send(
+                vec![src],
+                &b.listen_addr().to_string(),
+                SendOptions::default(),
+            )
+            .await
+            .unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let e = events.recv().await.unwrap();
+                if e.id == id && e.state.is_final() {
+                    return e;
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(end.state, TransferState::Completed, "{}", end.error);
+        assert_eq!(
+            std::fs::read(b_dir.path().join("dl/hello.txt")).unwrap(),
+            b"hello, peer"
+        );
+        assert_eq!(a.sessions().len(), 1);
+        a.shutdown(Duration::from_secs(2)).await;
+        b.shutdown(Duration::from_secs(2)).await;
     }
 }

@@ -1,12 +1,22 @@
 //! Generated types for p2pd's protobuf schemas (`proto/` at the workspace root).
 //!
 //! - [`control::v1`]: the gRPC control API served on the daemon's Unix socket.
+//! - [`wire::v1`]: the peer wire protocol (p2pd ⇄ p2pd).
 //! - [`uds`]: a client channel over the daemon's Unix socket.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors of every schema, for server reflection.
 
 /// The encoded `FileDescriptorSet` of every schema in `proto/`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/p2p_descriptor.bin"));
+
+/// The peer wire protocol (`p2p.wire.v1`).
+pub mod wire {
+    /// Version 1 of the wire protocol.
+    #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        tonic::include_proto!("p2p.wire.v1");
+    }
+}
 
 /// The control API (`p2p.control.v1`).
 pub mod control {

@@ -1,58 +1,186 @@
-//! One function per command. Each prints a human summary, or with `--json` one JSON document on
-//! stdout.
+//! Runs the command named on the command line. Each prints a human summary, or with `--json`
+//! JSON on stdout (one document, or one object per line for the progress of `send` and
+//! `watch`).
 
 use std::time::Duration;
 
 use anyhow::Result;
 use p2p_proto::control::v1 as pb;
-use serde_json::json;
+use p2p_proto::control::v1::control_service_client::ControlServiceClient;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
 
 use crate::cli::{Cli, Command};
-use crate::client;
+use crate::client::{self, answer};
+use crate::progress::stdout_line;
+use crate::{json, send, table, units, watch};
+
+/// How a command that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finished {
+    /// It did what it was asked.
+    Done,
+    /// The user pressed Ctrl-C while `send` followed a transfer; the transfer goes on.
+    Interrupted,
+}
 
 /// Runs the command named on the command line.
-pub(crate) async fn run(cli: Cli) -> Result<()> {
+///
+/// # Errors
+/// No daemon, a failed RPC, or a transfer that did not complete; see
+/// [`client::exit_code`] for the exit codes.
+pub(crate) async fn run(cli: Cli) -> Result<Finished> {
     let socket = client::socket_path(cli.socket.as_deref());
+    let as_json = cli.json;
+
+    // What can be checked without the daemon is checked first, so that a wrong path is
+    // reported as such even when no daemon runs.
+    let send_paths = match &cli.command {
+        Command::Send(args) => send::local_paths(&args.paths)?,
+        _ => Vec::new(),
+    };
+    let accept_dir = match &cli.command {
+        Command::Accept { to: Some(dir), .. } => Some(send::absolute_text(dir)?),
+        _ => None,
+    };
+
     let mut api = client::connect(&socket).await?;
     match cli.command {
         Command::Status => {
-            let s = api.get_status(pb::GetStatusRequest {}).await?.into_inner();
-            if cli.json {
-                print_json(&status_json(&s));
+            let s = answer(api.get_status(pb::GetStatusRequest {}).await)?;
+            if as_json {
+                print_json(&json::status(&s))?;
             } else {
                 print!("{}", status_text(&s));
             }
         }
         Command::Shutdown => {
-            api.shutdown(pb::ShutdownRequest {}).await?;
-            if cli.json {
-                print_json(&json!({ "shutdown": true, "socket": socket.display().to_string() }));
+            answer(api.shutdown(pb::ShutdownRequest {}).await)?;
+            if as_json {
+                print_json(&json!({ "shutdown": true, "socket": socket.display().to_string() }))?;
             } else {
-                println!("p2pd at {} is shutting down", socket.display());
+                stdout_line(&format!("p2pd at {} is shutting down", socket.display()))?;
+            }
+        }
+        Command::Send(args) => return send::send(&mut api, &args, send_paths, as_json).await,
+        Command::Transfers => {
+            let list = answer(api.list_transfers(pb::ListTransfersRequest {}).await)?;
+            if as_json {
+                print_json(&Value::Array(
+                    list.transfers.iter().map(json::transfer).collect(),
+                ))?;
+            } else {
+                print!("{}", table::transfers(&list.transfers));
+            }
+        }
+        Command::Watch { id } => watch::watch(&mut api, id.as_deref(), as_json).await?,
+        Command::Cancel { id } => cancel(&mut api, &id, as_json).await?,
+        Command::Incoming => {
+            let list = answer(api.list_incoming(pb::ListIncomingRequest {}).await)?;
+            if as_json {
+                print_json(&Value::Array(list.offers.iter().map(json::offer).collect()))?;
+            } else {
+                print!("{}", table::incoming(&list.offers, table::now_ms()));
+            }
+        }
+        Command::Accept { id, .. } => accept(&mut api, &id, accept_dir, as_json).await?,
+        Command::Reject { id, reason } => reject(&mut api, &id, reason, as_json).await?,
+        Command::Sessions => {
+            let list = answer(api.list_sessions(pb::ListSessionsRequest {}).await)?;
+            if as_json {
+                print_json(&Value::Array(
+                    list.sessions.iter().map(json::session).collect(),
+                ))?;
+            } else {
+                print!("{}", table::sessions(&list.sessions, table::now_ms()));
+            }
+        }
+        Command::Connect { peer } => {
+            let s = answer(api.connect(pb::ConnectRequest { peer }).await)?;
+            if as_json {
+                print_json(&json::session(&s))?;
+            } else {
+                stdout_line(&format!(
+                    "connected to {} ({}) at {}, p2pd {}",
+                    s.peer_name, s.peer_id, s.peer_address, s.peer_version
+                ))?;
+            }
+        }
+        Command::Disconnect { peer } => {
+            let request = pb::DisconnectRequest { peer: peer.clone() };
+            answer(api.disconnect(request).await)?;
+            if as_json {
+                print_json(&json!({ "peer": peer, "disconnected": true }))?;
+            } else {
+                stdout_line(&format!("disconnected from {peer}"))?;
             }
         }
     }
-    Ok(())
+    Ok(Finished::Done)
 }
 
-fn print_json(v: &serde_json::Value) {
-    println!("{v:#}");
+async fn cancel(api: &mut ControlServiceClient<Channel>, given: &str, as_json: bool) -> Result<()> {
+    let id = client::resolve_transfer_id(api, given).await?;
+    let request = pb::CancelTransferRequest { id: id.clone() };
+    answer(api.cancel_transfer(request).await)?;
+    if as_json {
+        print_json(&json!({ "transfer_id": id, "cancelled": true }))
+    } else {
+        stdout_line(&format!("cancelled transfer {id}"))
+    }
 }
 
-fn status_json(s: &pb::GetStatusResponse) -> serde_json::Value {
-    json!({
-        "device_id": s.device_id,
-        "device_name": s.device_name,
-        "version": s.version,
-        "uptime_ms": s.uptime_ms,
-        "listen_address": s.listen_address,
-        "session_count": s.session_count,
-        "active_transfer_count": s.active_transfer_count,
-        "pid": s.pid,
-        "state_dir": s.state_dir,
-        "download_dir": s.download_dir,
-        "socket_path": s.socket_path,
-    })
+async fn accept(
+    api: &mut ControlServiceClient<Channel>,
+    given: &str,
+    destination: Option<String>,
+    as_json: bool,
+) -> Result<()> {
+    let id = client::resolve_offer_id(api, given).await?;
+    let request = pb::AcceptIncomingRequest {
+        transfer_id: id.clone(),
+        destination: destination.clone().unwrap_or_default(),
+    };
+    answer(api.accept_incoming(request).await)?;
+    if as_json {
+        return print_json(&json!({
+            "transfer_id": id,
+            "accepted": true,
+            "destination": destination.unwrap_or_default(),
+        }));
+    }
+    let into = destination.map_or_else(
+        || "the download directory".to_owned(),
+        |dir| dir.to_string(),
+    );
+    stdout_line(&format!(
+        "accepted transfer {id} into {into}; follow it with `p2pctl watch {id}`"
+    ))
+}
+
+async fn reject(
+    api: &mut ControlServiceClient<Channel>,
+    given: &str,
+    reason: Option<String>,
+    as_json: bool,
+) -> Result<()> {
+    let id = client::resolve_offer_id(api, given).await?;
+    let reason = reason.unwrap_or_default();
+    let request = pb::RejectIncomingRequest {
+        transfer_id: id.clone(),
+        reason: reason.clone(),
+    };
+    answer(api.reject_incoming(request).await)?;
+    if as_json {
+        print_json(&json!({ "transfer_id": id, "rejected": true, "reason": reason }))
+    } else {
+        stdout_line(&format!("rejected transfer {id}"))
+    }
+}
+
+/// One pretty-printed JSON document on stdout.
+fn print_json(v: &Value) -> Result<()> {
+    stdout_line(&format!("{v:#}"))
 }
 
 fn status_text(s: &pb::GetStatusResponse) -> String {
@@ -66,7 +194,7 @@ fn status_text(s: &pb::GetStatusResponse) -> String {
          state:      {}\n\
          socket:     {}\n",
         s.version,
-        human_duration(Duration::from_millis(s.uptime_ms)),
+        units::duration_coarse(Duration::from_millis(s.uptime_ms)),
         s.pid,
         s.device_name,
         s.device_id,
@@ -77,35 +205,4 @@ fn status_text(s: &pb::GetStatusResponse) -> String {
         s.state_dir,
         s.socket_path,
     )
-}
-
-/// `3d 4h`, `2h 5m`, `4m 10s`, `12s`.
-fn human_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    let (days, hours, mins, secs) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
-    if days > 0 {
-        format!("{days}d {hours}h")
-    } else if hours > 0 {
-        format!("{hours}h {mins}m")
-    } else if mins > 0 {
-        format!("{mins}m {secs}s")
-    } else {
-        format!("{secs}s")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_naturally() {
-        assert_eq!(human_duration(Duration::from_secs(12)), "12s");
-        assert_eq!(human_duration(Duration::from_secs(250)), "4m 10s");
-        assert_eq!(human_duration(Duration::from_secs(7500)), "2h 5m");
-        assert_eq!(
-            human_duration(Duration::from_secs(3 * 86_400 + 4 * 3600)),
-            "3d 4h"
-        );
-    }
 }

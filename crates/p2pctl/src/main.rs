@@ -1,13 +1,25 @@
 //! `p2pctl`: command-line client of the p2pd control API.
 //!
 //! Module map:
-//! - [`cli`]: commands and flags (the `--help` text).
-//! - [`client`]: connecting to the daemon and turning failures into messages and exit codes.
-//! - [`commands`]: one function per command; each prints a human summary or `--json`.
+//! - [`cli`]: commands and flags (the `--help` text), and checks of flag values.
+//! - [`client`]: connecting to the daemon, RPC errors, exit codes, short transfer ids.
+//! - [`commands`]: runs the command named on the command line.
+//! - [`send`]: `p2pctl send` — local path checks, starting and following a transfer.
+//! - [`watch`]: following transfers over `WatchTransfers` (`watch`, and `send`'s progress).
+//! - [`progress`]: progress bars, the plain line fallback, and the one-line texts.
+//! - [`table`]: the human tables of `transfers`, `incoming` and `sessions`.
+//! - [`json`]: `--json` rendering of the control API's messages.
+//! - [`units`]: human sizes, speeds, durations and percentages; parsing sizes.
 
 mod cli;
 mod client;
 mod commands;
+mod json;
+mod progress;
+mod send;
+mod table;
+mod units;
+mod watch;
 
 use clap::Parser;
 
@@ -24,7 +36,10 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(commands::run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(commands::Finished::Done) => std::process::ExitCode::SUCCESS,
+        Ok(commands::Finished::Interrupted) => {
+            std::process::ExitCode::from(client::EXIT_INTERRUPTED)
+        }
         Err(err) => {
             let code = client::exit_code(&err);
             eprintln!("p2pctl: error: {err}");

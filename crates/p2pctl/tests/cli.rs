@@ -15,7 +15,22 @@ fn help_lists_the_commands() {
     let out = p2pctl(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for word in ["status", "shutdown", "--json", "--socket"] {
+    for word in [
+        "status",
+        "shutdown",
+        "send",
+        "transfers",
+        "watch",
+        "cancel",
+        "incoming",
+        "accept",
+        "reject",
+        "sessions",
+        "connect",
+        "disconnect",
+        "--json",
+        "--socket",
+    ] {
         assert!(text.contains(word), "--help lacks {word}:\n{text}");
     }
 }
@@ -59,4 +74,106 @@ fn p2pd_socket_env_is_honoured() {
 fn an_unknown_command_is_a_usage_error() {
     let out = p2pctl(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn send_help_explains_its_flags() {
+    let out = p2pctl(&["send", "--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "--peer",
+        "--detach",
+        "--no-compress",
+        "--level",
+        "--chunk-size",
+        "--window",
+    ] {
+        assert!(text.contains(word), "send --help lacks {word}:\n{text}");
+    }
+}
+
+#[test]
+fn a_missing_path_is_reported_before_contacting_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("p2pd.sock");
+    let missing = dir.path().join("no-such-file");
+    for path in ["/nonexistent", missing.to_str().unwrap()] {
+        let out = p2pctl(&[
+            "--socket",
+            sock.to_str().unwrap(),
+            "send",
+            path,
+            "--peer",
+            "127.0.0.1:1",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(path), "names the path: {err}");
+        assert!(
+            !err.contains("no p2pd daemon"),
+            "checked before connecting: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn an_existing_path_goes_on_to_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("p2pd.sock");
+    let out = p2pctl(&[
+        "--socket",
+        sock.to_str().unwrap(),
+        "send",
+        dir.path().to_str().unwrap(),
+        "--peer",
+        "127.0.0.1:1",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "no daemon: {out:?}");
+}
+
+#[test]
+fn send_needs_a_peer() {
+    let out = p2pctl(&["send", "/tmp"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--peer"));
+    let out = p2pctl(&["send", "/tmp", "--peer", "no-port"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--peer"));
+}
+
+#[test]
+fn a_bad_chunk_size_is_a_usage_error_naming_the_flag() {
+    for bad in ["lots", "1X", "1K", "32M"] {
+        let out = p2pctl(&["send", "/tmp", "--peer", "127.0.0.1:1", "--chunk-size", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--chunk-size"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn every_daemon_command_without_a_daemon_is_exit_code_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("p2pd.sock");
+    let sock = sock.to_str().unwrap();
+    for args in [
+        &["transfers"][..],
+        &["watch"],
+        &["watch", "abc"],
+        &["cancel", "abc"],
+        &["incoming"],
+        &["accept", "abc", "--to", "."],
+        &["reject", "abc"],
+        &["sessions"],
+        &["connect", "127.0.0.1:1"],
+        &["disconnect", "127.0.0.1:1"],
+    ] {
+        let mut all = vec!["--socket", sock];
+        all.extend_from_slice(args);
+        let out = p2pctl(&all);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {out:?}");
+    }
 }

@@ -43,6 +43,11 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "FILTER")]
     pub(crate) log_level: Option<String>,
 
+    /// Receiving policy: `ask` keeps incoming offers waiting for `p2pctl accept` or `reject`;
+    /// `auto` accepts them into the download dir [default: ask].
+    #[arg(long, value_name = "POLICY")]
+    pub(crate) accept: Option<p2p_core::AcceptPolicy>,
+
     /// Detach into the background; logs go to p2pd.log in the state dir.
     #[arg(long)]
     pub(crate) daemon: bool,

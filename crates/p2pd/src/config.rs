@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use p2p_core::AcceptPolicy;
+
 use crate::cli::Cli;
 
 /// The default peer port.
@@ -24,6 +26,7 @@ struct FileConfig {
     name: Option<String>,
     download_dir: Option<PathBuf>,
     log_level: Option<String>,
+    accept: Option<String>,
 }
 
 /// Errors of loading the configuration.
@@ -62,6 +65,7 @@ pub(crate) struct Config {
     pub(crate) name: Option<String>,
     pub(crate) download_dir: PathBuf,
     pub(crate) log_level: String,
+    pub(crate) accept: AcceptPolicy,
 }
 
 impl Config {
@@ -145,6 +149,16 @@ impl Config {
             None => p2p_core::paths::default_download_dir(&state_dir),
         };
 
+        let accept = match (cli.accept, &file.accept) {
+            (Some(a), _) => a,
+            (None, Some(s)) => s.parse().map_err(|problem| ConfigError::Invalid {
+                key: "accept",
+                origin: origin(false),
+                problem,
+            })?,
+            (None, None) => AcceptPolicy::default(),
+        };
+
         Ok(Config {
             config_file,
             socket,
@@ -153,6 +167,7 @@ impl Config {
             name,
             download_dir,
             log_level,
+            accept,
         })
     }
 }
@@ -267,6 +282,7 @@ mod tests {
             ("name = \"\"", "name"),
             ("log_level = \"info,[\"", "log_level"),
             ("download_dir = \"\"", "download_dir"),
+            ("accept = \"always\"", "accept"),
         ] {
             let f = write(dir.path(), text);
             let err = Config::load(&cli(&["--config", f.to_str().unwrap()]))

@@ -265,6 +265,7 @@ fn settings_of(config: &Config, identity: &Identity) -> NodeSettings {
     NodeSettings {
         name: config.name.clone().unwrap_or_else(|| identity.name.clone()),
         download_dir: config.download_dir.clone(),
+        accept: config.accept,
     }
 }
 
@@ -302,6 +303,7 @@ fn reload(cli: &Cli, current: Config, node: &Node, log: &LogHandle) -> Config {
     tracing::info!(
         name = %settings.name,
         download_dir = %settings.download_dir.display(),
+        accept = ?settings.accept,
         log_level = %new.log_level,
         name_changed = old.name != settings.name,
         "SIGHUP: configuration reloaded"

@@ -1,0 +1,560 @@
+//! The receiving side of a transfer: where files go, and the thread that verifies and writes
+//! chunks.
+//!
+//! Every file is written to a hidden temporary file next to its final place, hashed in order
+//! as it is written, and linked under its final name only after the SHA-256 from the sender
+//! matches — so a final name never holds a partial or unverified file. Top-level names that
+//! already exist are never overwritten: the new one becomes `name (1).ext`, `name (2).ext`, …
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use p2p_proto::wire::v1::frame::Body;
+use p2p_proto::wire::v1::{self as wire, ChunkStatus};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::transfer::TransferEntry;
+use crate::wire as codec;
+
+/// Most attempts at finding a free `name (n)` before giving up.
+const MAX_RENAMES: u32 = 10_000;
+
+/// Where each root of a transfer lands.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    /// The directory the user chose.
+    pub dir: PathBuf,
+    /// Root name on the wire → final top-level name (differs on a collision). File roots are
+    /// resolved when their file is complete; folder roots are reserved up front.
+    pub roots: HashMap<String, String>,
+}
+
+/// Errors of preparing a destination.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot prepare destination {path}: {source}")]
+pub struct DestinationError {
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Creates the destination directory, reserves a free name for every folder root and creates
+/// the directories of the manifest (including empty ones). Never follows a symlink inside the
+/// destination.
+///
+/// # Errors
+/// [`DestinationError`] naming the path that could not be created.
+pub fn prepare(dir: &Path, info: &wire::TransferInfo) -> Result<Destination, DestinationError> {
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DestinationError { path, source }
+    };
+    fs::create_dir_all(dir).map_err(err(dir))?;
+    let folder_roots: std::collections::HashSet<&str> = info
+        .dirs
+        .iter()
+        .filter(|d| !d.contains('/'))
+        .map(String::as_str)
+        .collect();
+    let mut roots = HashMap::new();
+    for root in &info.roots {
+        if folder_roots.contains(root.as_str()) {
+            let name = reserve_dir(dir, root).map_err(err(&dir.join(root)))?;
+            roots.insert(root.clone(), name);
+        } else {
+            roots.insert(root.clone(), root.clone());
+        }
+    }
+    let dest = Destination {
+        dir: dir.to_path_buf(),
+        roots,
+    };
+    for d in &info.dirs {
+        if !d.contains('/') {
+            continue;
+        }
+        let path = dest.path_of(d);
+        make_dir_no_follow(&dest.dir, &path).map_err(err(&path))?;
+    }
+    Ok(dest)
+}
+
+impl Destination {
+    /// The local path of a wire path (after root renaming).
+    pub fn path_of(&self, rel: &str) -> PathBuf {
+        let (root, rest) = rel.split_once('/').unwrap_or((rel, ""));
+        let root = self.roots.get(root).map(String::as_str).unwrap_or(root);
+        let mut p = self.dir.join(root);
+        if !rest.is_empty() {
+            p.push(rest);
+        }
+        p
+    }
+}
+
+/// `name`, `name (1)`, … for a directory, created atomically so that two transfers cannot pick
+/// the same one.
+fn reserve_dir(dir: &Path, name: &str) -> std::io::Result<String> {
+    for n in 0..MAX_RENAMES {
+        let candidate = numbered(name, n, false);
+        match fs::DirBuilder::new()
+            .mode(0o755)
+            .create(dir.join(&candidate))
+        {
+            Ok(()) => return Ok(candidate),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        "no free name",
+    ))
+}
+
+/// `report.pdf` → `report (1).pdf`; folders and names without extension get the suffix at the
+/// end.
+fn numbered(name: &str, n: u32, is_file: bool) -> String {
+    if n == 0 {
+        return name.to_owned();
+    }
+    match name.rfind('.') {
+        Some(dot) if is_file && dot > 0 => format!("{} ({n}){}", &name[..dot], &name[dot..]),
+        _ => format!("{name} ({n})"),
+    }
+}
+
+/// Creates `path` (below `base`) component by component, refusing to pass through anything
+/// that is not a real directory — a symlink planted in the destination cannot redirect writes.
+fn make_dir_no_follow(base: &Path, path: &Path) -> std::io::Result<()> {
+    let rel = path
+        .strip_prefix(base)
+        .map_err(|_| std::io::Error::other("path outside destination"))?;
+    let mut cur = base.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a directory", cur.display()),
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::DirBuilder::new().mode(0o755).create(&cur)?
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Per-file progress on the receiver.
+#[derive(Default)]
+struct FileState {
+    temp: Option<(PathBuf, File)>,
+    next_chunk: u64,
+    written: u64,
+    hasher: Sha256,
+    // Chunks that arrived ahead of a re-sent one, held until the gap is filled (bounded by the
+    // window).
+    pending: BTreeMap<u64, Bytes>,
+    expected_sha: Option<Bytes>,
+    done: bool,
+}
+
+/// How the receiving thread ended.
+#[derive(Debug)]
+pub(crate) enum ReceiveEnd {
+    /// Every file verified and in place.
+    Completed,
+    /// The sender cancelled.
+    Cancelled(String),
+    /// An error; `tell_peer` is false when the peer is already gone.
+    Failed { reason: String, tell_peer: bool },
+}
+
+/// The receiving thread: consumes the transfer's frames until it completes, fails or is
+/// cancelled. Temporary files are removed on every path but success.
+pub(crate) fn receive(
+    info: &wire::TransferInfo,
+    dest: &Destination,
+    mut frames: mpsc::Receiver<Body>,
+    writer: &mpsc::Sender<Bytes>,
+    entry: &Arc<TransferEntry>,
+) -> ReceiveEnd {
+    let mut files: Vec<FileState> = (0..info.files.len())
+        .map(|_| FileState::default())
+        .collect();
+    let mut r = Receiver {
+        info,
+        dest,
+        writer,
+        entry,
+        files_done: 0,
+    };
+    let end = loop {
+        let frame = if entry.cancel.is_cancelled() {
+            break ReceiveEnd::Failed {
+                reason: "cancelled".into(),
+                tell_peer: false,
+            };
+        } else {
+            frames.blocking_recv()
+        };
+        let Some(frame) = frame else {
+            break ReceiveEnd::Failed {
+                reason: "session to peer lost".into(),
+                tell_peer: false,
+            };
+        };
+        let step = match frame {
+            Body::Chunk(c) => r.chunk(&mut files, c),
+            Body::FileDone(d) => r.file_done(&mut files, d),
+            Body::Complete(_) => {
+                if r.files_done == info.files.len() as u64 {
+                    let _ = r.send(Body::CompleteAck(wire::CompleteAck {
+                        transfer_id: info.transfer_id.clone(),
+                    }));
+                    break ReceiveEnd::Completed;
+                }
+                Err(format!(
+                    "sender said complete with {} of {} files verified",
+                    r.files_done,
+                    info.files.len()
+                ))
+            }
+            Body::Cancel(c) => break ReceiveEnd::Cancelled(c.reason),
+            other => Err(format!(
+                "unexpected {} from sender",
+                codec::body_name(&other)
+            )),
+        };
+        if let Err(reason) = step {
+            break ReceiveEnd::Failed {
+                reason,
+                tell_peer: true,
+            };
+        }
+    };
+    if !matches!(end, ReceiveEnd::Completed) {
+        for f in &mut files {
+            if let Some((path, file)) = f.temp.take() {
+                drop(file);
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+    end
+}
+
+struct Receiver<'a> {
+    info: &'a wire::TransferInfo,
+    dest: &'a Destination,
+    writer: &'a mpsc::Sender<Bytes>,
+    entry: &'a Arc<TransferEntry>,
+    files_done: u64,
+}
+
+impl Receiver<'_> {
+    fn send(&self, body: Body) -> Result<(), String> {
+        self.writer
+            .blocking_send(codec::encode(body))
+            .map_err(|_| "session to peer lost".to_owned())
+    }
+
+    fn ack(&self, file_index: u32, chunk_index: u64, status: ChunkStatus) -> Result<(), String> {
+        self.send(Body::ChunkAck(wire::ChunkAck {
+            transfer_id: self.info.transfer_id.clone(),
+            file_index,
+            chunk_index,
+            status: status as i32,
+        }))
+    }
+
+    fn chunk_len(&self, file: &wire::FileEntry, chunk_index: u64) -> Option<usize> {
+        let cs = u64::from(self.info.chunk_size);
+        let start = chunk_index.checked_mul(cs)?;
+        (start < file.size).then(|| (file.size - start).min(cs) as usize)
+    }
+
+    fn chunk(&mut self, files: &mut [FileState], c: wire::Chunk) -> Result<(), String> {
+        let fi = c.file_index as usize;
+        let entry = self
+            .info
+            .files
+            .get(fi)
+            .ok_or_else(|| format!("chunk for file #{fi}, which does not exist"))?;
+        let expected = self.chunk_len(entry, c.chunk_index).ok_or_else(|| {
+            format!(
+                "chunk {} is beyond the end of {:?}",
+                c.chunk_index, entry.path
+            )
+        })?;
+        if c.data.len() > self.info.chunk_size as usize + codec::CHUNK_OVERHEAD {
+            return Err(format!(
+                "chunk {} of {:?} is larger than the chunk size",
+                c.chunk_index, entry.path
+            ));
+        }
+        let state = &mut files[fi];
+        if state.done
+            || c.chunk_index < state.next_chunk
+            || state.pending.contains_key(&c.chunk_index)
+        {
+            // A duplicate (a re-send raced with a late acknowledgement): already stored.
+            return self.ack(c.file_index, c.chunk_index, ChunkStatus::Ok);
+        }
+        if crc32fast::hash(&c.data) != c.crc32 {
+            tracing::warn!(transfer = %self.info.transfer_id, file = %entry.path, chunk = c.chunk_index, "CRC mismatch; asking for the chunk again");
+            return self.ack(c.file_index, c.chunk_index, ChunkStatus::CrcMismatch);
+        }
+        let wire_len = c.data.len() as u64;
+        let raw = if c.flags & wire::ChunkFlag::Compressed as u32 != 0 {
+            match zstd::bulk::decompress(&c.data, expected) {
+                Ok(v) => Bytes::from(v),
+                // The CRC matched, so the sender produced this: not a transmission error.
+                Err(e) => {
+                    return Err(format!(
+                        "chunk {} of {:?} does not decompress: {e}",
+                        c.chunk_index, entry.path
+                    ));
+                }
+            }
+        } else {
+            c.data
+        };
+        if raw.len() != expected {
+            return Err(format!(
+                "chunk {} of {:?} has {} bytes, expected {expected}",
+                c.chunk_index,
+                entry.path,
+                raw.len()
+            ));
+        }
+        if c.chunk_index == state.next_chunk {
+            self.write(fi, state, &raw)?;
+            while let Some(next) = state.pending.remove(&state.next_chunk) {
+                self.write(fi, state, &next)?;
+            }
+        } else {
+            if state.pending.len() >= self.info.window as usize * 2 {
+                return Err(format!("too many chunks of {:?} out of order", entry.path));
+            }
+            state.pending.insert(c.chunk_index, raw);
+        }
+        self.ack(c.file_index, c.chunk_index, ChunkStatus::Ok)?;
+        self.entry
+            .bytes_done
+            .fetch_add(expected as u64, Ordering::Relaxed);
+        self.entry.wire_bytes.fetch_add(wire_len, Ordering::Relaxed);
+        self.entry
+            .progress(Some((&entry.path, state.written, entry.size)));
+        if state.expected_sha.is_some() && state.written == entry.size {
+            self.finish(fi, state)?;
+        }
+        Ok(())
+    }
+
+    fn write(&self, fi: usize, state: &mut FileState, data: &[u8]) -> Result<(), String> {
+        if state.temp.is_none() {
+            state.temp = Some(self.open_temp(fi)?);
+        }
+        let Some((path, file)) = state.temp.as_mut() else {
+            return Err("temporary file missing".into());
+        };
+        file.write_all(data)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        state.hasher.update(data);
+        state.written += data.len() as u64;
+        state.next_chunk += 1;
+        Ok(())
+    }
+
+    fn open_temp(&self, fi: usize) -> Result<(PathBuf, File), String> {
+        let entry = &self.info.files[fi];
+        let final_path = self.dest.path_of(&entry.path);
+        let dir = final_path.parent().ok_or("no parent directory")?;
+        let name = final_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let short: String = self.info.transfer_id.chars().take(8).collect();
+        let temp = dir.join(format!(".{name}.{short}-{fi}.p2pd-part"));
+        // create_new: never reuse or follow whatever sits at that name.
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&temp)
+            .map_err(|e| format!("cannot create {}: {e}", temp.display()))?;
+        Ok((temp, file))
+    }
+
+    fn file_done(&mut self, files: &mut [FileState], d: wire::FileDone) -> Result<(), String> {
+        let fi = d.file_index as usize;
+        let entry = self
+            .info
+            .files
+            .get(fi)
+            .ok_or_else(|| format!("FileDone for file #{fi}, which does not exist"))?;
+        let state = &mut files[fi];
+        if state.done || state.expected_sha.is_some() {
+            return Err(format!("FileDone for {:?} twice", entry.path));
+        }
+        state.expected_sha = Some(d.sha256);
+        if state.written == entry.size {
+            self.finish(fi, state)?;
+        }
+        Ok(())
+    }
+
+    /// Verifies a complete file and puts it in place, then reports the result to the sender.
+    fn finish(&mut self, fi: usize, state: &mut FileState) -> Result<(), String> {
+        let entry = &self.info.files[fi];
+        let result = self.place(fi, state);
+        state.done = true;
+        let (ok, error) = match &result {
+            Ok(path) => {
+                tracing::debug!(transfer = %self.info.transfer_id, path = %path.display(), "file verified");
+                (true, String::new())
+            }
+            Err(e) => (false, e.clone()),
+        };
+        self.send(Body::FileResult(wire::FileResult {
+            transfer_id: self.info.transfer_id.clone(),
+            file_index: fi as u32,
+            ok,
+            error,
+        }))?;
+        result.map(|_| {
+            self.files_done += 1;
+            self.entry
+                .files_done
+                .store(self.files_done, Ordering::Relaxed);
+            self.entry
+                .progress(Some((&entry.path, entry.size, entry.size)));
+        })
+    }
+
+    fn place(&self, fi: usize, state: &mut FileState) -> Result<PathBuf, String> {
+        let entry = &self.info.files[fi];
+        if state.temp.is_none() {
+            state.temp = Some(self.open_temp(fi)?);
+        }
+        let Some((temp, file)) = state.temp.take() else {
+            return Err("temporary file missing".into());
+        };
+        let cleanup = |msg: String| {
+            let _ = fs::remove_file(&temp);
+            msg
+        };
+        let digest = std::mem::take(&mut state.hasher).finalize();
+        if state.expected_sha.as_deref() != Some(digest.as_slice()) {
+            return Err(cleanup(format!(
+                "SHA-256 mismatch for {:?}: the file arrived corrupted",
+                entry.path
+            )));
+        }
+        file.set_permissions(fs::Permissions::from_mode(entry.mode & 0o777))
+            .map_err(|e| cleanup(format!("cannot set mode: {e}")))?;
+        let mtime = UNIX_EPOCH
+            + Duration::new(
+                entry.mtime_sec.max(0) as u64,
+                entry.mtime_nsec.min(999_999_999),
+            );
+        file.set_modified(mtime)
+            .map_err(|e| cleanup(format!("cannot set mtime: {e}")))?;
+        file.sync_all()
+            .map_err(|e| cleanup(format!("cannot sync {}: {e}", temp.display())))?;
+        drop(file);
+        let final_path = self.dest.path_of(&entry.path);
+        let is_root_file = !entry.path.contains('/');
+        let placed = if is_root_file {
+            link_free_name(&temp, &final_path)
+        } else {
+            fs::hard_link(&temp, &final_path).map(|()| final_path.clone())
+        };
+        let placed =
+            placed.map_err(|e| cleanup(format!("cannot place {}: {e}", final_path.display())))?;
+        let _ = fs::remove_file(&temp);
+        Ok(placed)
+    }
+}
+
+/// Links `temp` under `wanted`, or `wanted (1)`, … — the first name that is free. A hard link
+/// fails instead of replacing, so an existing file is never overwritten.
+fn link_free_name(temp: &Path, wanted: &Path) -> std::io::Result<PathBuf> {
+    let dir = wanted.parent().unwrap_or(Path::new("."));
+    let name = wanted
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for n in 0..MAX_RENAMES {
+        let candidate = dir.join(numbered(&name, n, true));
+        match fs::hard_link(temp, &candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        "no free name",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_names_keep_the_extension() {
+        assert_eq!(numbered("report.pdf", 0, true), "report.pdf");
+        assert_eq!(numbered("report.pdf", 1, true), "report (1).pdf");
+        assert_eq!(numbered(".bashrc", 2, true), ".bashrc (2)");
+        assert_eq!(numbered("photos", 1, false), "photos (1)");
+        assert_eq!(numbered("a.tar.gz", 1, true), "a.tar (1).gz");
+    }
+
+    #[test]
+    fn folder_roots_are_reserved_and_links_never_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("photos")).unwrap();
+        let info = wire::TransferInfo {
+            roots: vec!["photos".into()],
+            dirs: vec!["photos".into(), "photos/2024".into()],
+            ..Default::default()
+        };
+        let d = prepare(dir.path(), &info).unwrap();
+        assert_eq!(d.roots["photos"], "photos (1)");
+        assert!(dir.path().join("photos (1)/2024").is_dir());
+
+        let temp = dir.path().join("t");
+        fs::write(&temp, b"new").unwrap();
+        fs::write(dir.path().join("a.txt"), b"old").unwrap();
+        let placed = link_free_name(&temp, &dir.path().join("a.txt")).unwrap();
+        assert_eq!(placed, dir.path().join("a (1).txt"));
+        assert_eq!(fs::read(dir.path().join("a.txt")).unwrap(), b"old");
+    }
+
+    #[test]
+    fn a_symlink_in_the_destination_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        std::os::unix::fs::symlink(outside.path(), base.join("evil")).unwrap();
+        assert!(make_dir_no_follow(base, &base.join("evil/sub")).is_err());
+        assert!(!outside.path().join("sub").exists());
+    }
+}

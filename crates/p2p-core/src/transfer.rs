@@ -1,0 +1,447 @@
+//! The transfer registry: every transfer this node knows of since it started, its state and
+//! progress, and the event channel that `WatchTransfers` streams from.
+//!
+//! Counters are atomics updated by the sender and receiver threads; a snapshot is taken on
+//! demand. Progress events are rate-limited per transfer (200 ms); state changes always emit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// Smallest chunk size accepted.
+pub const MIN_CHUNK: u32 = 4 << 10;
+/// Largest chunk size accepted.
+pub const MAX_CHUNK: u32 = 16 << 20;
+/// Default chunk size.
+pub const DEFAULT_CHUNK: u32 = 1 << 20;
+/// Largest window accepted.
+pub const MAX_WINDOW: u32 = 1024;
+/// Default window: enough chunks in flight to fill a 1 Gbit/s link with 50 ms RTT.
+pub const DEFAULT_WINDOW: u32 = 64;
+/// Default zstd level.
+pub const DEFAULT_LEVEL: i32 = 3;
+/// How often progress events may be emitted per transfer.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Options of one outgoing transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendOptions {
+    /// Compress chunks (adaptive).
+    pub compress: bool,
+    /// zstd level.
+    pub level: i32,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Chunks in flight.
+    pub window: u32,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        SendOptions {
+            compress: true,
+            level: DEFAULT_LEVEL,
+            chunk_size: DEFAULT_CHUNK,
+            window: DEFAULT_WINDOW,
+        }
+    }
+}
+
+impl SendOptions {
+    /// Checks the ranges; the message names the option.
+    ///
+    /// # Errors
+    /// A human-readable description of the bad option.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(MIN_CHUNK..=MAX_CHUNK).contains(&self.chunk_size) {
+            return Err(format!(
+                "chunk size {} is outside {MIN_CHUNK}..={MAX_CHUNK} bytes",
+                self.chunk_size
+            ));
+        }
+        if !(1..=MAX_WINDOW).contains(&self.window) {
+            return Err(format!(
+                "window {} is outside 1..={MAX_WINDOW}",
+                self.window
+            ));
+        }
+        if !(-7..=22).contains(&self.level) || self.level == 0 {
+            return Err(format!(
+                "compression level {} is outside 1..=22 and -7..=-1",
+                self.level
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which way the bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// We send.
+    Send,
+    /// We receive.
+    Receive,
+}
+
+/// Life cycle of a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferState {
+    /// Offered to the peer, waiting for its decision.
+    Offered,
+    /// An incoming offer waiting for a local decision.
+    WaitingAccept,
+    /// Moving bytes.
+    Running,
+    /// Every file verified by the receiver.
+    Completed,
+    /// Ended with an error.
+    Failed,
+    /// Cancelled by either side.
+    Cancelled,
+    /// Refused by the receiver.
+    Rejected,
+}
+
+impl TransferState {
+    /// Whether the transfer has ended.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Cancelled | Self::Rejected
+        )
+    }
+}
+
+/// A point-in-time view of a transfer.
+#[derive(Debug, Clone)]
+pub struct TransferSnapshot {
+    /// Transfer id.
+    pub id: String,
+    /// Direction.
+    pub direction: Direction,
+    /// State.
+    pub state: TransferState,
+    /// Peer device id.
+    pub peer_id: String,
+    /// Peer name.
+    pub peer_name: String,
+    /// Peer listen address.
+    pub peer_address: String,
+    /// Top-level names.
+    pub roots: Vec<String>,
+    /// Number of files.
+    pub total_files: u64,
+    /// Payload bytes.
+    pub total_bytes: u64,
+    /// Files finished.
+    pub files_done: u64,
+    /// Payload bytes finished.
+    pub bytes_done: u64,
+    /// Payload bytes on the wire.
+    pub wire_bytes: u64,
+    /// The file in progress.
+    pub current_file: String,
+    /// Its bytes done.
+    pub current_file_bytes: u64,
+    /// Its size.
+    pub current_file_size: u64,
+    /// Average speed in bytes per second.
+    pub bytes_per_second: u64,
+    /// Start, ms since the epoch.
+    pub started_at_ms: u64,
+    /// End, ms since the epoch (0 while running).
+    pub finished_at_ms: u64,
+    /// Failure, rejection or cancellation reason.
+    pub error: String,
+    /// Destination directory (receiving side).
+    pub destination: String,
+    /// Chunks re-sent after CRC failures.
+    pub chunks_resent: u64,
+}
+
+#[derive(Debug)]
+struct Mutable {
+    state: TransferState,
+    error: String,
+    finished: Option<SystemTime>,
+    finished_instant: Option<Instant>,
+    current_file: String,
+    current_file_bytes: u64,
+    current_file_size: u64,
+    destination: String,
+    last_emit: Instant,
+}
+
+/// One transfer's shared record.
+#[derive(Debug)]
+pub struct TransferEntry {
+    /// Transfer id.
+    pub id: String,
+    /// Direction.
+    pub direction: Direction,
+    peer_id: String,
+    peer_name: String,
+    peer_address: String,
+    roots: Vec<String>,
+    total_files: u64,
+    total_bytes: u64,
+    /// Files finished.
+    pub files_done: AtomicU64,
+    /// Payload bytes finished.
+    pub bytes_done: AtomicU64,
+    /// Payload bytes on the wire.
+    pub wire_bytes: AtomicU64,
+    /// Chunks re-sent.
+    pub chunks_resent: AtomicU64,
+    started: SystemTime,
+    started_instant: Instant,
+    /// Cancelled when the transfer must stop (user cancel, peer cancel, session loss).
+    pub cancel: CancellationToken,
+    // Everything that changes together and is read together for a snapshot.
+    inner: Mutex<Mutable>,
+    events: broadcast::Sender<TransferSnapshot>,
+}
+
+/// Description of a new transfer for the registry.
+#[derive(Debug, Clone)]
+pub struct NewTransfer {
+    /// Transfer id.
+    pub id: String,
+    /// Direction.
+    pub direction: Direction,
+    /// Initial state.
+    pub state: TransferState,
+    /// Peer device id.
+    pub peer_id: String,
+    /// Peer name.
+    pub peer_name: String,
+    /// Peer address.
+    pub peer_address: String,
+    /// Top-level names.
+    pub roots: Vec<String>,
+    /// Number of files.
+    pub total_files: u64,
+    /// Payload bytes.
+    pub total_bytes: u64,
+    /// Destination (receiving side).
+    pub destination: String,
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl TransferEntry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Mutable> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> TransferState {
+        self.lock().state
+    }
+
+    /// A snapshot.
+    pub fn snapshot(&self) -> TransferSnapshot {
+        let m = self.lock();
+        self.snapshot_locked(&m)
+    }
+
+    fn snapshot_locked(&self, m: &Mutable) -> TransferSnapshot {
+        let bytes_done = self.bytes_done.load(Ordering::Relaxed);
+        let end = m.finished_instant.unwrap_or_else(Instant::now);
+        let secs = end.duration_since(self.started_instant).as_secs_f64();
+        TransferSnapshot {
+            id: self.id.clone(),
+            direction: self.direction,
+            state: m.state,
+            peer_id: self.peer_id.clone(),
+            peer_name: self.peer_name.clone(),
+            peer_address: self.peer_address.clone(),
+            roots: self.roots.clone(),
+            total_files: self.total_files,
+            total_bytes: self.total_bytes,
+            files_done: self.files_done.load(Ordering::Relaxed),
+            bytes_done,
+            wire_bytes: self.wire_bytes.load(Ordering::Relaxed),
+            current_file: m.current_file.clone(),
+            current_file_bytes: m.current_file_bytes,
+            current_file_size: m.current_file_size,
+            bytes_per_second: if secs > 0.0 {
+                (bytes_done as f64 / secs) as u64
+            } else {
+                0
+            },
+            started_at_ms: ms(self.started),
+            finished_at_ms: m.finished.map(ms).unwrap_or(0),
+            error: m.error.clone(),
+            destination: m.destination.clone(),
+            chunks_resent: self.chunks_resent.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Moves to `state` (ignored once final) and emits an event. Returns whether it changed.
+    pub fn set_state(&self, state: TransferState, error: impl Into<String>) -> bool {
+        let mut m = self.lock();
+        if m.state.is_final() {
+            return false;
+        }
+        m.state = state;
+        let error = error.into();
+        if !error.is_empty() {
+            m.error = error;
+        }
+        if state.is_final() {
+            m.finished = Some(SystemTime::now());
+            m.finished_instant = Some(Instant::now());
+            m.current_file.clear();
+        }
+        m.last_emit = Instant::now();
+        let snap = self.snapshot_locked(&m);
+        drop(m);
+        if state.is_final() {
+            self.cancel.cancel();
+            tracing::info!(transfer = %self.id, state = ?state, error = %snap.error, "transfer ended");
+        }
+        let _ = self.events.send(snap);
+        true
+    }
+
+    /// Sets the destination shown for a receiving transfer.
+    pub fn set_destination(&self, dest: String) {
+        self.lock().destination = dest;
+    }
+
+    /// Records the file in progress and emits a (rate-limited) progress event.
+    pub fn progress(&self, current_file: Option<(&str, u64, u64)>) {
+        let mut m = self.lock();
+        if let Some((name, done, size)) = current_file {
+            if m.current_file != name {
+                m.current_file = name.to_owned();
+            }
+            m.current_file_bytes = done;
+            m.current_file_size = size;
+        }
+        if m.last_emit.elapsed() < PROGRESS_INTERVAL || m.state.is_final() {
+            return;
+        }
+        m.last_emit = Instant::now();
+        let snap = self.snapshot_locked(&m);
+        drop(m);
+        let _ = self.events.send(snap);
+    }
+}
+
+/// All transfers of the node.
+#[derive(Debug)]
+pub struct Transfers {
+    map: Mutex<HashMap<String, Arc<TransferEntry>>>,
+    events: broadcast::Sender<TransferSnapshot>,
+}
+
+impl Default for Transfers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Transfers {
+    /// An empty registry.
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(4096);
+        Transfers {
+            map: Mutex::new(HashMap::new()),
+            events,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TransferEntry>>> {
+        match self.map.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Registers a transfer and emits its first event.
+    pub fn insert(&self, t: NewTransfer, cancel: CancellationToken) -> Arc<TransferEntry> {
+        let entry = Arc::new(TransferEntry {
+            id: t.id.clone(),
+            direction: t.direction,
+            peer_id: t.peer_id,
+            peer_name: t.peer_name,
+            peer_address: t.peer_address,
+            roots: t.roots,
+            total_files: t.total_files,
+            total_bytes: t.total_bytes,
+            files_done: AtomicU64::new(0),
+            bytes_done: AtomicU64::new(0),
+            wire_bytes: AtomicU64::new(0),
+            chunks_resent: AtomicU64::new(0),
+            started: SystemTime::now(),
+            started_instant: Instant::now(),
+            cancel,
+            inner: Mutex::new(Mutable {
+                state: t.state,
+                error: String::new(),
+                finished: None,
+                finished_instant: None,
+                current_file: String::new(),
+                current_file_bytes: 0,
+                current_file_size: 0,
+                destination: t.destination,
+                last_emit: Instant::now(),
+            }),
+            events: self.events.clone(),
+        });
+        self.lock().insert(t.id, entry.clone());
+        let _ = self.events.send(entry.snapshot());
+        entry
+    }
+
+    /// Looks up a transfer.
+    pub fn get(&self, id: &str) -> Option<Arc<TransferEntry>> {
+        self.lock().get(id).cloned()
+    }
+
+    /// Snapshots of every transfer, oldest first.
+    pub fn list(&self) -> Vec<TransferSnapshot> {
+        let mut v: Vec<TransferSnapshot> = self.lock().values().map(|e| e.snapshot()).collect();
+        v.sort_by(|a, b| {
+            a.started_at_ms
+                .cmp(&b.started_at_ms)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        v
+    }
+
+    /// Transfers that have not ended.
+    pub fn active_count(&self) -> u32 {
+        self.lock()
+            .values()
+            .filter(|e| !e.state().is_final())
+            .count() as u32
+    }
+
+    /// Subscribes to transfer events.
+    pub fn subscribe(&self) -> broadcast::Receiver<TransferSnapshot> {
+        self.events.subscribe()
+    }
+
+    /// Marks every unfinished transfer as failed with `reason` (shutdown).
+    pub fn fail_all(&self, reason: &str) {
+        let entries: Vec<_> = self.lock().values().cloned().collect();
+        for e in entries {
+            e.set_state(TransferState::Failed, reason);
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! `--json` rendering of the control API's messages: one function per message, field names as
+//! in the proto, enums as lower-case words (`"send"`, `"waiting_accept"`), 64-bit counters as
+//! JSON numbers. The same words name directions and states in the human output.
+
+use p2p_proto::control::v1 as pb;
+use serde_json::{Value, json};
+
+/// `"send"`, `"receive"`; `"unknown"` for a value this p2pctl does not know.
+pub(crate) fn direction_word(direction: i32) -> &'static str {
+    match pb::Direction::try_from(direction) {
+        Ok(pb::Direction::Send) => "send",
+        Ok(pb::Direction::Receive) => "receive",
+        Ok(pb::Direction::Unspecified) => "unspecified",
+        Err(_) => "unknown",
+    }
+}
+
+/// `"offered"`, `"waiting_accept"`, `"running"`, `"completed"`, `"failed"`, `"cancelled"`,
+/// `"rejected"`; `"unknown"` for a value this p2pctl does not know.
+pub(crate) fn state_word(state: i32) -> &'static str {
+    match pb::TransferState::try_from(state) {
+        Ok(pb::TransferState::Unspecified) => "unspecified",
+        Ok(pb::TransferState::Offered) => "offered",
+        Ok(pb::TransferState::WaitingAccept) => "waiting_accept",
+        Ok(pb::TransferState::Running) => "running",
+        Ok(pb::TransferState::Completed) => "completed",
+        Ok(pb::TransferState::Failed) => "failed",
+        Ok(pb::TransferState::Cancelled) => "cancelled",
+        Ok(pb::TransferState::Rejected) => "rejected",
+        Err(_) => "unknown",
+    }
+}
+
+/// Whether a transfer in this state has ended (completed, failed, cancelled or rejected).
+pub(crate) fn is_final(state: i32) -> bool {
+    matches!(
+        pb::TransferState::try_from(state),
+        Ok(pb::TransferState::Completed
+            | pb::TransferState::Failed
+            | pb::TransferState::Cancelled
+            | pb::TransferState::Rejected)
+    )
+}
+
+/// A transfer as JSON, every field of the proto message.
+pub(crate) fn transfer(t: &pb::Transfer) -> Value {
+    // Destructured so that a field added to the proto fails to compile here until it is shown.
+    let pb::Transfer {
+        id,
+        direction,
+        state,
+        peer_id,
+        peer_name,
+        peer_address,
+        roots,
+        total_files,
+        total_bytes,
+        files_done,
+        bytes_done,
+        wire_bytes,
+        current_file,
+        current_file_bytes,
+        current_file_size,
+        bytes_per_second,
+        started_at_ms,
+        finished_at_ms,
+        error,
+        destination,
+        chunks_resent,
+    } = t;
+    json!({
+        "id": id,
+        "direction": direction_word(*direction),
+        "state": state_word(*state),
+        "peer_id": peer_id,
+        "peer_name": peer_name,
+        "peer_address": peer_address,
+        "roots": roots,
+        "total_files": total_files,
+        "total_bytes": total_bytes,
+        "files_done": files_done,
+        "bytes_done": bytes_done,
+        "wire_bytes": wire_bytes,
+        "current_file": current_file,
+        "current_file_bytes": current_file_bytes,
+        "current_file_size": current_file_size,
+        "bytes_per_second": bytes_per_second,
+        "started_at_ms": started_at_ms,
+        "finished_at_ms": finished_at_ms,
+        "error": error,
+        "destination": destination,
+        "chunks_resent": chunks_resent,
+    })
+}
+
+/// A `TransferEvent` as JSON: `{"transfer": {…}}` (`null` if the daemon sent none).
+pub(crate) fn transfer_event(e: &pb::TransferEvent) -> Value {
+    let pb::TransferEvent { transfer: t } = e;
+    json!({ "transfer": t.as_ref().map(transfer) })
+}
+
+/// An incoming offer as JSON, every field of the proto message.
+pub(crate) fn offer(o: &pb::IncomingOffer) -> Value {
+    let pb::IncomingOffer {
+        transfer_id,
+        peer_id,
+        peer_name,
+        peer_address,
+        roots,
+        total_files,
+        total_bytes,
+        offered_at_ms,
+        expires_at_ms,
+    } = o;
+    json!({
+        "transfer_id": transfer_id,
+        "peer_id": peer_id,
+        "peer_name": peer_name,
+        "peer_address": peer_address,
+        "roots": roots,
+        "total_files": total_files,
+        "total_bytes": total_bytes,
+        "offered_at_ms": offered_at_ms,
+        "expires_at_ms": expires_at_ms,
+    })
+}
+
+/// A peer session as JSON, every field of the proto message.
+pub(crate) fn session(s: &pb::Session) -> Value {
+    let pb::Session {
+        peer_id,
+        peer_name,
+        peer_address,
+        remote_address,
+        outgoing,
+        established_at_ms,
+        active_transfers,
+        peer_version,
+    } = s;
+    json!({
+        "peer_id": peer_id,
+        "peer_name": peer_name,
+        "peer_address": peer_address,
+        "remote_address": remote_address,
+        "outgoing": outgoing,
+        "established_at_ms": established_at_ms,
+        "active_transfers": active_transfers,
+        "peer_version": peer_version,
+    })
+}
+
+/// The daemon's status as JSON, every field of the proto message.
+pub(crate) fn status(s: &pb::GetStatusResponse) -> Value {
+    let pb::GetStatusResponse {
+        device_id,
+        device_name,
+        version,
+        uptime_ms,
+        listen_address,
+        session_count,
+        active_transfer_count,
+        pid,
+        state_dir,
+        download_dir,
+        socket_path,
+    } = s;
+    json!({
+        "device_id": device_id,
+        "device_name": device_name,
+        "version": version,
+        "uptime_ms": uptime_ms,
+        "listen_address": listen_address,
+        "session_count": session_count,
+        "active_transfer_count": active_transfer_count,
+        "pid": pid,
+        "state_dir": state_dir,
+        "download_dir": download_dir,
+        "socket_path": socket_path,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A running two-file transfer, shared by the rendering tests of other modules.
+    pub(crate) fn sample_transfer() -> pb::Transfer {
+        pb::Transfer {
+            id: "0123456789abcdef".to_owned(),
+            direction: pb::Direction::Send as i32,
+            state: pb::TransferState::Running as i32,
+            peer_id: "peer-uuid".to_owned(),
+            peer_name: "kitchen-pc".to_owned(),
+            peer_address: "192.0.2.7:14567".to_owned(),
+            roots: vec!["photos".to_owned(), "notes.txt".to_owned()],
+            total_files: 10,
+            total_bytes: 40 << 20,
+            files_done: 3,
+            bytes_done: 12 << 20,
+            wire_bytes: 9 << 20,
+            current_file: "photos/a.jpg".to_owned(),
+            current_file_bytes: 1 << 19,
+            current_file_size: 1 << 20,
+            bytes_per_second: 8_598_323,
+            started_at_ms: 1_700_000_000_000,
+            finished_at_ms: 0,
+            error: String::new(),
+            destination: String::new(),
+            chunks_resent: 2,
+        }
+    }
+
+    #[test]
+    fn a_transfer_renders_every_field_with_words_for_enums() {
+        let v = transfer(&sample_transfer());
+        assert_eq!(
+            v,
+            json!({
+                "id": "0123456789abcdef",
+                "direction": "send",
+                "state": "running",
+                "peer_id": "peer-uuid",
+                "peer_name": "kitchen-pc",
+                "peer_address": "192.0.2.7:14567",
+                "roots": ["photos", "notes.txt"],
+                "total_files": 10,
+                "total_bytes": 41_943_040,
+                "files_done": 3,
+                "bytes_done": 12_582_912,
+                "wire_bytes": 9_437_184,
+                "current_file": "photos/a.jpg",
+                "current_file_bytes": 524_288,
+                "current_file_size": 1_048_576,
+                "bytes_per_second": 8_598_323,
+                "started_at_ms": 1_700_000_000_000_u64,
+                "finished_at_ms": 0,
+                "error": "",
+                "destination": "",
+                "chunks_resent": 2,
+            })
+        );
+        assert_eq!(
+            transfer_event(&pb::TransferEvent {
+                transfer: Some(sample_transfer())
+            })["transfer"]["state"],
+            "running"
+        );
+    }
+
+    #[test]
+    fn enum_words() {
+        assert_eq!(direction_word(pb::Direction::Receive as i32), "receive");
+        assert_eq!(direction_word(99), "unknown");
+        assert_eq!(
+            state_word(pb::TransferState::WaitingAccept as i32),
+            "waiting_accept"
+        );
+        assert_eq!(state_word(pb::TransferState::Completed as i32), "completed");
+        assert_eq!(state_word(-1), "unknown");
+        assert!(is_final(pb::TransferState::Rejected as i32));
+        assert!(!is_final(pb::TransferState::Offered as i32));
+        assert!(!is_final(42));
+    }
+
+    #[test]
+    fn offers_and_sessions_render() {
+        let o = offer(&pb::IncomingOffer {
+            transfer_id: "t1".to_owned(),
+            total_files: 2,
+            ..Default::default()
+        });
+        assert_eq!(o["transfer_id"], "t1");
+        assert_eq!(o["total_files"], 2);
+        let s = session(&pb::Session {
+            peer_name: "laptop".to_owned(),
+            outgoing: true,
+            ..Default::default()
+        });
+        assert_eq!(s["peer_name"], "laptop");
+        assert_eq!(s["outgoing"], true);
+    }
+}

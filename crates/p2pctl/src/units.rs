@@ -1,0 +1,229 @@
+//! Byte counts, speeds, durations and percentages: human formatting for the output, and
+//! parsing sizes such as `64K` or `1MiB` from the command line.
+//!
+//! Sizes are shown in binary units (`KiB`, `MiB`, …) with one decimal. On input, `K`, `M`, `G`
+//! and `T` (with or without `i`/`iB`) are binary too, as in `dd` and `rsync`; only the explicit
+//! decimal `KB`, `MB`, `GB` and `TB` mean powers of 1000.
+
+use std::time::Duration;
+
+const BINARY_UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+
+/// `512 B`, `1.0 KiB`, `12.3 MiB`, `4.0 GiB`.
+pub(crate) fn bytes(n: u64) -> String {
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    // Display only: f64 is far more precise than the one decimal shown.
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < BINARY_UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    // 1023.96 KiB would round to "1024.0 KiB": show it as the next unit instead.
+    if value >= 1023.95 && unit < BINARY_UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", BINARY_UNITS[unit])
+}
+
+/// `8.2 MiB/s`.
+pub(crate) fn speed(bytes_per_second: u64) -> String {
+    format!("{}/s", bytes(bytes_per_second))
+}
+
+/// A measured span: `0.4 s`, `2.1 s` below a minute, then as [`duration_coarse`].
+pub(crate) fn duration(d: Duration) -> String {
+    if d < Duration::from_secs(60) {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        duration_coarse(d)
+    }
+}
+
+/// Whole units only: `3d 4h`, `2h 5m`, `4m 10s`, `12s`.
+pub(crate) fn duration_coarse(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, mins, secs) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if days > 0 {
+        format!("{days}d {hours}h")
+    } else if hours > 0 {
+        format!("{hours}h {mins}m")
+    } else if mins > 0 {
+        format!("{mins}m {secs}s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// `done` of `total` as a whole percentage, rounded down so that `100%` means finished.
+/// Nothing to do (`total == 0`) counts as `100%`.
+pub(crate) fn percent(done: u64, total: u64) -> String {
+    if total == 0 {
+        return "100%".to_owned();
+    }
+    let pct = u128::from(done.min(total)) * 100 / u128::from(total);
+    format!("{pct}%")
+}
+
+/// `1 file`, `3 files`.
+pub(crate) fn files(n: u64) -> String {
+    if n == 1 {
+        "1 file".to_owned()
+    } else {
+        format!("{n} files")
+    }
+}
+
+/// Parses a byte size: `4096`, `64K`, `64KiB`, `1M`, `1.5M`, `2 GiB`, `1000KB`.
+///
+/// # Errors
+/// A message for the user when the text is not a size, names an unknown unit, is not a whole
+/// number of bytes or does not fit in 64 bits.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = (&text[..split], text[split..].trim());
+    if number.is_empty() {
+        return Err(format!(
+            "{text:?} is not a size: expected a number with an optional unit, e.g. 4096, 64K, 1M or 1MiB"
+        ));
+    }
+    let factor: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "ki" | "kib" => 1 << 10,
+        "m" | "mi" | "mib" => 1 << 20,
+        "g" | "gi" | "gib" => 1 << 30,
+        "t" | "ti" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}: use B, K/KiB, M/MiB, G/GiB or T/TiB (KB, MB, GB, TB are powers of 1000)"
+            ));
+        }
+    };
+    let too_big = || format!("{text:?} is too large");
+    if let Ok(whole) = number.parse::<u64>() {
+        return whole.checked_mul(factor).ok_or_else(too_big);
+    }
+    // A fraction such as 1.5M: exact in f64 for every size a chunk or file can have.
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: {number:?} is not a number"))?;
+    let total = value * factor as f64;
+    if total.fract() != 0.0 {
+        return Err(format!("{text:?} is not a whole number of bytes"));
+    }
+    // `u64::MAX as f64` is 2^64, the first value that does not fit.
+    if !(0.0..u64::MAX as f64).contains(&total) {
+        return Err(too_big());
+    }
+    Ok(total as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_use_binary_units_with_one_decimal() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.0 KiB");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(12 * 1024 * 1024 + 300 * 1024), "12.3 MiB");
+        assert_eq!(bytes(40 << 20), "40.0 MiB");
+        assert_eq!(bytes(1 << 30), "1.0 GiB");
+        assert_eq!(bytes((1 << 20) - 1), "1.0 MiB", "never 1024.0 KiB");
+        assert_eq!(bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn speeds_are_bytes_per_second() {
+        assert_eq!(speed(0), "0 B/s");
+        assert_eq!(speed(8_598_323), "8.2 MiB/s");
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(duration(Duration::from_millis(400)), "0.4 s");
+        assert_eq!(duration(Duration::from_millis(2_140)), "2.1 s");
+        assert_eq!(duration(Duration::from_secs(250)), "4m 10s");
+        assert_eq!(duration_coarse(Duration::from_secs(12)), "12s");
+        assert_eq!(duration_coarse(Duration::from_secs(250)), "4m 10s");
+        assert_eq!(duration_coarse(Duration::from_secs(7500)), "2h 5m");
+        assert_eq!(
+            duration_coarse(Duration::from_secs(3 * 86_400 + 4 * 3600)),
+            "3d 4h"
+        );
+    }
+
+    #[test]
+    fn percent_rounds_down_and_handles_nothing_to_do() {
+        assert_eq!(percent(0, 100), "0%");
+        assert_eq!(percent(999, 1000), "99%");
+        assert_eq!(percent(1000, 1000), "100%");
+        assert_eq!(percent(5, 0), "100%");
+        assert_eq!(percent(u64::MAX, u64::MAX), "100%");
+        assert_eq!(percent(20, 10), "100%", "never above 100");
+    }
+
+    #[test]
+    fn file_counts_agree_in_number() {
+        assert_eq!(files(0), "0 files");
+        assert_eq!(files(1), "1 file");
+        assert_eq!(files(10), "10 files");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        for (text, want) in [
+            ("4096", 4096),
+            ("0", 0),
+            ("64K", 64 << 10),
+            ("64k", 64 << 10),
+            ("64KiB", 64 << 10),
+            ("64 KiB", 64 << 10),
+            ("1M", 1 << 20),
+            ("1MiB", 1 << 20),
+            ("1mi", 1 << 20),
+            ("1.5M", 3 << 19),
+            ("2G", 2 << 30),
+            ("1T", 1 << 40),
+            ("512B", 512),
+            ("1000KB", 1_000_000),
+            ("1MB", 1_000_000),
+            ("1GB", 1_000_000_000),
+            (" 16M ", 16 << 20),
+        ] {
+            assert_eq!(parse_size(text), Ok(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_sizes_are_refused_with_a_reason() {
+        for (text, reason) in [
+            ("", "not a size"),
+            ("K", "not a size"),
+            ("abc", "not a size"),
+            ("-1K", "not a size"),
+            ("1X", "unknown unit"),
+            ("1 KiBs", "unknown unit"),
+            ("1.2.3M", "not a number"),
+            ("0.3K", "whole number"),
+            ("1.5", "whole number"),
+            ("99999999999T", "too large"),
+            ("18446744073709551616", "too large"),
+        ] {
+            let err = parse_size(text).expect_err(text);
+            assert!(err.contains(reason), "{text}: {err}");
+        }
+    }
+}
