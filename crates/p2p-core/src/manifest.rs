@@ -244,6 +244,12 @@ pub fn validate(info: &TransferInfo, max_chunk: u32, max_window: u32) -> Result<
             info.window
         )));
     }
+    if u64::from(info.chunk_size) * u64::from(info.window) > crate::transfer::MAX_IN_FLIGHT_BYTES {
+        return Err(bad(format!(
+            "chunk size {} × window {} exceeds the in-flight limit",
+            info.chunk_size, info.window
+        )));
+    }
     let mut roots = HashSet::new();
     for r in &info.roots {
         let parts = check_relative(r)?;
@@ -392,6 +398,13 @@ mod tests {
         let mut i = info(&["a"], &[], &["a"]);
         i.chunk_size = 1 << 25;
         assert!(validate(&i, 1 << 24, 64).is_err());
+        let mut i = info(&["a"], &[], &["a"]);
+        i.chunk_size = 16 << 20;
+        i.window = 64;
+        assert!(
+            validate(&i, 16 << 20, 1024).is_err(),
+            "1 GiB in flight is refused"
+        );
     }
 
     #[test]

@@ -30,8 +30,31 @@ use crate::wire::caps;
 pub const OFFER_TIMEOUT: Duration = Duration::from_secs(600);
 /// Time allowed to open a TCP connection to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes running at once on the listener; more wait, so a flood cannot exhaust us.
+/// Handshakes running at once on the listener; connections beyond are dropped at once.
 const MAX_HANDSHAKES: usize = 64;
+/// Handshakes running at once from one address, so one host cannot take every slot.
+const MAX_HANDSHAKES_PER_IP: usize = 8;
+
+type IpCounts = Mutex<HashMap<std::net::IpAddr, usize>>;
+
+fn release_ip(counts: &IpCounts, ip: std::net::IpAddr) {
+    let mut m = lock(counts);
+    if let Some(n) = m.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            m.remove(&ip);
+        }
+    }
+}
+
+/// Gives back a per-address handshake slot when dropped.
+struct IpSlot<'a>(&'a IpCounts, std::net::IpAddr);
+
+impl Drop for IpSlot<'_> {
+    fn drop(&mut self) {
+        release_ip(self.0, self.1);
+    }
+}
 
 /// What to do with an incoming offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -372,6 +395,7 @@ impl Node {
 
     async fn accept_loop(self, listener: tokio::net::TcpListener) {
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let pending_by_ip: Arc<IpCounts> = Arc::default();
         loop {
             let accepted = tokio::select! {
                 _ = self.inner.shutdown.cancelled() => break,
@@ -385,12 +409,28 @@ impl Node {
                     continue;
                 }
             };
-            let Ok(permit) = handshakes.clone().acquire_owned().await else {
-                break;
+            // Never wait for a slot: a flood of idle connections must not stall the listener.
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                tracing::warn!(%remote, "too many handshakes at once; dropping connection");
+                continue;
             };
+            let ip = remote.ip();
+            let per_ip = {
+                let mut m = lock(&pending_by_ip);
+                let n = m.entry(ip).or_insert(0);
+                *n += 1;
+                *n
+            };
+            if per_ip > MAX_HANDSHAKES_PER_IP {
+                release_ip(&pending_by_ip, ip);
+                tracing::warn!(%remote, "too many handshakes from one address; dropping connection");
+                continue;
+            }
             let node = self.clone();
+            let pending_by_ip = pending_by_ip.clone();
             self.inner.tasks.spawn(async move {
                 let _permit = permit;
+                let _ip_slot = IpSlot(&pending_by_ip, ip);
                 tune(&stream);
                 match session::accept(
                     stream,

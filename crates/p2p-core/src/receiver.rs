@@ -307,18 +307,30 @@ impl Receiver<'_> {
             ));
         }
         let state = &mut files[fi];
-        if state.done
-            || c.chunk_index < state.next_chunk
-            || state.pending.contains_key(&c.chunk_index)
-        {
-            // A duplicate (a re-send raced with a late acknowledgement): already stored.
+        if state.done || c.chunk_index < state.next_chunk {
+            // A duplicate (a re-send raced with a late acknowledgement): already written.
             return self.ack(c.file_index, c.chunk_index, ChunkStatus::Ok);
+        }
+        if state.pending.contains_key(&c.chunk_index) {
+            // Held already; it is acknowledged when written.
+            return Ok(());
+        }
+        // Chunks held out of order are acknowledged only once written, so they keep their
+        // window permits on the sender: nothing legitimate arrives a window or more ahead, and
+        // `pending` stays below `window × chunk_size` bytes, which `MAX_IN_FLIGHT_BYTES` caps.
+        if c.chunk_index >= state.next_chunk + u64::from(self.info.window) {
+            return Err(format!(
+                "chunk {} of {:?} arrived more than a window ahead of chunk {}",
+                c.chunk_index, entry.path, state.next_chunk
+            ));
         }
         if crc32fast::hash(&c.data) != c.crc32 {
             tracing::warn!(transfer = %self.info.transfer_id, file = %entry.path, chunk = c.chunk_index, "CRC mismatch; asking for the chunk again");
             return self.ack(c.file_index, c.chunk_index, ChunkStatus::CrcMismatch);
         }
-        let wire_len = c.data.len() as u64;
+        self.entry
+            .wire_bytes
+            .fetch_add(c.data.len() as u64, Ordering::Relaxed);
         let raw = if c.flags & wire::ChunkFlag::Compressed as u32 != 0 {
             match zstd::bulk::decompress(&c.data, expected) {
                 Ok(v) => Bytes::from(v),
@@ -341,22 +353,14 @@ impl Receiver<'_> {
                 raw.len()
             ));
         }
-        if c.chunk_index == state.next_chunk {
-            self.write(fi, state, &raw)?;
-            while let Some(next) = state.pending.remove(&state.next_chunk) {
-                self.write(fi, state, &next)?;
-            }
-        } else {
-            if state.pending.len() >= self.info.window as usize * 2 {
-                return Err(format!("too many chunks of {:?} out of order", entry.path));
-            }
+        if c.chunk_index != state.next_chunk {
             state.pending.insert(c.chunk_index, raw);
+            return Ok(());
         }
-        self.ack(c.file_index, c.chunk_index, ChunkStatus::Ok)?;
-        self.entry
-            .bytes_done
-            .fetch_add(expected as u64, Ordering::Relaxed);
-        self.entry.wire_bytes.fetch_add(wire_len, Ordering::Relaxed);
+        self.write(fi, state, &raw)?;
+        while let Some(next) = state.pending.remove(&state.next_chunk) {
+            self.write(fi, state, &next)?;
+        }
         self.entry
             .progress(Some((&entry.path, state.written, entry.size)));
         if state.expected_sha.is_some() && state.written == entry.size {
@@ -365,6 +369,7 @@ impl Receiver<'_> {
         Ok(())
     }
 
+    /// Appends the next chunk of a file, hashes it and acknowledges it.
     fn write(&self, fi: usize, state: &mut FileState, data: &[u8]) -> Result<(), String> {
         if state.temp.is_none() {
             state.temp = Some(self.open_temp(fi)?);
@@ -376,8 +381,12 @@ impl Receiver<'_> {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         state.hasher.update(data);
         state.written += data.len() as u64;
+        let index = state.next_chunk;
         state.next_chunk += 1;
-        Ok(())
+        self.entry
+            .bytes_done
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.ack(fi as u32, index, ChunkStatus::Ok)
     }
 
     fn open_temp(&self, fi: usize) -> Result<(PathBuf, File), String> {

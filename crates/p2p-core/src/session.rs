@@ -27,6 +27,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// A session that receives nothing for this long is dead.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a closing session may spend writing what was queued before the close.
+const DRAIN_ON_CLOSE: Duration = Duration::from_secs(1);
 /// Frames queued for the writer before producers wait.
 const WRITE_QUEUE: usize = 256;
 
@@ -422,7 +424,18 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let result: Result<(), std::io::Error> = async {
         loop {
             tokio::select! {
-                _ = closed.cancelled() => break,
+                _ = closed.cancelled() => {
+                    // Whatever was queued before the close (a final Error or Cancel) still
+                    // goes out, if the peer takes it within a short time.
+                    let _ = tokio::time::timeout(DRAIN_ON_CLOSE, async {
+                        while let Ok(b) = rx.try_recv() {
+                            w.write_all(&b).await?;
+                        }
+                        w.flush().await
+                    })
+                    .await;
+                    break;
+                }
                 msg = rx.recv() => {
                     let Some(b) = msg else { break };
                     w.write_all(&b).await?;
@@ -455,10 +468,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
     session: Arc<Session>,
     events: Arc<dyn SessionEvents>,
 ) {
+    let chunk_max = session.limits.chunk_size as usize + codec::CHUNK_OVERHEAD;
     let reason = loop {
         let frame = tokio::select! {
             _ = session.closed.cancelled() => break "closed".to_owned(),
-            r = tokio::time::timeout(IDLE_TIMEOUT, codec::read_frame(&mut rd, codec::CONTROL_MAX_FRAME)) => r,
+            r = tokio::time::timeout(IDLE_TIMEOUT, codec::read_frame_limited(&mut rd, chunk_max, codec::CONTROL_MAX_FRAME)) => r,
         };
         let body = match frame {
             Err(_) => break format!("peer silent for {IDLE_TIMEOUT:?}"),

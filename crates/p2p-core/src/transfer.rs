@@ -22,6 +22,9 @@ pub const DEFAULT_CHUNK: u32 = 1 << 20;
 pub const MAX_WINDOW: u32 = 1024;
 /// Default window: enough chunks in flight to fill a 1 Gbit/s link with 50 ms RTT.
 pub const DEFAULT_WINDOW: u32 = 64;
+/// Most payload bytes a transfer may have in flight (`chunk_size × window`). It bounds what a
+/// receiver may have to hold for one transfer while a re-sent chunk is missing.
+pub const MAX_IN_FLIGHT_BYTES: u64 = 128 << 20;
 /// Default zstd level.
 pub const DEFAULT_LEVEL: i32 = 3;
 /// How often progress events may be emitted per transfer.
@@ -67,6 +70,14 @@ impl SendOptions {
             return Err(format!(
                 "window {} is outside 1..={MAX_WINDOW}",
                 self.window
+            ));
+        }
+        if u64::from(self.chunk_size) * u64::from(self.window) > MAX_IN_FLIGHT_BYTES {
+            return Err(format!(
+                "chunk size {} × window {} exceeds {} MiB in flight; use a smaller window or chunk size",
+                self.chunk_size,
+                self.window,
+                MAX_IN_FLIGHT_BYTES >> 20
             ));
         }
         if !(-7..=22).contains(&self.level) || self.level == 0 {

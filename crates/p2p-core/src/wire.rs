@@ -88,6 +88,51 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<B
     frame.body.ok_or(WireError::Empty)
 }
 
+/// First byte of an encoded `Frame` whose body is a `Chunk` (field 8, length-delimited).
+const CHUNK_TAG: u8 = (8 << 3) | 2;
+
+/// Reads one frame, with a tighter limit for chunk frames: a frame longer than `chunk_max` is
+/// refused before allocation unless its first byte shows it is not a chunk, in which case
+/// `other_max` applies.
+///
+/// # Errors
+/// As [`read_frame`].
+pub async fn read_frame_limited<R: AsyncRead + Unpin>(
+    r: &mut R,
+    chunk_max: usize,
+    other_max: usize,
+) -> Result<Body, WireError> {
+    let mut len_buf = [0u8; 4];
+    match r.read_exact(&mut len_buf).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(WireError::Closed),
+        Err(e) => return Err(WireError::Io(e)),
+    }
+    let len = u32::from_be_bytes(len_buf) as usize;
+    let max = chunk_max.max(other_max);
+    if len > max {
+        return Err(WireError::TooLarge { len, max });
+    }
+    if len == 0 {
+        return Err(WireError::Empty);
+    }
+    let mut tag = [0u8; 1];
+    r.read_exact(&mut tag).await?;
+    let max = if tag[0] == CHUNK_TAG {
+        chunk_max
+    } else {
+        other_max
+    };
+    if len > max {
+        return Err(WireError::TooLarge { len, max });
+    }
+    let mut buf = BytesMut::zeroed(len);
+    buf[0] = tag[0];
+    r.read_exact(&mut buf[1..]).await?;
+    let frame = Frame::decode(buf.freeze())?;
+    frame.body.ok_or(WireError::Empty)
+}
+
 /// Short name of a frame body, for logs and errors.
 pub fn body_name(b: &Body) -> &'static str {
     match b {
@@ -153,6 +198,30 @@ mod tests {
         assert!(matches!(
             read_frame(&mut garbage, 100).await,
             Err(WireError::Decode(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn chunk_frames_have_their_own_limit() {
+        let chunk = encode(Body::Chunk(Chunk {
+            data: Bytes::from(vec![1u8; 5000]),
+            ..Default::default()
+        }));
+        let ping = encode(Body::Ping(Ping { nonce: 1 }));
+        let mut r = &chunk[..];
+        assert!(matches!(
+            read_frame_limited(&mut r, 4096, 1 << 20).await,
+            Err(WireError::TooLarge { max: 4096, .. })
+        ));
+        let mut r = &chunk[..];
+        assert!(matches!(
+            read_frame_limited(&mut r, 8192, 100).await,
+            Ok(Body::Chunk(_))
+        ));
+        let mut r = &ping[..];
+        assert!(matches!(
+            read_frame_limited(&mut r, 1, 100).await,
+            Ok(Body::Ping(_))
         ));
     }
 
