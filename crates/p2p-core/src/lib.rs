@@ -3,7 +3,11 @@
 //!
 //! Module map:
 //! - [`paths`]: default locations of the control socket, state and downloads (XDG on Linux).
-//! - [`identity`]: the device id and name, created once and kept in the state dir.
+//! - [`identity`]: the key pair, certificate and name, created once and kept in the state dir.
+//! - [`device_id`]: device ids (SHA-256 of the public key) in Syncthing's format.
+//! - [`tls`]: TLS 1.3 configurations and the verifier that pins device ids.
+//! - [`store`]: the SQLite state store (known and trusted devices).
+//! - [`discovery`]: LAN discovery beacons and the table of peers heard.
 //! - [`fsutil`]: small filesystem helpers (atomic writes, private directories).
 //! - [`wire`]: framing of the peer wire protocol (length prefix, limits, capability bits).
 //! - [`session`]: peer sessions — handshake, reader and writer tasks, keepalive, routing.
@@ -13,6 +17,8 @@
 //! - [`receiver`]: the receiving side (verification, temporary files, atomic placement).
 //! - [`node`]: the running node — identity, listener, sessions, transfers, offers, shutdown.
 
+pub mod device_id;
+pub mod discovery;
 pub mod fsutil;
 pub mod identity;
 pub mod manifest;
@@ -21,11 +27,17 @@ pub mod paths;
 pub mod receiver;
 pub mod sender;
 pub mod session;
+pub mod store;
+pub mod tls;
 pub mod transfer;
 pub mod wire;
 
+pub use device_id::DeviceId;
 pub use identity::{Identity, IdentityError};
-pub use node::{AcceptPolicy, IncomingOffer, Node, NodeError, NodeSettings, SessionInfo, Status};
+pub use node::{
+    AcceptPolicy, DeviceView, IncomingOffer, Node, NodeError, NodeSettings, SessionInfo, Status,
+    UntrustedPolicy,
+};
 pub use transfer::{Direction, SendOptions, TransferSnapshot, TransferState};
 
 /// Version of this crate (and of the p2pd release it belongs to).

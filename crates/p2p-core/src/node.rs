@@ -16,10 +16,14 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::device_id::DeviceId;
+use crate::discovery::{Discovery, DiscoveryConfig, Peer, PeerEvent};
 use crate::identity::Identity;
 use crate::manifest::{self, LocalManifest, ManifestError};
 use crate::receiver::{self, ReceiveEnd};
 use crate::session::{self, LocalInfo, Session, SessionError, SessionEvents};
+use crate::store::{DeviceAccept, Store};
+use crate::tls;
 use crate::transfer::{
     Direction, MAX_CHUNK, MAX_WINDOW, NewTransfer, SendOptions, TransferEntry, TransferSnapshot,
     TransferState, Transfers,
@@ -28,6 +32,10 @@ use crate::wire::caps;
 
 /// How long an incoming offer waits for a decision before it is rejected as expired.
 pub const OFFER_TIMEOUT: Duration = Duration::from_secs(600);
+/// Incoming transfers (running or waiting) at once; more are rejected as busy.
+const MAX_INCOMING_TRANSFERS: usize = 64;
+/// Offers waiting for a decision at once; more are rejected as busy.
+const MAX_WAITING_OFFERS: usize = 32;
 /// Time allowed to open a TCP connection to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes running at once on the listener; connections beyond are dropped at once.
@@ -84,8 +92,42 @@ pub struct NodeSettings {
     pub name: String,
     /// Where received files go unless a transfer names another directory.
     pub download_dir: PathBuf,
-    /// What to do with incoming offers.
+    /// What to do with incoming offers from trusted devices without a rule of their own.
     pub accept: AcceptPolicy,
+    /// What to do with offers from devices that are not trusted.
+    pub accept_untrusted: UntrustedPolicy,
+}
+
+/// What to do with offers from devices that are not trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UntrustedPolicy {
+    /// Keep them waiting for an explicit accept (whatever `--accept` says).
+    #[default]
+    Ask,
+    /// Refuse them outright.
+    Reject,
+}
+
+impl std::str::FromStr for UntrustedPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ask" => Ok(Self::Ask),
+            "reject" => Ok(Self::Reject),
+            other => Err(format!(
+                "{other:?} is not a policy for untrusted devices (ask or reject)"
+            )),
+        }
+    }
+}
+
+/// A device as the control API shows it.
+#[derive(Debug, Clone)]
+pub struct DeviceView {
+    /// The stored record.
+    pub device: crate::store::Device,
+    /// Whether a session with it is up.
+    pub connected: bool,
 }
 
 /// A snapshot of the node, as reported by `GetStatus`.
@@ -114,6 +156,8 @@ pub struct Status {
 /// An offer waiting for a local decision.
 #[derive(Debug, Clone)]
 pub struct IncomingOffer {
+    /// Whether the offering device is trusted.
+    pub peer_trusted: bool,
     /// Transfer id.
     pub transfer_id: String,
     /// Peer device id.
@@ -153,6 +197,8 @@ pub struct SessionInfo {
     pub active_transfers: u32,
     /// Peer software version.
     pub peer_version: String,
+    /// Whether the peer is a trusted device.
+    pub trusted: bool,
 }
 
 enum Decision {
@@ -171,6 +217,9 @@ pub enum NodeError {
     /// The peer listener's address could not be read.
     #[error("cannot read the peer listener's address")]
     ListenerAddr(#[source] std::io::Error),
+    /// The state store or TLS could not be set up.
+    #[error("{0}")]
+    Setup(String),
     /// A path to send does not exist.
     #[error("no such file or directory: {0}")]
     PathNotFound(PathBuf),
@@ -214,6 +263,14 @@ struct Inner {
     // Serialises dialing so that two sends to one peer share one new session.
     dial: tokio::sync::Mutex<()>,
     transfers: Transfers,
+    // Known and trusted devices.
+    store: Store,
+    // LAN discovery, once started (it needs the runtime and may be disabled).
+    discovery: std::sync::OnceLock<Arc<Discovery>>,
+    // Static peers by the address the user gave, with what their last session told us.
+    static_peers: Mutex<Vec<(String, Option<Peer>)>>,
+    peer_events: tokio::sync::broadcast::Sender<PeerEvent>,
+    tls_acceptor: tokio_rustls::TlsAcceptor,
     // Offers waiting for accept/reject, by transfer id.
     offers: Mutex<HashMap<String, PendingOffer>>,
     shutdown: CancellationToken,
@@ -248,13 +305,13 @@ fn now_ms() -> u64 {
 struct Events(Weak<Inner>);
 
 impl SessionEvents for Events {
-    fn offer(&self, session: Arc<Session>, info: wire::TransferInfo) {
+    fn offer(&self, session: Arc<Session>, info: wire::TransferInfo, frames: mpsc::Receiver<Body>) {
         if let Some(inner) = self.0.upgrade() {
             let node = Node { inner };
             node.inner
                 .tasks
                 .clone()
-                .spawn(async move { node.handle_offer(session, info).await });
+                .spawn(async move { node.handle_offer(session, info, frames).await });
         }
     }
 
@@ -271,7 +328,8 @@ impl Node {
     /// inside a tokio runtime.
     ///
     /// # Errors
-    /// [`NodeError::ListenerAddr`] if the listener cannot be used.
+    /// [`NodeError::ListenerAddr`] if the listener cannot be used, [`NodeError::Setup`] if the
+    /// state store or TLS cannot be set up.
     pub fn start(
         identity: Identity,
         settings: NodeSettings,
@@ -287,9 +345,18 @@ impl Node {
             .map_err(NodeError::ListenerAddr)?;
         let listener =
             tokio::net::TcpListener::from_std(peer_listener).map_err(NodeError::ListenerAddr)?;
+        let store = Store::open(state_dir).map_err(|e| NodeError::Setup(error_chain(&e)))?;
+        let tls_acceptor = tokio_rustls::TlsAcceptor::from(
+            tls::server_config(&identity).map_err(|e| NodeError::Setup(error_chain(&e)))?,
+        );
         tracing::info!(%listen_addr, device_id = %identity.device_id, name = %settings.name, "node started");
         let node = Node {
             inner: Arc::new(Inner {
+                discovery: std::sync::OnceLock::new(),
+                static_peers: Mutex::new(Vec::new()),
+                peer_events: tokio::sync::broadcast::channel(1024).0,
+                store,
+                tls_acceptor,
                 identity,
                 settings: RwLock::new(settings),
                 state_dir: state_dir.to_path_buf(),
@@ -329,6 +396,9 @@ impl Node {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if let Some(d) = self.inner.discovery.get() {
+            d.set_name(&new.name);
+        }
         std::mem::replace(&mut *guard, new)
     }
 
@@ -432,51 +502,92 @@ impl Node {
                 let _permit = permit;
                 let _ip_slot = IpSlot(&pending_by_ip, ip);
                 tune(&stream);
-                match session::accept(
-                    stream,
-                    remote,
-                    &node.local_info(),
-                    node.events(),
-                    &node.inner.shutdown,
-                )
-                .await
-                {
-                    Ok(s) => {
-                        lock(&node.inner.sessions).insert(s.id, s);
+                // One deadline for TLS and the protocol handshake together: a silent or slow
+                // client is dropped within HANDSHAKE_TIMEOUT whatever it stalls on.
+                let handshake = async {
+                    let tls = node
+                        .inner
+                        .tls_acceptor
+                        .accept(stream)
+                        .await
+                        .map_err(|e| format!("TLS handshake failed: {}", tls_reason(&e)))?;
+                    let proven = tls::peer_id(tls.get_ref().1).map_err(|e| e.to_string())?;
+                    session::accept(
+                        tls,
+                        remote,
+                        proven,
+                        &node.local_info(),
+                        node.events(),
+                        &node.inner.shutdown,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+                };
+                match tokio::time::timeout(session::HANDSHAKE_TIMEOUT, handshake).await {
+                    Ok(Ok(s)) => node.register(s),
+                    Ok(Err(e)) => {
+                        tracing::info!(%remote, cause = %e, "incoming peer handshake failed")
                     }
-                    Err(e) => tracing::info!(%remote, cause = %e, "incoming peer handshake failed"),
+                    Err(_) => tracing::info!(%remote, "incoming peer handshake timed out"),
                 }
             });
         }
     }
 
-    /// Opens a session to `peer` (HOST:PORT), or returns the live one with that address.
+    /// Opens a session to `peer` — `HOST:PORT`, `DEVICE-ID@HOST:PORT` to require that device,
+    /// or the name or id prefix of a peer found by discovery (which then must prove the id its
+    /// beacons announced) — or returns the live one with that address. Without an explicit id, a trusted
+    /// device last seen at that address is required; an unknown address is learnt on first
+    /// contact.
     ///
     /// # Errors
-    /// `InvalidArgument` for an address that does not parse or resolve, `Unreachable` when the
-    /// connection or handshake fails.
+    /// `InvalidArgument` for an address or id that does not parse or resolve, `Unreachable`
+    /// when the connection or handshake fails (including a peer that is not the device
+    /// expected).
     pub async fn connect(&self, peer: &str) -> Result<Arc<Session>, NodeError> {
-        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(peer).await {
+        let target = self.resolve_target(peer)?;
+        let peer = target.as_str();
+        let (explicit, hostport) = match peer.rsplit_once('@') {
+            Some((id, hp)) => (Some(self.resolve_device(id)?), hp),
+            None => (None, peer),
+        };
+        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(hostport).await {
             Ok(a) => a.collect(),
             Err(e) => {
                 return Err(NodeError::InvalidArgument(format!(
-                    "peer {peer:?} is not a usable HOST:PORT: {e}"
+                    "peer {hostport:?} is not a usable HOST:PORT: {e}"
                 )));
             }
         };
         if addrs.is_empty() {
             return Err(NodeError::InvalidArgument(format!(
-                "peer {peer:?} resolves to no address"
+                "peer {hostport:?} resolves to no address"
             )));
-        }
-        let _dialing = self.inner.dial.lock().await;
-        if let Some(s) = self.find_session(&addrs) {
-            return Ok(s);
         }
         let unreachable = |reason: String| NodeError::Unreachable {
             peer: peer.to_owned(),
             reason,
         };
+        let expected = match explicit {
+            Some(id) => Some(id),
+            None => addrs
+                .iter()
+                .find_map(|a| self.inner.store.trusted_at(&a.to_string()).ok().flatten()),
+        };
+        let _dialing = self.inner.dial.lock().await;
+        if let Some(s) = self.find_session(&addrs, expected) {
+            return match expected {
+                Some(want) if want != s.peer.id => Err(unreachable(format!(
+                    "peer is device {} but expected {want}",
+                    s.peer.id
+                ))),
+                _ => Ok(s),
+            };
+        }
+        let connector = tokio_rustls::TlsConnector::from(
+            tls::client_config(&self.inner.identity, expected)
+                .map_err(|e| NodeError::Io(e.to_string()))?,
+        );
         let mut last = String::from("no address");
         for addr in addrs {
             let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
@@ -499,30 +610,88 @@ impl Node {
                 windowed: true,
                 window_size: MAX_WINDOW,
             };
-            let s = session::initiate(
-                stream,
-                addr,
-                &self.local_info(),
-                proposal,
-                self.events(),
-                &self.inner.shutdown,
-            )
-            .await
-            .map_err(|e: SessionError| unreachable(e.to_string()))?;
-            lock(&self.inner.sessions).insert(s.id, s.clone());
+            let handshake = async {
+                let tls = connector
+                    .connect(tls::server_name(), stream)
+                    .await
+                    .map_err(|e| tls_reason(&e))?;
+                let proven = tls::peer_id(tls.get_ref().1).map_err(|e| e.to_string())?;
+                session::initiate(
+                    tls,
+                    addr,
+                    proven,
+                    &self.local_info(),
+                    proposal,
+                    self.events(),
+                    &self.inner.shutdown,
+                )
+                .await
+                .map_err(|e: SessionError| e.to_string())
+            };
+            let s = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, handshake)
+                .await
+                .map_err(|_| {
+                    unreachable(format!(
+                        "handshake timed out after {:?}",
+                        session::HANDSHAKE_TIMEOUT
+                    ))
+                })?
+                .map_err(unreachable)?;
+            self.register(s.clone());
             return Ok(s);
         }
         Err(unreachable(last))
     }
 
-    fn find_session(&self, addrs: &[SocketAddr]) -> Option<Arc<Session>> {
+    /// Records a new session and its device.
+    fn register(&self, s: Arc<Session>) {
+        if let Err(e) =
+            self.inner
+                .store
+                .seen(&s.peer.id, &s.peer.name, &s.peer.listen_addr.to_string())
+        {
+            tracing::warn!(cause = %e, "cannot record the peer in the state store");
+        }
+        let trusted = self.is_trusted(&s.peer.id);
+        tracing::info!(peer = %s.peer.id, name = %s.peer.name, trusted, "peer session up");
+        let id = s.id;
+        let closed = s.closed.clone();
+        lock(&self.inner.sessions).insert(id, s);
+        // The session's tasks started before this insert: if it already ended, its removal
+        // ran first and would leave a dead entry behind.
+        if closed.is_cancelled() {
+            lock(&self.inner.sessions).remove(&id);
+        }
+    }
+
+    fn is_trusted(&self, id: &DeviceId) -> bool {
+        matches!(self.inner.store.get(id), Ok(Some(d)) if d.trusted)
+    }
+
+    fn resolve_device(&self, text: &str) -> Result<DeviceId, NodeError> {
+        match self.inner.store.resolve(text) {
+            Ok(Ok(id)) => Ok(id),
+            Ok(Err(msg)) => Err(NodeError::InvalidArgument(msg)),
+            Err(e) => Err(NodeError::Io(error_chain(&e))),
+        }
+    }
+
+    /// A live session to reuse for `addrs`: one we opened to that address, or one the peer
+    /// opened to us claiming that listen address — the latter only when the device is pinned,
+    /// since a claimed port proves nothing (anyone can connect first and claim it).
+    fn find_session(
+        &self,
+        addrs: &[SocketAddr],
+        expected: Option<DeviceId>,
+    ) -> Option<Arc<Session>> {
         lock(&self.inner.sessions)
             .values()
             .find(|s| {
                 !s.closed.is_cancelled()
-                    && addrs
-                        .iter()
-                        .any(|a| *a == s.peer.listen_addr || (s.outgoing && *a == s.remote))
+                    && addrs.iter().any(|a| {
+                        (s.outgoing && *a == s.remote)
+                            || (*a == s.peer.listen_addr && expected == Some(s.peer.id))
+                    })
             })
             .cloned()
     }
@@ -591,7 +760,23 @@ impl Node {
         Ok(id)
     }
 
-    async fn handle_offer(self, session: Arc<Session>, info: wire::TransferInfo) {
+    async fn handle_offer(
+        self,
+        session: Arc<Session>,
+        info: wire::TransferInfo,
+        frames: mpsc::Receiver<Body>,
+    ) {
+        let id = info.transfer_id.clone();
+        self.offer_inner(&session, info, frames).await;
+        session.unroute(&id);
+    }
+
+    async fn offer_inner(
+        &self,
+        session: &Arc<Session>,
+        info: wire::TransferInfo,
+        frames: mpsc::Receiver<Body>,
+    ) {
         let id = info.transfer_id.clone();
         let reject = |reason: String| {
             let session = session.clone();
@@ -605,8 +790,17 @@ impl Node {
                     .await;
             }
         };
-        if id.is_empty() || id.len() > 64 || self.inner.transfers.get(&id).is_some() {
-            reject("missing or duplicate transfer id".into()).await;
+        // Ids are UUIDs: short, printable, and never equal to a short id the user types.
+        if uuid::Uuid::parse_str(&id).is_err() {
+            reject("the transfer id is not a UUID".into()).await;
+            return;
+        }
+        let active = self.inner.transfers.active_receives();
+        if active >= MAX_INCOMING_TRANSFERS {
+            reject(format!(
+                "receiver busy: {active} incoming transfers already running or waiting"
+            ))
+            .await;
             return;
         }
         let total_bytes: u64 = info
@@ -614,6 +808,20 @@ impl Node {
             .iter()
             .map(|f| f.size)
             .fold(0, u64::saturating_add);
+        // Validation is linear but may walk a million entries: keep it off the reactor.
+        let (limits_chunk, limits_window) = (session.limits.chunk_size, session.limits.window_size);
+        let (info, verdict) = match tokio::task::spawn_blocking(move || {
+            let v = manifest::validate(&info, limits_chunk, limits_window);
+            (info, v)
+        })
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                reject(format!("receiver error: {e}")).await;
+                return;
+            }
+        };
         let new = NewTransfer {
             id: id.clone(),
             direction: Direction::Receive,
@@ -621,32 +829,34 @@ impl Node {
             peer_id: session.peer.device_id.clone(),
             peer_name: session.peer.name.clone(),
             peer_address: session.peer.listen_addr.to_string(),
-            roots: info.roots.iter().take(100).cloned().collect(),
+            roots: if verdict.is_ok() {
+                info.roots.clone()
+            } else {
+                Vec::new()
+            },
             total_files: info.files.len() as u64,
             total_bytes,
             destination: String::new(),
         };
-        if let Err(e) =
-            manifest::validate(&info, session.limits.chunk_size, session.limits.window_size)
-        {
+        let token = if verdict.is_ok() {
+            self.inner.shutdown.child_token()
+        } else {
+            CancellationToken::new()
+        };
+        let Some(entry) = self.inner.transfers.insert_new(new, token) else {
+            reject("a transfer with this id already exists".into()).await;
+            return;
+        };
+        if let Err(e) = verdict {
             tracing::warn!(transfer = %id, peer = %session.peer.device_id, cause = %e, "rejected an unsafe offer");
-            let entry = self.inner.transfers.insert(new, CancellationToken::new());
             entry.set_state(TransferState::Rejected, e.to_string());
             reject(e.to_string()).await;
             return;
         }
-        let entry = self
-            .inner
-            .transfers
-            .insert(new, self.inner.shutdown.child_token());
         session
             .active
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (route_tx, route_rx) = mpsc::channel(256);
-        session.route(&id, route_tx.clone());
-        self.receive(&session, &entry, info, route_tx, route_rx)
-            .await;
-        session.unroute(&id);
+        self.receive(session, &entry, info, frames).await;
         session
             .active
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -657,7 +867,6 @@ impl Node {
         session: &Arc<Session>,
         entry: &Arc<TransferEntry>,
         info: wire::TransferInfo,
-        route_tx: mpsc::Sender<Body>,
         mut route_rx: mpsc::Receiver<Body>,
     ) {
         let id = info.transfer_id.clone();
@@ -669,11 +878,51 @@ impl Node {
                 }))
                 .await;
         };
-        let decision = match self.settings().accept {
-            AcceptPolicy::Auto => Decision::Accept(None),
-            AcceptPolicy::Ask => {
+        let settings = self.settings();
+        let device = self
+            .inner
+            .store
+            .get(&session.peer.id)
+            .ok()
+            .flatten()
+            .filter(|d| d.trusted);
+        let trusted = device.is_some();
+        let (rule, device_dir) = match &device {
+            Some(d) => (
+                d.accept.unwrap_or(match settings.accept {
+                    AcceptPolicy::Auto => DeviceAccept::Auto,
+                    AcceptPolicy::Ask => DeviceAccept::Ask,
+                }),
+                d.download_dir.clone(),
+            ),
+            // Untrusted devices never get `auto`, whatever --accept says.
+            None => match settings.accept_untrusted {
+                UntrustedPolicy::Ask => (DeviceAccept::Ask, None),
+                UntrustedPolicy::Reject => (DeviceAccept::Reject, None),
+            },
+        };
+        let decision = match rule {
+            DeviceAccept::Auto => Decision::Accept(device_dir.clone()),
+            DeviceAccept::Reject => Decision::Reject(if trusted {
+                format!(
+                    "device {} refuses transfers from this device",
+                    self.inner.identity.device_id
+                )
+            } else {
+                format!(
+                    "device {} does not accept transfers from untrusted devices",
+                    self.inner.identity.device_id
+                )
+            }),
+            DeviceAccept::Ask if lock(&self.inner.offers).len() >= MAX_WAITING_OFFERS => {
+                Decision::Reject(format!(
+                    "receiver busy: {MAX_WAITING_OFFERS} offers already wait for a decision"
+                ))
+            }
+            DeviceAccept::Ask => {
                 let (tx, rx) = oneshot::channel();
                 let offer = IncomingOffer {
+                    peer_trusted: trusted,
                     transfer_id: id.clone(),
                     peer_id: session.peer.device_id.clone(),
                     peer_name: session.peer.name.clone(),
@@ -690,6 +939,7 @@ impl Node {
                     d = rx => d.ok(),
                     _ = tokio::time::sleep(OFFER_TIMEOUT) => Some(Decision::Reject("offer expired".into())),
                     _ = entry.cancel.cancelled() => Some(Decision::Reject("cancelled by receiver".into())),
+                    _ = session.closed.cancelled() => None,
                     f = route_rx.recv() => match f {
                         Some(Body::Cancel(c)) => {
                             lock(&self.inner.offers).remove(&id);
@@ -715,7 +965,9 @@ impl Node {
                 send_reject(reason).await;
                 return;
             }
-            Decision::Accept(dir) => dir.unwrap_or_else(|| self.settings().download_dir),
+            Decision::Accept(dir) => dir
+                .or(device_dir)
+                .unwrap_or_else(|| self.settings().download_dir),
         };
         let info = Arc::new(info);
         let prepared = {
@@ -755,53 +1007,62 @@ impl Node {
             let writer = session.writer();
             let entry = entry.clone();
             let info = info.clone();
+            let rt = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || {
-                receiver::receive(&info, &dest, route_rx, &writer, &entry)
+                receiver::receive(&rt, &info, &dest, route_rx, &writer, &entry)
             })
         };
-        // A local cancel wakes the worker through its own channel.
+        // A local cancel (or shutdown) closes the worker's channel by unrouting the transfer:
+        // nothing here holds a sender, so the worker wakes as soon as the reader's copy goes.
         let mut local_cancel = false;
         let end = loop {
             tokio::select! {
                 r = &mut worker => break r,
                 _ = entry.cancel.cancelled(), if !local_cancel => {
                     local_cancel = true;
-                    let _ = route_tx.send(Body::Cancel(wire::Cancel { transfer_id: id.clone(), reason: "cancelled by receiver".into() })).await;
+                    session.unroute(&id);
                 }
             }
         };
-        drop(route_tx);
+        let tell_peer = |reason: String| async {
+            let _ = session
+                .send(Body::Cancel(wire::Cancel {
+                    transfer_id: id.clone(),
+                    reason,
+                }))
+                .await;
+        };
         match end {
             Ok(ReceiveEnd::Completed) => {
                 entry.set_state(TransferState::Completed, "");
             }
             Ok(ReceiveEnd::Cancelled(reason)) => {
+                entry.set_state(TransferState::Cancelled, reason.clone());
                 if local_cancel {
-                    let _ = session
-                        .send(Body::Cancel(wire::Cancel {
-                            transfer_id: id.clone(),
-                            reason: reason.clone(),
-                        }))
-                        .await;
+                    let snap = entry.snapshot();
+                    tell_peer(if snap.error.is_empty() {
+                        reason
+                    } else {
+                        snap.error
+                    })
+                    .await;
                 }
-                entry.set_state(TransferState::Cancelled, reason);
             }
-            Ok(ReceiveEnd::Failed { reason, tell_peer }) => {
-                if tell_peer {
-                    let _ = session
-                        .send(Body::Cancel(wire::Cancel {
-                            transfer_id: id.clone(),
-                            reason: reason.clone(),
-                        }))
-                        .await;
+            Ok(ReceiveEnd::Failed {
+                reason,
+                tell_peer: tell,
+            }) => {
+                entry.set_state(TransferState::Failed, reason.clone());
+                if tell || local_cancel {
+                    tell_peer(reason).await;
                 }
-                entry.set_state(TransferState::Failed, reason);
             }
             Err(e) => {
                 entry.set_state(
                     TransferState::Failed,
                     format!("receiver thread failed: {e}"),
                 );
+                tell_peer("receiver error".into()).await;
             }
         }
     }
@@ -901,7 +1162,7 @@ impl Node {
     pub fn sessions(&self) -> Vec<SessionInfo> {
         let mut v: Vec<SessionInfo> = lock(&self.inner.sessions)
             .values()
-            .map(|s| session_info(s))
+            .map(|s| session_info(s, self.is_trusted(&s.peer.id)))
             .collect();
         v.sort_by_key(|s| s.established_at_ms);
         v
@@ -912,7 +1173,9 @@ impl Node {
     /// # Errors
     /// As [`Node::connect`].
     pub async fn open_session(&self, peer: &str) -> Result<SessionInfo, NodeError> {
-        self.connect(peer).await.map(|s| session_info(&s))
+        self.connect(peer)
+            .await
+            .map(|s| session_info(&s, self.is_trusted(&s.peer.id)))
     }
 
     /// Closes the sessions whose peer id, listen address or remote address is `peer`.
@@ -939,8 +1202,266 @@ impl Node {
     }
 }
 
-fn session_info(s: &Session) -> SessionInfo {
+impl Node {
+    /// Trusted devices (`trusted`) or pending ones (untrusted devices that connected).
+    ///
+    /// # Errors
+    /// `Io` if the state store fails.
+    pub fn devices(&self, trusted: bool) -> Result<Vec<DeviceView>, NodeError> {
+        let connected: std::collections::HashSet<DeviceId> = lock(&self.inner.sessions)
+            .values()
+            .map(|s| s.peer.id)
+            .collect();
+        let list = self
+            .inner
+            .store
+            .list(trusted)
+            .map_err(|e| NodeError::Io(error_chain(&e)))?;
+        Ok(list
+            .into_iter()
+            .map(|d| DeviceView {
+                connected: connected.contains(&d.id),
+                device: d,
+            })
+            .collect())
+    }
+
+    /// Trusts a device — a full id, or a unique prefix of a known or pending one — and sets
+    /// its rules. Returns the stored record.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an id that does not resolve or a relative download dir; `Io` if
+    /// the store fails.
+    pub fn trust(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        accept: Option<DeviceAccept>,
+        download_dir: Option<&Path>,
+    ) -> Result<crate::store::Device, NodeError> {
+        let id = self.resolve_device(id)?;
+        if id == self.inner.identity.device_id {
+            return Err(NodeError::InvalidArgument(
+                "that is this device's own id".into(),
+            ));
+        }
+        if let Some(d) = download_dir {
+            if !d.is_absolute() {
+                return Err(NodeError::InvalidArgument(format!(
+                    "download dir {} is not absolute",
+                    d.display()
+                )));
+            }
+        }
+        let io = |e: crate::store::StoreError| NodeError::Io(error_chain(&e));
+        self.inner
+            .store
+            .trust(&id, name, accept, download_dir)
+            .map_err(io)?;
+        tracing::info!(device = %id, "device trusted");
+        self.inner
+            .store
+            .get(&id)
+            .map_err(io)?
+            .ok_or_else(|| NodeError::Io("trusted device vanished".into()))
+    }
+
+    /// Forgets a device (trusted or pending); live sessions with it are closed.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an id that does not resolve, `NotFound` if it is not known.
+    pub fn untrust(&self, id: &str) -> Result<DeviceId, NodeError> {
+        let id = self.resolve_device(id)?;
+        if !self
+            .inner
+            .store
+            .forget(&id)
+            .map_err(|e| NodeError::Io(error_chain(&e)))?
+        {
+            return Err(NodeError::NotFound(format!("device {id} is not known")));
+        }
+        for s in lock(&self.inner.sessions)
+            .values()
+            .filter(|s| s.peer.id == id)
+        {
+            s.close();
+        }
+        tracing::info!(device = %id, "device untrusted");
+        Ok(id)
+    }
+}
+
+/// How long a static peer waits between connection attempts.
+const STATIC_PROBE_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether `text` is an address (`HOST:PORT`, `[V6]:PORT`, optionally `ID@…`) rather than a
+/// peer name.
+fn looks_like_address(text: &str) -> bool {
+    if text.contains('@') || text.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    matches!(text.rsplit_once(':'), Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+impl Node {
+    /// Starts LAN discovery on UDP `port`.
+    ///
+    /// # Errors
+    /// `Setup` if the socket cannot be opened.
+    pub fn start_discovery(&self, port: u16) -> Result<u16, NodeError> {
+        let d = Discovery::start(
+            DiscoveryConfig {
+                port,
+                device_id: self.inner.identity.device_id,
+                listen_port: self.inner.listen_addr.port(),
+            },
+            self.settings().name,
+            self.inner.peer_events.clone(),
+            &self.inner.tasks,
+            &self.inner.shutdown,
+        )
+        .map_err(|e| NodeError::Setup(error_chain(&e)))?;
+        let port = d.port();
+        let _ = self.inner.discovery.set(d);
+        Ok(port)
+    }
+
+    /// Keeps sessions to these addresses (for networks broadcast does not reach) and lists
+    /// them as peers while they are up. Each is retried every 10 s.
+    pub fn add_static_peers(&self, addrs: Vec<String>) {
+        for addr in addrs {
+            lock(&self.inner.static_peers).push((addr.clone(), None));
+            let node = self.clone();
+            self.inner
+                .tasks
+                .spawn(async move { node.probe_static(addr).await });
+        }
+    }
+
+    async fn probe_static(self, addr: String) {
+        loop {
+            let up = match self.connect(&addr).await {
+                Ok(s) => Some(Peer {
+                    id: s.peer.id,
+                    name: s.peer.name.clone(),
+                    addr: s.peer.listen_addr,
+                    protocol_version: crate::wire::PROTOCOL_VERSION,
+                    last_seen_ms: now_ms(),
+                    is_static: true,
+                }),
+                Err(e) => {
+                    tracing::debug!(peer = %addr, cause = %e, "static peer not reachable");
+                    None
+                }
+            };
+            let event = {
+                let mut list = lock(&self.inner.static_peers);
+                let Some(slot) = list.iter_mut().find(|(a, _)| *a == addr) else {
+                    return;
+                };
+                let event = match (&slot.1, &up) {
+                    (None, Some(p)) => Some(PeerEvent::Appeared(p.clone())),
+                    (Some(old), None) => Some(PeerEvent::Lost(old.clone())),
+                    (Some(old), Some(p)) if old.id != p.id || old.name != p.name => {
+                        Some(PeerEvent::Changed(p.clone()))
+                    }
+                    _ => None,
+                };
+                slot.1 = up;
+                event
+            };
+            if let Some(ev) = event {
+                let _ = self.inner.peer_events.send(ev);
+            }
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(STATIC_PROBE_EVERY) => {}
+            }
+        }
+    }
+
+    /// Peers found by discovery and static peers that are up: (peer, whether static).
+    pub fn peers(&self) -> Vec<(Peer, bool)> {
+        let mut v: Vec<(Peer, bool)> = self
+            .inner
+            .discovery
+            .get()
+            .map(|d| d.peers().into_iter().map(|p| (p, false)).collect())
+            .unwrap_or_default();
+        for (_, p) in lock(&self.inner.static_peers).iter() {
+            if let Some(p) = p {
+                if !v.iter().any(|(q, _)| q.id == p.id) {
+                    v.push((p.clone(), true));
+                }
+            }
+        }
+        v
+    }
+
+    /// Subscribes to peer changes (discovered and static).
+    pub fn subscribe_peers(&self) -> tokio::sync::broadcast::Receiver<PeerEvent> {
+        self.inner.peer_events.subscribe()
+    }
+
+    /// Whether a device is trusted.
+    pub fn trusted(&self, id: &DeviceId) -> bool {
+        self.is_trusted(id)
+    }
+
+    /// Turns what the user typed as a peer into `HOST:PORT` or `ID@HOST:PORT`: addresses pass
+    /// through; anything else is a peer name (or id prefix) looked up among discovered peers.
+    fn resolve_target(&self, text: &str) -> Result<String, NodeError> {
+        let text = text.trim();
+        if looks_like_address(text) {
+            return Ok(text.to_owned());
+        }
+        let peers = self.peers();
+        let want = crate::device_id::normalize(text);
+        let matches: Vec<&Peer> = peers
+            .iter()
+            .map(|(p, _)| p)
+            .filter(|p| {
+                p.name.eq_ignore_ascii_case(text)
+                    || (want.len() >= 4
+                        && crate::device_id::normalize(&p.id.to_string()).starts_with(&want))
+            })
+            .collect();
+        let describe = |p: &Peer| format!("{} ({}, {})", p.name, p.id.short(), p.addr);
+        match matches.as_slice() {
+            [one] if !one.compatible() => Err(NodeError::InvalidArgument(format!(
+                "peer {} speaks protocol version {}, this p2pd speaks {}",
+                describe(one),
+                one.protocol_version,
+                crate::wire::PROTOCOL_VERSION
+            ))),
+            // The beacon's id is required: a device answering at that address with another key
+            // is an impostor.
+            [one] => Ok(format!("{}@{}", one.id, one.addr)),
+            [] if peers.is_empty() => Err(NodeError::InvalidArgument(format!(
+                "no peer named {text:?}: no peers are known (give HOST:PORT, or check that discovery reaches them)"
+            ))),
+            [] => Err(NodeError::InvalidArgument(format!(
+                "no peer named {text:?}; known peers: {}",
+                peers
+                    .iter()
+                    .map(|(p, _)| describe(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+            many => Err(NodeError::InvalidArgument(format!(
+                "{text:?} matches several peers: {}; use the device id or HOST:PORT",
+                many.iter()
+                    .map(|p| describe(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+}
+
+fn session_info(s: &Session, trusted: bool) -> SessionInfo {
     SessionInfo {
+        trusted,
         peer_id: s.peer.device_id.clone(),
         peer_name: s.peer.name.clone(),
         peer_address: s.peer.listen_addr,
@@ -953,6 +1474,18 @@ fn session_info(s: &Session) -> SessionInfo {
             .unwrap_or(0),
         active_transfers: s.active.load(std::sync::atomic::Ordering::Relaxed),
         peer_version: s.peer.version.clone(),
+    }
+}
+
+/// The reason inside a TLS failure, without rustls' "unexpected error:" wrapping.
+fn tls_reason(e: &std::io::Error) -> String {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::General(msg)) => msg.clone(),
+        Some(other) => other.to_string(),
+        None => e.to_string(),
     }
 }
 
@@ -985,6 +1518,7 @@ mod tests {
             name: "n".into(),
             download_dir: dir.join("dl"),
             accept: AcceptPolicy::Auto,
+            accept_untrusted: UntrustedPolicy::Ask,
         };
         Node::start(identity, settings, dir, listener, CancellationToken::new()).unwrap()
     }
@@ -1001,6 +1535,7 @@ mod tests {
             name: "m".into(),
             download_dir: dir.path().into(),
             accept: AcceptPolicy::Ask,
+            accept_untrusted: UntrustedPolicy::Reject,
         });
         assert_eq!(old.name, "n");
         assert_eq!(n.status().device_name, "m");
@@ -1016,6 +1551,11 @@ mod tests {
         let b = node(b_dir.path());
         let src = a_dir.path().join("hello.txt");
         std::fs::write(&src, b"hello, peer").unwrap();
+        // Untrusted offers always wait: the two trust each other first.
+        a.trust(&b.identity().device_id.to_string(), None, None, None)
+            .unwrap();
+        b.trust(&a.identity().device_id.to_string(), None, None, None)
+            .unwrap();
         let mut events = a.subscribe_transfers();
         let id = a
             .send(

@@ -169,8 +169,29 @@ struct FileState {
     // window).
     pending: BTreeMap<u64, Bytes>,
     expected_sha: Option<Bytes>,
-    done: bool,
 }
+
+/// Per-file state, allocated only for files in progress (a manifest may list a million).
+struct Files {
+    active: HashMap<usize, FileState>,
+    done: Vec<bool>,
+}
+
+impl Files {
+    fn state(&mut self, fi: usize) -> &mut FileState {
+        self.active.entry(fi).or_default()
+    }
+
+    fn finished(&mut self, fi: usize) {
+        self.active.remove(&fi);
+        if let Some(d) = self.done.get_mut(fi) {
+            *d = true;
+        }
+    }
+}
+
+/// How long the receiver waits for the sender's next frame before giving up.
+pub const TRANSFER_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// How the receiving thread ended.
 #[derive(Debug)]
@@ -186,36 +207,44 @@ pub(crate) enum ReceiveEnd {
 /// The receiving thread: consumes the transfer's frames until it completes, fails or is
 /// cancelled. Temporary files are removed on every path but success.
 pub(crate) fn receive(
+    rt: &tokio::runtime::Handle,
     info: &wire::TransferInfo,
     dest: &Destination,
     mut frames: mpsc::Receiver<Body>,
     writer: &mpsc::Sender<Bytes>,
     entry: &Arc<TransferEntry>,
 ) -> ReceiveEnd {
-    let mut files: Vec<FileState> = (0..info.files.len())
-        .map(|_| FileState::default())
-        .collect();
+    let mut files = Files {
+        active: HashMap::new(),
+        done: vec![false; info.files.len()],
+    };
     let mut r = Receiver {
         info,
         dest,
         writer,
         entry,
         files_done: 0,
+        pending_total: 0,
     };
     let end = loop {
-        let frame = if entry.cancel.is_cancelled() {
-            break ReceiveEnd::Failed {
-                reason: "cancelled".into(),
-                tell_peer: false,
-            };
-        } else {
-            frames.blocking_recv()
-        };
-        let Some(frame) = frame else {
-            break ReceiveEnd::Failed {
-                reason: "session to peer lost".into(),
-                tell_peer: false,
-            };
+        let frame = match rt.block_on(tokio::time::timeout(TRANSFER_IDLE, frames.recv())) {
+            Ok(Some(f)) => f,
+            // The channel closes when the session ends or the transfer is cancelled here.
+            Ok(None) if entry.cancel.is_cancelled() => {
+                break ReceiveEnd::Cancelled("cancelled by receiver".into());
+            }
+            Ok(None) => {
+                break ReceiveEnd::Failed {
+                    reason: "session to peer lost".into(),
+                    tell_peer: false,
+                };
+            }
+            Err(_) => {
+                break ReceiveEnd::Failed {
+                    reason: format!("no data from the sender for {} s", TRANSFER_IDLE.as_secs()),
+                    tell_peer: true,
+                };
+            }
         };
         let step = match frame {
             Body::Chunk(c) => r.chunk(&mut files, c),
@@ -247,7 +276,7 @@ pub(crate) fn receive(
         }
     };
     if !matches!(end, ReceiveEnd::Completed) {
-        for f in &mut files {
+        for f in files.active.values_mut() {
             if let Some((path, file)) = f.temp.take() {
                 drop(file);
                 let _ = fs::remove_file(&path);
@@ -263,6 +292,9 @@ struct Receiver<'a> {
     writer: &'a mpsc::Sender<Bytes>,
     entry: &'a Arc<TransferEntry>,
     files_done: u64,
+    // Chunks held out of order across all files; a sender keeps at most `window` chunks
+    // unacknowledged in all, so this stays below `window`.
+    pending_total: usize,
 }
 
 impl Receiver<'_> {
@@ -287,7 +319,7 @@ impl Receiver<'_> {
         (start < file.size).then(|| (file.size - start).min(cs) as usize)
     }
 
-    fn chunk(&mut self, files: &mut [FileState], c: wire::Chunk) -> Result<(), String> {
+    fn chunk(&mut self, files: &mut Files, c: wire::Chunk) -> Result<(), String> {
         let fi = c.file_index as usize;
         let entry = self
             .info
@@ -306,9 +338,12 @@ impl Receiver<'_> {
                 c.chunk_index, entry.path
             ));
         }
-        let state = &mut files[fi];
-        if state.done || c.chunk_index < state.next_chunk {
+        if files.done[fi] {
             // A duplicate (a re-send raced with a late acknowledgement): already written.
+            return self.ack(c.file_index, c.chunk_index, ChunkStatus::Ok);
+        }
+        let state = files.state(fi);
+        if c.chunk_index < state.next_chunk {
             return self.ack(c.file_index, c.chunk_index, ChunkStatus::Ok);
         }
         if state.pending.contains_key(&c.chunk_index) {
@@ -354,17 +389,26 @@ impl Receiver<'_> {
             ));
         }
         if c.chunk_index != state.next_chunk {
+            if self.pending_total >= self.info.window as usize {
+                return Err(format!(
+                    "more than a window of chunks out of order (at chunk {} of {:?})",
+                    c.chunk_index, entry.path
+                ));
+            }
             state.pending.insert(c.chunk_index, raw);
+            self.pending_total += 1;
             return Ok(());
         }
         self.write(fi, state, &raw)?;
         while let Some(next) = state.pending.remove(&state.next_chunk) {
+            self.pending_total -= 1;
             self.write(fi, state, &next)?;
         }
         self.entry
             .progress(Some((&entry.path, state.written, entry.size)));
         if state.expected_sha.is_some() && state.written == entry.size {
             self.finish(fi, state)?;
+            files.finished(fi);
         }
         Ok(())
     }
@@ -393,12 +437,9 @@ impl Receiver<'_> {
         let entry = &self.info.files[fi];
         let final_path = self.dest.path_of(&entry.path);
         let dir = final_path.parent().ok_or("no parent directory")?;
-        let name = final_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let short: String = self.info.transfer_id.chars().take(8).collect();
-        let temp = dir.join(format!(".{name}.{short}-{fi}.p2pd-part"));
+        // Not derived from the file's name, so that a name near the 255-byte limit still fits.
+        let temp = dir.join(format!(".{short}-{fi}.p2pd-part"));
         // create_new: never reuse or follow whatever sits at that name.
         let file = OpenOptions::new()
             .write(true)
@@ -410,20 +451,24 @@ impl Receiver<'_> {
         Ok((temp, file))
     }
 
-    fn file_done(&mut self, files: &mut [FileState], d: wire::FileDone) -> Result<(), String> {
+    fn file_done(&mut self, files: &mut Files, d: wire::FileDone) -> Result<(), String> {
         let fi = d.file_index as usize;
         let entry = self
             .info
             .files
             .get(fi)
             .ok_or_else(|| format!("FileDone for file #{fi}, which does not exist"))?;
-        let state = &mut files[fi];
-        if state.done || state.expected_sha.is_some() {
+        if files.done[fi] {
+            return Err(format!("FileDone for {:?} twice", entry.path));
+        }
+        let state = files.state(fi);
+        if state.expected_sha.is_some() {
             return Err(format!("FileDone for {:?} twice", entry.path));
         }
         state.expected_sha = Some(d.sha256);
         if state.written == entry.size {
             self.finish(fi, state)?;
+            files.finished(fi);
         }
         Ok(())
     }
@@ -432,7 +477,6 @@ impl Receiver<'_> {
     fn finish(&mut self, fi: usize, state: &mut FileState) -> Result<(), String> {
         let entry = &self.info.files[fi];
         let result = self.place(fi, state);
-        state.done = true;
         let (ok, error) = match &result {
             Ok(path) => {
                 tracing::debug!(transfer = %self.info.transfer_id, path = %path.display(), "file verified");

@@ -64,7 +64,7 @@ pub(crate) async fn run(
     opts: SendOptions,
 ) {
     session.active.fetch_add(1, Ordering::Relaxed);
-    let (route_tx, route_rx) = mpsc::channel(1024);
+    let (route_tx, route_rx) = mpsc::channel(crate::session::route_capacity(opts.window));
     session.route(&entry.id, route_tx);
     let outcome = drive(&session, &entry, manifest, opts, route_rx).await;
     session.unroute(&entry.id);
@@ -213,6 +213,8 @@ async fn drive(
                 match frame.ok_or_else(lost)? {
                     Body::ChunkAck(ack) => on_ack(session, entry, &window, ack).await?,
                     Body::FileResult(r) if r.ok => {
+                        // FileDone took a window permit: the receiver has answered it.
+                        window.permits.add_permits(1);
                         files_ok += 1;
                         entry.files_done.store(files_ok, Ordering::Relaxed);
                         entry.progress(None);
@@ -384,6 +386,18 @@ fn produce(
             ));
         }
         let sha = hasher.finalize();
+        // FileDone takes a permit too (given back by FileResult), so that a folder of empty
+        // files cannot put an unbounded number of frames in flight.
+        let permit = rt.block_on(async {
+            tokio::select! {
+                p = window.permits.acquire() => p.ok(),
+                _ = cancel.cancelled() => None,
+            }
+        });
+        let Some(permit) = permit else {
+            return Err("cancelled".into());
+        };
+        permit.forget();
         let frame = codec::encode(Body::FileDone(wire::FileDone {
             transfer_id: entry.id.clone(),
             file_index,

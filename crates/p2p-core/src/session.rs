@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::device_id::DeviceId;
 use crate::transfer::{MAX_CHUNK, MAX_WINDOW};
 use crate::wire::{self as codec, WireError, caps};
 
@@ -76,10 +77,12 @@ pub struct LocalInfo {
     pub listen_port: u16,
 }
 
-/// What a peer told us about itself.
+/// What a peer proved (its key) and told us (the rest) about itself.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
-    /// Its device id.
+    /// Its device id, proven by its TLS certificate's key.
+    pub id: DeviceId,
+    /// The same id as text.
     pub device_id: String,
     /// Its name.
     pub name: String,
@@ -157,8 +160,8 @@ impl Session {
 
 /// Receives what a session's reader cannot route: new offers, and the end of the session.
 pub trait SessionEvents: Send + Sync + 'static {
-    /// A peer offers a transfer.
-    fn offer(&self, session: Arc<Session>, info: wire::TransferInfo);
+    /// A peer offers a transfer; its later frames arrive on `frames` (already routed).
+    fn offer(&self, session: Arc<Session>, info: wire::TransferInfo, frames: mpsc::Receiver<Body>);
     /// The session ended.
     fn ended(&self, session: &Arc<Session>, reason: &str);
 }
@@ -194,6 +197,7 @@ fn peer_listen(remote: SocketAddr, port: u32) -> Result<SocketAddr, SessionError
 pub async fn initiate<S>(
     stream: S,
     remote: SocketAddr,
+    proven: DeviceId,
     local: &LocalInfo,
     proposal: wire::Config,
     events: Arc<dyn SessionEvents>,
@@ -238,10 +242,12 @@ where
             }
         };
         check_agreed(&agreed)?;
+        check_claim(&ack.device_id, proven)?;
         let peer = PeerInfo {
-            device_id: ack.device_id,
-            name: ack.name,
-            version: ack.software_version,
+            id: proven,
+            device_id: proven.to_string(),
+            name: clean_name(&ack.name),
+            version: clean_name(&ack.software_version),
             listen_addr: peer_listen(remote, ack.listen_port)?,
         };
         Ok((peer, ack.capabilities & caps::SUPPORTED, agreed))
@@ -252,6 +258,34 @@ where
     Ok(start(
         rd, wr, peer, remote, true, caps, limits, events, parent,
     ))
+}
+
+/// Longest peer name kept, in characters.
+pub const MAX_PEER_NAME: usize = 64;
+
+/// A peer's name as shown to the user: control characters (terminal escapes) replaced, length
+/// capped.
+pub fn clean_name(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(MAX_PEER_NAME)
+        .collect();
+    if cleaned.trim().is_empty() {
+        "unnamed".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+/// The id a peer claims in its Hello must be the one its certificate proves.
+fn check_claim(claimed: &str, proven: DeviceId) -> Result<(), SessionError> {
+    match claimed.parse::<DeviceId>() {
+        Ok(id) if id == proven => Ok(()),
+        _ => Err(SessionError::Protocol(format!(
+            "peer claims to be device {claimed:?} but its certificate is device {proven}"
+        ))),
+    }
 }
 
 fn check_agreed(c: &wire::Config) -> Result<(), SessionError> {
@@ -276,6 +310,7 @@ fn check_agreed(c: &wire::Config) -> Result<(), SessionError> {
 pub async fn accept<S>(
     stream: S,
     remote: SocketAddr,
+    proven: DeviceId,
     local: &LocalInfo,
     events: Arc<dyn SessionEvents>,
     parent: &CancellationToken,
@@ -308,6 +343,17 @@ where
             )
             .await;
             return Err(err);
+        }
+        if let Err(e) = check_claim(&h.device_id, proven) {
+            let _ = write_frame(
+                &mut wr,
+                Body::Error(wire::Error {
+                    code: ErrorCode::Protocol as i32,
+                    message: e.to_string(),
+                }),
+            )
+            .await;
+            return Err(e);
         }
         let caps = h.capabilities & caps::SUPPORTED;
         let mut ack = hello(local);
@@ -354,9 +400,10 @@ where
         )
         .await?;
         let peer = PeerInfo {
-            device_id: h.device_id,
-            name: h.name,
-            version: h.software_version,
+            id: proven,
+            device_id: proven.to_string(),
+            name: clean_name(&h.name),
+            version: clean_name(&h.software_version),
             listen_addr: peer_listen(remote, h.listen_port)?,
         };
         Ok((peer, caps, agreed))
@@ -423,7 +470,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut nonce = 0u64;
     let result: Result<(), std::io::Error> = async {
         loop {
-            tokio::select! {
+            let first = tokio::select! {
                 _ = closed.cancelled() => {
                     // Whatever was queued before the close (a final Error or Cancel) still
                     // goes out, if the peer takes it within a short time.
@@ -436,24 +483,35 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     .await;
                     break;
                 }
-                msg = rx.recv() => {
-                    let Some(b) = msg else { break };
-                    w.write_all(&b).await?;
-                    // Drain what is already queued before one flush.
-                    while let Ok(b) = rx.try_recv() {
-                        w.write_all(&b).await?;
-                    }
-                    w.flush().await?;
-                }
+                msg = rx.recv() => match msg {
+                    Some(b) => b,
+                    None => break,
+                },
                 _ = ping.tick() => {
                     nonce += 1;
-                    w.write_all(&codec::encode(Body::Ping(wire::Ping { nonce }))).await?;
-                    w.flush().await?;
+                    codec::encode(Body::Ping(wire::Ping { nonce }))
                 }
+            };
+            // The writes themselves race the close: a peer that stops reading must not keep
+            // this task (and its queued frames) alive after the session has ended.
+            let batch = async {
+                w.write_all(&first).await?;
+                // Drain what is already queued before one flush.
+                while let Ok(b) = rx.try_recv() {
+                    w.write_all(&b).await?;
+                }
+                w.flush().await
+            };
+            tokio::select! {
+                r = batch => r?,
+                _ = closed.cancelled() => break,
             }
         }
-        let _ = w.flush().await;
-        let _ = w.shutdown().await;
+        let _ = tokio::time::timeout(DRAIN_ON_CLOSE, async {
+            let _ = w.flush().await;
+            let _ = w.shutdown().await;
+        })
+        .await;
         Ok(())
     }
     .await;
@@ -463,72 +521,104 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     closed.cancel();
 }
 
+/// Frames a transfer may have queued for its owner beyond its window (FileDone, Complete,
+/// Cancel and the like).
+pub const ROUTE_SLACK: usize = 16;
+
+/// Capacity of a transfer's frame channel: a peer that keeps to the window never fills it.
+pub fn route_capacity(window: u32) -> usize {
+    (window.clamp(1, MAX_WINDOW) as usize) + ROUTE_SLACK
+}
+
 async fn read_loop<R: AsyncRead + Unpin>(
     mut rd: R,
     session: Arc<Session>,
     events: Arc<dyn SessionEvents>,
 ) {
     let chunk_max = session.limits.chunk_size as usize + codec::CHUNK_OVERHEAD;
+    // The reader never waits on anyone: frames go to bounded per-transfer channels with
+    // try_send (a full channel means the peer broke its window), and replies are queued with
+    // try_send too. A blocked reader could deadlock the session with the peer's.
+    let protocol_error = |msg: String| {
+        let _ = session.tx.try_send(codec::encode(Body::Error(wire::Error {
+            code: ErrorCode::Protocol as i32,
+            message: msg.clone(),
+        })));
+        msg
+    };
     let reason = loop {
         let frame = tokio::select! {
             _ = session.closed.cancelled() => break "closed".to_owned(),
-            r = tokio::time::timeout(IDLE_TIMEOUT, codec::read_frame_limited(&mut rd, chunk_max, codec::CONTROL_MAX_FRAME)) => r,
+            r = codec::read_frame_idle(&mut rd, chunk_max, codec::CONTROL_MAX_FRAME, IDLE_TIMEOUT) => r,
         };
         let body = match frame {
-            Err(_) => break format!("peer silent for {IDLE_TIMEOUT:?}"),
-            Ok(Err(WireError::Closed)) => break "peer closed the connection".to_owned(),
-            Ok(Err(e)) => {
-                let msg = format!("{e}");
-                if matches!(
-                    e,
-                    WireError::TooLarge { .. } | WireError::Decode(_) | WireError::Empty
-                ) {
-                    let _ = session
-                        .send(Body::Error(wire::Error {
-                            code: ErrorCode::Protocol as i32,
-                            message: msg.clone(),
-                        }))
-                        .await;
-                }
-                break msg;
+            Err(WireError::Idle) => break format!("peer silent for {IDLE_TIMEOUT:?}"),
+            Err(WireError::Closed) => break "peer closed the connection".to_owned(),
+            Err(e @ (WireError::TooLarge { .. } | WireError::Decode(_) | WireError::Empty)) => {
+                break protocol_error(e.to_string());
             }
-            Ok(Ok(b)) => b,
+            Err(e) => break e.to_string(),
+            Ok(b) => b,
         };
         match body {
             Body::Ping(p) => {
+                // A full queue already carries plenty of proof of life.
                 let _ = session
-                    .send(Body::Pong(wire::Pong { nonce: p.nonce }))
-                    .await;
+                    .tx
+                    .try_send(codec::encode(Body::Pong(wire::Pong { nonce: p.nonce })));
             }
             Body::Pong(_) => {}
-            Body::TransferInfo(info) => events.offer(session.clone(), info),
+            Body::TransferInfo(info) => {
+                let id = info.transfer_id.clone();
+                let (tx, rx) = mpsc::channel(route_capacity(info.window));
+                {
+                    let mut routes = session.lock_routes();
+                    if routes.contains_key(&id) {
+                        drop(routes);
+                        let _ = session
+                            .tx
+                            .try_send(codec::encode(Body::Reject(wire::Reject {
+                                transfer_id: id,
+                                reason: "a transfer with this id is already running".into(),
+                            })));
+                        continue;
+                    }
+                    // Routed before the offer is handled, so that an early Cancel is not lost.
+                    routes.insert(id, tx);
+                }
+                events.offer(session.clone(), info, rx);
+            }
             Body::Error(e) => break format!("peer reported an error: {}", e.message),
             Body::Hello(_) | Body::HelloAck(_) | Body::Config(_) | Body::ConfigAck(_) => {
-                let msg = "handshake frame on an established session".to_owned();
-                let _ = session
-                    .send(Body::Error(wire::Error {
-                        code: ErrorCode::Protocol as i32,
-                        message: msg.clone(),
-                    }))
-                    .await;
-                break msg;
+                break protocol_error("handshake frame on an established session".to_owned());
             }
             other => {
                 let Some(id) = transfer_id(&other) else {
                     continue;
                 };
-                let route = session.lock_routes().get(id).cloned();
+                let id = id.to_owned();
+                let route = session.lock_routes().get(&id).cloned();
                 match route {
-                    Some(tx) => {
-                        let id = id.to_owned();
-                        if tx.send(other).await.is_err() {
+                    Some(tx) => match tx.try_send(other) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => session.unroute(&id),
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            // Dropping the route ends that transfer; the others go on.
+                            tracing::warn!(session = session.id, transfer = %id, "peer exceeded the transfer's window; dropping the transfer");
                             session.unroute(&id);
+                            let _ =
+                                session
+                                    .tx
+                                    .try_send(codec::encode(Body::Cancel(wire::Cancel {
+                                        transfer_id: id,
+                                        reason: "too many frames in flight".into(),
+                                    })));
                         }
-                    }
+                    },
                     None => tracing::debug!(
                         session = session.id,
                         frame = codec::body_name(&other),
-                        transfer = id,
+                        transfer = %id,
                         "frame for an unknown transfer"
                     ),
                 }

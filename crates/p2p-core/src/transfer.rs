@@ -27,6 +27,8 @@ pub const DEFAULT_WINDOW: u32 = 64;
 pub const MAX_IN_FLIGHT_BYTES: u64 = 128 << 20;
 /// Default zstd level.
 pub const DEFAULT_LEVEL: i32 = 3;
+/// Transfers kept in the registry; the oldest finished ones are dropped beyond this.
+const MAX_KEPT: usize = 1000;
 /// How often progress events may be emitted per transfer.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -385,7 +387,18 @@ impl Transfers {
 
     /// Registers a transfer and emits its first event.
     pub fn insert(&self, t: NewTransfer, cancel: CancellationToken) -> Arc<TransferEntry> {
-        let entry = Arc::new(TransferEntry {
+        let entry = self.make(t, cancel);
+        {
+            let mut map = self.lock();
+            self.prune(&mut map);
+            map.insert(entry.id.clone(), entry.clone());
+        }
+        let _ = self.events.send(entry.snapshot());
+        entry
+    }
+
+    fn make(&self, t: NewTransfer, cancel: CancellationToken) -> Arc<TransferEntry> {
+        Arc::new(TransferEntry {
             id: t.id.clone(),
             direction: t.direction,
             peer_id: t.peer_id,
@@ -413,10 +426,51 @@ impl Transfers {
                 last_emit: Instant::now(),
             }),
             events: self.events.clone(),
-        });
-        self.lock().insert(t.id, entry.clone());
+        })
+    }
+
+    /// Registers a transfer unless one with its id exists (checked and inserted under one
+    /// lock); `None` for a duplicate.
+    pub fn insert_new(
+        &self,
+        t: NewTransfer,
+        cancel: CancellationToken,
+    ) -> Option<Arc<TransferEntry>> {
+        let mut map = self.lock();
+        if map.contains_key(&t.id) {
+            return None;
+        }
+        self.prune(&mut map);
+        let entry = self.make(t, cancel);
+        map.insert(entry.id.clone(), entry.clone());
+        drop(map);
         let _ = self.events.send(entry.snapshot());
-        entry
+        Some(entry)
+    }
+
+    /// Keeps the registry bounded: beyond `MAX_KEPT`, the oldest finished transfers go.
+    fn prune(&self, map: &mut HashMap<String, Arc<TransferEntry>>) {
+        if map.len() < MAX_KEPT {
+            return;
+        }
+        let mut finished: Vec<(u64, String)> = map
+            .values()
+            .map(|e| e.snapshot())
+            .filter(|s| s.state.is_final())
+            .map(|s| (s.finished_at_ms, s.id))
+            .collect();
+        finished.sort();
+        for (_, id) in finished.into_iter().take(map.len() + 1 - MAX_KEPT) {
+            map.remove(&id);
+        }
+    }
+
+    /// Receiving transfers that have not ended (running or waiting).
+    pub fn active_receives(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|e| e.direction == Direction::Receive && !e.state().is_final())
+            .count()
     }
 
     /// Looks up a transfer.

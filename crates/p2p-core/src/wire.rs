@@ -2,13 +2,16 @@
 //! `p2p.wire.v1.Frame`. The reader checks the length against its current limit before it
 //! allocates anything; chunk payloads decode as slices of the received buffer (no copy).
 
+use std::future::Future;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use p2p_proto::wire::v1::{Frame, frame::Body};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// Version of the wire protocol this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of the wire protocol this build speaks. Version 2 runs inside TLS 1.3 with mutual
+/// authentication; version 1 (plaintext) is not spoken any more.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Capability bits (`p2p.wire.v1.Capability`).
 pub mod caps {
@@ -54,6 +57,9 @@ pub enum WireError {
     /// A frame without a body.
     #[error("empty frame")]
     Empty,
+    /// Nothing arrived for the idle timeout.
+    #[error("peer silent")]
+    Idle,
 }
 
 /// Encodes a frame body with its length prefix, ready to be written.
@@ -106,6 +112,7 @@ pub async fn read_frame_limited<R: AsyncRead + Unpin>(
     match r.read_exact(&mut len_buf).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(WireError::Closed),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(WireError::Idle),
         Err(e) => return Err(WireError::Io(e)),
     }
     let len = u32::from_be_bytes(len_buf) as usize;
@@ -117,7 +124,13 @@ pub async fn read_frame_limited<R: AsyncRead + Unpin>(
         return Err(WireError::Empty);
     }
     let mut tag = [0u8; 1];
-    r.read_exact(&mut tag).await?;
+    r.read_exact(&mut tag).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            WireError::Idle
+        } else {
+            WireError::Io(e)
+        }
+    })?;
     let max = if tag[0] == CHUNK_TAG {
         chunk_max
     } else {
@@ -128,9 +141,76 @@ pub async fn read_frame_limited<R: AsyncRead + Unpin>(
     }
     let mut buf = BytesMut::zeroed(len);
     buf[0] = tag[0];
-    r.read_exact(&mut buf[1..]).await?;
+    r.read_exact(&mut buf[1..]).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            WireError::Idle
+        } else {
+            WireError::Io(e)
+        }
+    })?;
     let frame = Frame::decode(buf.freeze())?;
-    frame.body.ok_or(WireError::Empty)
+    let body = frame.body.ok_or(WireError::Empty)?;
+    // The first byte can lie (protobuf keeps the last oneof field): check the real kind.
+    if matches!(body, Body::Chunk(_)) && len > chunk_max {
+        return Err(WireError::TooLarge {
+            len,
+            max: chunk_max,
+        });
+    }
+    Ok(body)
+}
+
+/// Reads one frame like [`read_frame_limited`], failing with [`WireError::Idle`] only when no
+/// byte at all arrives for `idle` — a large frame on a slow link is not "silence".
+///
+/// # Errors
+/// As [`read_frame_limited`], plus `Idle`.
+pub async fn read_frame_idle<R: AsyncRead + Unpin>(
+    r: &mut R,
+    chunk_max: usize,
+    other_max: usize,
+    idle: std::time::Duration,
+) -> Result<Body, WireError> {
+    let mut timed = IdleReader {
+        inner: r,
+        idle,
+        sleep: Box::pin(tokio::time::sleep(idle)),
+    };
+    read_frame_limited(&mut timed, chunk_max, other_max).await
+}
+
+/// A reader that fails with `TimedOut` when no byte arrives for `idle`; every byte resets it.
+struct IdleReader<'a, R> {
+    inner: &'a mut R,
+    idle: std::time::Duration,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for IdleReader<'_, R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut *this.inner).poll_read(cx, buf) {
+            std::task::Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    let deadline = tokio::time::Instant::now() + this.idle;
+                    this.sleep.as_mut().reset(deadline);
+                }
+                std::task::Poll::Ready(r)
+            }
+            std::task::Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "idle",
+                ))),
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            },
+        }
+    }
 }
 
 /// Short name of a frame body, for logs and errors.

@@ -43,10 +43,28 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "FILTER")]
     pub(crate) log_level: Option<String>,
 
-    /// Receiving policy: `ask` keeps incoming offers waiting for `p2pctl accept` or `reject`;
-    /// `auto` accepts them into the download dir [default: ask].
+    /// Receiving policy for trusted devices: `ask` keeps incoming offers waiting for
+    /// `p2pctl accept` or `reject`; `auto` accepts them into the download dir [default: ask].
     #[arg(long, value_name = "POLICY")]
     pub(crate) accept: Option<p2p_core::AcceptPolicy>,
+
+    /// Offers from untrusted devices: `ask` keeps them waiting for an explicit accept (whatever
+    /// --accept says); `reject` refuses them outright [default: ask].
+    #[arg(long, value_name = "POLICY")]
+    pub(crate) accept_untrusted: Option<p2p_core::UntrustedPolicy>,
+
+    /// UDP port of LAN discovery beacons [default: 14566].
+    #[arg(long, value_name = "PORT")]
+    pub(crate) discovery_port: Option<u16>,
+
+    /// Turn LAN discovery off (no beacons sent or heard).
+    #[arg(long)]
+    pub(crate) no_discovery: bool,
+
+    /// A peer to keep a session with where broadcast does not reach (VPNs, other subnets);
+    /// repeatable; adds to the config's `peers`.
+    #[arg(long = "peer-addr", value_name = "HOST:PORT")]
+    pub(crate) peer_addr: Vec<String>,
 
     /// Detach into the background; logs go to p2pd.log in the state dir.
     #[arg(long)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use p2p_core::AcceptPolicy;
+use p2p_core::{AcceptPolicy, UntrustedPolicy};
 
 use crate::cli::Cli;
 
@@ -27,6 +27,10 @@ struct FileConfig {
     download_dir: Option<PathBuf>,
     log_level: Option<String>,
     accept: Option<String>,
+    accept_untrusted: Option<String>,
+    discovery: Option<bool>,
+    discovery_port: Option<u16>,
+    peers: Option<Vec<String>>,
 }
 
 /// Errors of loading the configuration.
@@ -66,6 +70,11 @@ pub(crate) struct Config {
     pub(crate) download_dir: PathBuf,
     pub(crate) log_level: String,
     pub(crate) accept: AcceptPolicy,
+    pub(crate) accept_untrusted: UntrustedPolicy,
+    /// UDP port of discovery beacons; `None` when discovery is off.
+    pub(crate) discovery_port: Option<u16>,
+    /// Static peers (HOST:PORT), flags and config together.
+    pub(crate) peers: Vec<String>,
 }
 
 impl Config {
@@ -159,7 +168,39 @@ impl Config {
             (None, None) => AcceptPolicy::default(),
         };
 
+        let accept_untrusted = match (cli.accept_untrusted, &file.accept_untrusted) {
+            (Some(a), _) => a,
+            (None, Some(s)) => s.parse().map_err(|problem| ConfigError::Invalid {
+                key: "accept_untrusted",
+                origin: origin(false),
+                problem,
+            })?,
+            (None, None) => UntrustedPolicy::default(),
+        };
+
+        let discovery_on = !cli.no_discovery && file.discovery.unwrap_or(true);
+        let discovery_port = discovery_on.then(|| {
+            cli.discovery_port
+                .or(file.discovery_port)
+                .unwrap_or(p2p_core::discovery::DEFAULT_PORT)
+        });
+        let mut peers = file.peers.clone().unwrap_or_default();
+        peers.extend(cli.peer_addr.iter().cloned());
+        for p in &peers {
+            let ok = matches!(p.rsplit_once(':'), Some((h, port)) if !h.is_empty() && port.parse::<u16>().is_ok_and(|n| n != 0));
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: "peers",
+                    origin: origin(cli.peer_addr.contains(p)),
+                    problem: format!("{p:?} is not HOST:PORT"),
+                });
+            }
+        }
+
         Ok(Config {
+            discovery_port,
+            peers,
+            accept_untrusted,
             config_file,
             socket,
             state_dir,
@@ -283,6 +324,9 @@ mod tests {
             ("log_level = \"info,[\"", "log_level"),
             ("download_dir = \"\"", "download_dir"),
             ("accept = \"always\"", "accept"),
+            ("accept_untrusted = \"auto\"", "accept_untrusted"),
+            ("peers = [\"nohost\"]", "peers"),
+            ("discovery_port = 70000", "discovery_port"),
         ] {
             let f = write(dir.path(), text);
             let err = Config::load(&cli(&["--config", f.to_str().unwrap()]))

@@ -4,9 +4,11 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use p2p_core::discovery::{Peer, PeerEvent};
+use p2p_core::store::DeviceAccept;
 use p2p_core::{
-    Direction, IncomingOffer, Node, NodeError, SendOptions, SessionInfo, TransferSnapshot,
-    TransferState,
+    DeviceView, Direction, IncomingOffer, Node, NodeError, SendOptions, SessionInfo,
+    TransferSnapshot, TransferState,
 };
 use p2p_proto::control::v1 as pb;
 use p2p_proto::control::v1::control_service_server::ControlService;
@@ -31,6 +33,31 @@ impl ControlApi {
     }
 }
 
+/// Refuses calls from any user but the daemon's own (and root), whatever the socket's mode:
+/// the peer credentials of the Unix socket connection (SO_PEERCRED) say who is calling.
+#[allow(clippy::result_large_err)]
+pub(crate) fn check_caller(req: Request<()>) -> Result<Request<()>, Status> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let caller = req
+        .extensions()
+        .get::<tonic::transport::server::UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+        .map(|cred| cred.uid());
+    match caller {
+        Some(uid) if uid == me || uid == 0 => Ok(req),
+        Some(uid) => {
+            tracing::warn!(uid, "refused a control call from another user");
+            Err(Status::permission_denied(format!(
+                "uid {uid} may not control this p2pd (it belongs to uid {me})"
+            )))
+        }
+        None => Err(Status::permission_denied(
+            "cannot tell which user is calling",
+        )),
+    }
+}
+
 /// The one mapping from core errors to gRPC status codes.
 fn status_of(e: NodeError) -> Status {
     let msg = e.to_string();
@@ -40,7 +67,7 @@ fn status_of(e: NodeError) -> Status {
         NodeError::Unreachable { .. } => Status::unavailable(msg),
         NodeError::FailedPrecondition(_) => Status::failed_precondition(msg),
         NodeError::Io(_) => Status::failed_precondition(msg),
-        NodeError::ListenerAddr(_) => Status::internal(msg),
+        NodeError::ListenerAddr(_) | NodeError::Setup(_) => Status::internal(msg),
     }
 }
 
@@ -111,6 +138,47 @@ fn offer_pb(o: IncomingOffer) -> pb::IncomingOffer {
         total_bytes: o.total_bytes,
         offered_at_ms: o.offered_at_ms,
         expires_at_ms: o.expires_at_ms,
+        peer_trusted: o.peer_trusted,
+    }
+}
+
+fn peer_pb(node: &Node, p: Peer, is_static: bool) -> pb::Peer {
+    pb::Peer {
+        compatible: p.compatible(),
+        trusted: node.trusted(&p.id),
+        device_id: p.id.to_string(),
+        name: p.name,
+        address: p.addr.to_string(),
+        protocol_version: p.protocol_version,
+        last_seen_ms: p.last_seen_ms,
+        source: if is_static { "static" } else { "broadcast" }.to_owned(),
+    }
+}
+
+fn accept_pb(a: Option<DeviceAccept>) -> pb::DeviceAccept {
+    match a {
+        None => pb::DeviceAccept::Default,
+        Some(DeviceAccept::Auto) => pb::DeviceAccept::Auto,
+        Some(DeviceAccept::Ask) => pb::DeviceAccept::Ask,
+        Some(DeviceAccept::Reject) => pb::DeviceAccept::Reject,
+    }
+}
+
+fn device_pb(v: DeviceView) -> pb::Device {
+    let d = v.device;
+    pb::Device {
+        id: d.id.to_string(),
+        name: d.name,
+        trusted: d.trusted,
+        accept: accept_pb(d.accept) as i32,
+        download_dir: d
+            .download_dir
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        first_seen_ms: d.first_seen_ms,
+        last_seen_ms: d.last_seen_ms,
+        last_address: d.last_address,
+        connected: v.connected,
     }
 }
 
@@ -124,6 +192,7 @@ fn session_pb(s: SessionInfo) -> pb::Session {
         established_at_ms: s.established_at_ms,
         active_transfers: s.active_transfers,
         peer_version: s.peer_version,
+        trusted: s.trusted,
     }
 }
 
@@ -204,6 +273,7 @@ impl ControlService for ControlApi {
     }
 
     type WatchTransfersStream = ReceiverStream<Result<pb::TransferEvent, Status>>;
+    type WatchPeersStream = ReceiverStream<Result<pb::PeerEvent, Status>>;
 
     async fn watch_transfers(
         &self,
@@ -350,5 +420,138 @@ impl ControlService for ControlApi {
             .disconnect(required(&peer, "peer")?)
             .map_err(status_of)?;
         Ok(Response::new(pb::DisconnectResponse {}))
+    }
+
+    async fn list_devices(
+        &self,
+        _request: Request<pb::ListDevicesRequest>,
+    ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        let devices = self
+            .node
+            .devices(true)
+            .map_err(status_of)?
+            .into_iter()
+            .map(device_pb)
+            .collect();
+        Ok(Response::new(pb::ListDevicesResponse { devices }))
+    }
+
+    async fn list_pending(
+        &self,
+        _request: Request<pb::ListPendingRequest>,
+    ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        let devices = self
+            .node
+            .devices(false)
+            .map_err(status_of)?
+            .into_iter()
+            .map(device_pb)
+            .collect();
+        Ok(Response::new(pb::ListDevicesResponse { devices }))
+    }
+
+    async fn trust_device(
+        &self,
+        request: Request<pb::TrustDeviceRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        let r = request.into_inner();
+        let accept = match pb::DeviceAccept::try_from(r.accept) {
+            Ok(pb::DeviceAccept::Default) => None,
+            Ok(pb::DeviceAccept::Auto) => Some(DeviceAccept::Auto),
+            Ok(pb::DeviceAccept::Ask) => Some(DeviceAccept::Ask),
+            Ok(pb::DeviceAccept::Reject) => Some(DeviceAccept::Reject),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown accept rule {}",
+                    r.accept
+                )));
+            }
+        };
+        let name = (!r.name.trim().is_empty()).then_some(r.name.as_str());
+        let dir = (!r.download_dir.is_empty()).then(|| PathBuf::from(&r.download_dir));
+        let d = self
+            .node
+            .trust(required(&r.id, "id")?, name, accept, dir.as_deref())
+            .map_err(status_of)?;
+        let connected = self
+            .node
+            .sessions()
+            .iter()
+            .any(|s| s.peer_id == d.id.to_string());
+        Ok(Response::new(device_pb(DeviceView {
+            device: d,
+            connected,
+        })))
+    }
+
+    async fn untrust_device(
+        &self,
+        request: Request<pb::UntrustDeviceRequest>,
+    ) -> Result<Response<pb::UntrustDeviceResponse>, Status> {
+        let id = request.into_inner().id;
+        let id = self.node.untrust(required(&id, "id")?).map_err(status_of)?;
+        Ok(Response::new(pb::UntrustDeviceResponse {
+            id: id.to_string(),
+        }))
+    }
+
+    async fn list_peers(
+        &self,
+        _request: Request<pb::ListPeersRequest>,
+    ) -> Result<Response<pb::ListPeersResponse>, Status> {
+        let peers = self
+            .node
+            .peers()
+            .into_iter()
+            .map(|(p, st)| peer_pb(&self.node, p, st))
+            .collect();
+        Ok(Response::new(pb::ListPeersResponse { peers }))
+    }
+
+    async fn watch_peers(
+        &self,
+        _request: Request<pb::WatchPeersRequest>,
+    ) -> Result<Response<Self::WatchPeersStream>, Status> {
+        let mut events = self.node.subscribe_peers();
+        let initial = self.node.peers();
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let node = self.node.clone();
+        let shutdown = node.shutdown_token().clone();
+        tokio::spawn(async move {
+            for (p, st) in initial {
+                let ev = pb::PeerEvent {
+                    change: pb::PeerChange::Appeared as i32,
+                    peer: Some(peer_pb(&node, p, st)),
+                };
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let ev = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    e = events.recv() => e,
+                };
+                let (change, p) = match ev {
+                    Ok(PeerEvent::Appeared(p)) => (pb::PeerChange::Appeared, p),
+                    Ok(PeerEvent::Changed(p)) => (pb::PeerChange::Changed, p),
+                    Ok(PeerEvent::Lost(p)) => (pb::PeerChange::Lost, p),
+                    // A watcher too slow for a beacon flood skips ahead; the next events and
+                    // ListPeers tell the current state.
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                };
+                let is_static = p.is_static;
+                let ev = pb::PeerEvent {
+                    change: change as i32,
+                    peer: Some(peer_pb(&node, p, is_static)),
+                };
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

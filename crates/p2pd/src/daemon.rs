@@ -176,6 +176,10 @@ async fn serve(
         peer,
         shutdown.clone(),
     )?;
+    if let Some(port) = config.discovery_port {
+        node.start_discovery(port)?;
+    }
+    node.add_static_peers(config.peers.clone());
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -206,6 +210,9 @@ async fn serve(
     let server_shutdown = shutdown.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(tonic::service::InterceptorLayer::new(
+                crate::control::check_caller,
+            ))
             .add_service(ControlServiceServer::new(ControlApi::new(
                 node.clone(),
                 control.path.clone(),
@@ -266,6 +273,7 @@ fn settings_of(config: &Config, identity: &Identity) -> NodeSettings {
         name: config.name.clone().unwrap_or_else(|| identity.name.clone()),
         download_dir: config.download_dir.clone(),
         accept: config.accept,
+        accept_untrusted: config.accept_untrusted,
     }
 }
 
@@ -283,6 +291,8 @@ fn reload(cli: &Cli, current: Config, node: &Node, log: &LogHandle) -> Config {
         ("socket", new.socket != current.socket),
         ("state_dir", new.state_dir != current.state_dir),
         ("listen", new.listen != current.listen),
+        ("discovery", new.discovery_port != current.discovery_port),
+        ("peers", new.peers != current.peers),
     ]
     .into_iter()
     .filter_map(|(k, changed)| changed.then_some(k))
@@ -304,6 +314,7 @@ fn reload(cli: &Cli, current: Config, node: &Node, log: &LogHandle) -> Config {
         name = %settings.name,
         download_dir = %settings.download_dir.display(),
         accept = ?settings.accept,
+        accept_untrusted = ?settings.accept_untrusted,
         log_level = %new.log_level,
         name_changed = old.name != settings.name,
         "SIGHUP: configuration reloaded"
@@ -314,6 +325,8 @@ fn reload(cli: &Cli, current: Config, node: &Node, log: &LogHandle) -> Config {
         socket: current.socket,
         state_dir: current.state_dir,
         listen: current.listen,
+        discovery_port: current.discovery_port,
+        peers: current.peers,
         ..new
     }
 }
