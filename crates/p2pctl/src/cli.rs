@@ -1,10 +1,10 @@
 //! Commands and flags of `p2pctl`, and the checks of flag values that need no daemon.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::builder::NonEmptyStringValueParser;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::units;
 
@@ -20,7 +20,7 @@ pub(crate) struct Cli {
     pub(crate) socket: Option<PathBuf>,
 
     /// Print machine-readable JSON instead of the human summary (one JSON object per line for
-    /// the progress of `send` and `watch`).
+    /// the progress of `send` and `watch`, and for `peers --watch`).
     #[arg(long, global = true)]
     pub(crate) json: bool,
 
@@ -33,6 +33,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Show the daemon's identity, version, uptime, listen address and activity.
     Status,
+    /// Print this daemon's device id (give it to the other machine's `p2pctl trust`).
+    Id,
     /// Stop the daemon (it saves its state and removes its socket).
     Shutdown,
     /// Send files or folders to a peer, and show the progress until the transfer ends.
@@ -79,12 +81,29 @@ pub(crate) enum Command {
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
+    /// List the peers found by LAN discovery, and the static peers that are up.
+    ///
+    /// Shows each peer's name, device id, address, protocol version, whether it is trusted,
+    /// where it came from (`broadcast` or `static`) and when it was last heard. Send to one by
+    /// name: `p2pctl send FILE --peer NAME`. With --watch, follows the peers as they appear,
+    /// change and go away, until the daemon stops or you press Ctrl-C.
+    Peers {
+        /// Follow the peers: one line per peer that appears, changes or is lost (the current
+        /// ones first, as appeared).
+        #[arg(long)]
+        watch: bool,
+    },
     /// List the live peer sessions.
     Sessions,
     /// Open a session with a peer (or reuse the open one) without sending anything.
     Connect {
-        /// The peer's listen address, HOST:PORT.
-        #[arg(value_name = "HOST:PORT", value_parser = parse_peer)]
+        /// The peer: a name or device id prefix from `p2pctl peers`, HOST:PORT, or
+        /// DEVICE-ID@HOST:PORT.
+        ///
+        /// A name or id prefix is looked up by the daemon among the discovered peers, and the
+        /// peer must then prove the id it announced. DEVICE-ID@HOST:PORT insists on that device
+        /// (the id may be shortened to a unique beginning of a known device's).
+        #[arg(value_name = "PEER", value_parser = parse_peer)]
         peer: String,
     },
     /// Close the session with a peer; transfers running over it fail.
@@ -93,6 +112,57 @@ pub(crate) enum Command {
         #[arg(value_parser = NonEmptyStringValueParser::new())]
         peer: String,
     },
+    /// List the trusted devices: name, id, receiving rule, download dir, connected, last seen.
+    Devices,
+    /// List devices that connected or offered something while not trusted.
+    Pending,
+    /// Trust a device, or change the rules of a trusted one.
+    ///
+    /// Calling it again for a trusted device replaces its receiving rule and download dir with
+    /// the ones given (left out: the defaults); the name is kept unless --name is given.
+    Trust(TrustArgs),
+    /// Forget a device, trusted or pending; its sessions are closed.
+    Untrust {
+        /// A device id, or a unique beginning of one (e.g. its first group of 7 characters).
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        id: String,
+    },
+}
+
+/// Flags of `p2pctl trust`.
+#[derive(Debug, Args)]
+pub(crate) struct TrustArgs {
+    /// The device id, or a unique beginning of a known or pending one (e.g. its first group of
+    /// 7 characters).
+    #[arg(value_parser = NonEmptyStringValueParser::new())]
+    pub(crate) id: String,
+
+    /// A name to remember it by; left out: the name given before, else the one the device
+    /// announces.
+    #[arg(long, value_name = "NAME", value_parser = NonEmptyStringValueParser::new())]
+    pub(crate) name: Option<String>,
+
+    /// What to do with its offers; left out: `default`, the daemon's own --accept.
+    #[arg(long, value_name = "RULE", value_enum)]
+    pub(crate) accept: Option<AcceptRule>,
+
+    /// Put its files in DIR instead of the daemon's download directory (relative to the
+    /// current directory).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) download_dir: Option<PathBuf>,
+}
+
+/// A device's receiving rule (`trust --accept`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AcceptRule {
+    /// Follow the daemon's own `--accept`.
+    Default,
+    /// Accept its offers at once.
+    Auto,
+    /// Keep its offers waiting for `p2pctl accept` or `reject`.
+    Ask,
+    /// Reject its offers.
+    Reject,
 }
 
 /// Flags of `p2pctl send`.
@@ -102,8 +172,14 @@ pub(crate) struct SendArgs {
     #[arg(required = true, value_name = "PATH")]
     pub(crate) paths: Vec<PathBuf>,
 
-    /// The receiving peer's listen address, HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT", value_parser = parse_peer)]
+    /// The receiving peer: a name or device id prefix from `p2pctl peers`, HOST:PORT, or
+    /// DEVICE-ID@HOST:PORT.
+    ///
+    /// A name or id prefix (4 characters or more) is looked up by the daemon among the
+    /// discovered peers, and the peer must then prove the id it announced. DEVICE-ID@HOST:PORT
+    /// insists on that device (the id may be shortened to a unique beginning of a known
+    /// device's).
+    #[arg(long, value_name = "PEER", value_parser = parse_peer)]
     pub(crate) peer: String,
 
     /// Print the transfer id and return at once; the transfer goes on in the daemon.
@@ -150,26 +226,63 @@ fn parse_chunk_size(text: &str) -> Result<u32, String> {
     u32::try_from(size).map_err(|_| format!("{text:?} is too large"))
 }
 
-/// A peer address: `HOST:PORT` with a non-zero port; IPv6 literals in brackets (`[::1]:14567`).
+/// A peer as given to `send --peer` and `connect`, passed on to the daemon unchanged:
+/// - `HOST:PORT` with a non-zero port, IPv6 literals in brackets (`[::1]:14567`), optionally
+///   after a device id and `@` (`P56IOI7-…@host:14567`); the daemon checks the id;
+/// - anything else without `@` or `:` — a peer name or a device id prefix, which the daemon
+///   looks up among the peers discovery found (`p2pctl peers`).
+///
+/// Text with a `:` is taken as an address and checked as one, so that `host:`, `host:0` or
+/// `::1:14567` are refused here; so is a bare IP address, which is an address without its port
+/// rather than a name. Empty or blank text is refused.
 fn parse_peer(text: &str) -> Result<String, String> {
-    if text.parse::<SocketAddr>().is_ok_and(|a| a.port() != 0) {
-        return Ok(text.to_owned());
+    let example = "expected a peer name or device id prefix (see `p2pctl peers`), HOST:PORT or \
+                   DEVICE-ID@HOST:PORT, e.g. kitchen-pc, 192.168.1.20:14567 or \
+                   P56IOI7@kitchen-pc.local:14567";
+    if text.trim().is_empty() {
+        return Err(format!("the peer is empty: {example}"));
     }
-    let example = "expected HOST:PORT, e.g. 192.168.1.20:14567 or kitchen-pc.local:14567";
+    let address = match text.split_once('@') {
+        Some((id, address)) => {
+            if id.trim().is_empty() || id.contains(char::is_whitespace) {
+                return Err(format!(
+                    "{text:?} has no valid device id before '@': {example}"
+                ));
+            }
+            if address.contains('@') {
+                return Err(format!("{text:?} has more than one '@': {example}"));
+            }
+            address
+        }
+        // A name or id prefix: the daemon resolves it.
+        None if !text.contains(':') && text.trim().parse::<IpAddr>().is_err() => {
+            return Ok(text.to_owned());
+        }
+        None => text,
+    };
+    parse_address(address, text, example)?;
+    Ok(text.to_owned())
+}
+
+/// Checks the `HOST:PORT` part of a peer; `whole` and `example` are for the messages.
+fn parse_address(text: &str, whole: &str, example: &str) -> Result<(), String> {
+    if text.parse::<SocketAddr>().is_ok_and(|a| a.port() != 0) {
+        return Ok(());
+    }
     let Some((host, port)) = text.rsplit_once(':') else {
-        return Err(format!("{text:?} has no port: {example}"));
+        return Err(format!("{whole:?} has no port: {example}"));
     };
     if host.is_empty() || host.contains(char::is_whitespace) {
-        return Err(format!("{text:?} has no valid host: {example}"));
+        return Err(format!("{whole:?} has no valid host: {example}"));
     }
     if host.contains(':') {
         return Err(format!(
-            "{text:?}: put an IPv6 address in brackets, e.g. [::1]:14567"
+            "{whole:?}: put an IPv6 address in brackets, e.g. [::1]:14567"
         ));
     }
     match port.parse::<u16>() {
-        Ok(p) if p != 0 => Ok(text.to_owned()),
-        _ => Err(format!("{text:?} has no valid port (1-65535): {example}")),
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(format!("{whole:?} has no valid port (1-65535): {example}")),
     }
 }
 
@@ -204,26 +317,187 @@ mod tests {
     }
 
     #[test]
-    fn peers_need_host_and_port() {
+    fn addresses_need_host_and_port() {
         for good in [
             "127.0.0.1:1",
             "[::1]:14567",
             "kitchen-pc.local:14567",
             "host:65535",
+            "P56IOI7-MZJNU2Y-IQGDREY-DM2MGTI-MGL3BXN-PQ6W5BM-TBBZ4TJ-XZWICQ2@192.0.2.7:14567",
+            "P56IOI7@kitchen-pc.local:14567",
+            "p56ioi7@[::1]:14567",
         ] {
             assert_eq!(parse_peer(good).as_deref(), Ok(good));
         }
         for bad in [
             "127.0.0.1",
+            "::1",
+            "[::1]",
             ":14567",
             "host:",
             "host:0",
             "host:70000",
             "::1:14567",
             "a b:1",
+            "@host:1",
+            " @host:1",
+            "a b@host:1",
+            "ID@",
+            "ID@host",
+            "ID@host:0",
+            "ID@::1:14567",
+            "ID@kitchen-pc",
+            "a@b@host:1",
         ] {
             assert!(parse_peer(bad).is_err(), "{bad}");
         }
+        assert!(
+            parse_peer("@host:1")
+                .unwrap_err()
+                .contains("no valid device id")
+        );
+        assert!(
+            parse_peer("ID@host")
+                .unwrap_err()
+                .contains("DEVICE-ID@HOST:PORT")
+        );
+        assert!(parse_peer("127.0.0.1").unwrap_err().contains("no port"));
+        assert!(parse_peer("host:0").unwrap_err().contains("no valid port"));
+    }
+
+    #[test]
+    fn names_and_id_prefixes_go_to_the_daemon_unchanged() {
+        for name in [
+            "kitchen-pc",
+            "Kitchen-PC",
+            "kitchen pc",
+            " kitchen-pc ",
+            "kitchen-pc.local",
+            "P56IOI7",
+            "p56i",
+            "P56IOI7-MZJNU2Y",
+            "pi",
+            "Mémé's laptop",
+        ] {
+            assert_eq!(parse_peer(name).as_deref(), Ok(name));
+        }
+        for blank in ["", " ", "\t", " \n "] {
+            let err = parse_peer(blank).unwrap_err();
+            assert!(err.contains("the peer is empty"), "{blank:?}: {err}");
+            assert!(err.contains("p2pctl peers"), "{err}");
+        }
+    }
+
+    #[test]
+    fn connect_and_send_take_an_optional_device_id() {
+        let cli = Cli::try_parse_from(["p2pctl", "connect", "ABCDEFG@h:1"]).unwrap();
+        assert!(matches!(cli.command, Command::Connect { peer } if peer == "ABCDEFG@h:1"));
+        let cli = Cli::try_parse_from(["p2pctl", "send", "a", "--peer", "ABCDEFG@h:1"]).unwrap();
+        assert!(matches!(cli.command, Command::Send(args) if args.peer == "ABCDEFG@h:1"));
+    }
+
+    #[test]
+    fn connect_and_send_take_a_peer_name() {
+        let cli = Cli::try_parse_from(["p2pctl", "connect", "kitchen-pc"]).unwrap();
+        assert!(matches!(cli.command, Command::Connect { peer } if peer == "kitchen-pc"));
+        let cli = Cli::try_parse_from(["p2pctl", "send", "a", "--peer", "P56I"]).unwrap();
+        assert!(matches!(cli.command, Command::Send(args) if args.peer == "P56I"));
+        for bad in [
+            &["p2pctl", "connect", ""][..],
+            &["p2pctl", "connect", "  "],
+            &["p2pctl", "send", "a", "--peer", ""],
+            &["p2pctl", "send", "a", "--peer", "kitchen-pc:"],
+        ] {
+            let err = Cli::try_parse_from(bad).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn peers_takes_watch() {
+        let cli = Cli::try_parse_from(["p2pctl", "peers"]).unwrap();
+        assert!(matches!(cli.command, Command::Peers { watch: false }));
+        let cli = Cli::try_parse_from(["p2pctl", "peers", "--watch", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::Peers { watch: true }));
+        assert!(cli.json);
+        assert!(Cli::try_parse_from(["p2pctl", "peers", "kitchen-pc"]).is_err());
+    }
+
+    #[test]
+    fn trust_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "p2pctl",
+            "trust",
+            "P56IOI7",
+            "--name",
+            "beta",
+            "--accept",
+            "auto",
+            "--download-dir",
+            "in/beta",
+        ])
+        .unwrap();
+        let Command::Trust(args) = cli.command else {
+            panic!("not trust: {cli:?}");
+        };
+        assert_eq!(args.id, "P56IOI7");
+        assert_eq!(args.name.as_deref(), Some("beta"));
+        assert_eq!(args.accept, Some(AcceptRule::Auto));
+        assert_eq!(args.download_dir, Some(PathBuf::from("in/beta")));
+
+        let cli = Cli::try_parse_from(["p2pctl", "trust", "X"]).unwrap();
+        let Command::Trust(args) = cli.command else {
+            panic!("not trust: {cli:?}");
+        };
+        assert_eq!(
+            (args.name, args.accept, args.download_dir),
+            (None, None, None)
+        );
+        for (word, rule) in [
+            ("default", AcceptRule::Default),
+            ("ask", AcceptRule::Ask),
+            ("reject", AcceptRule::Reject),
+        ] {
+            let cli = Cli::try_parse_from(["p2pctl", "trust", "X", "--accept", word]).unwrap();
+            assert!(matches!(cli.command, Command::Trust(a) if a.accept == Some(rule)));
+        }
+        for bad in [
+            &["p2pctl", "trust"][..],
+            &["p2pctl", "trust", ""],
+            &["p2pctl", "trust", "X", "--accept", "sometimes"],
+            &["p2pctl", "trust", "X", "--name", ""],
+            &["p2pctl", "untrust"],
+            &["p2pctl", "untrust", ""],
+            &["p2pctl", "id", "extra"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        let err = Cli::try_parse_from(["p2pctl", "trust", "X", "--accept", "sometimes"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--accept"), "{err}");
+    }
+
+    #[test]
+    fn device_commands_parse() {
+        for (args, want) in [
+            (&["p2pctl", "id"][..], "Id"),
+            (&["p2pctl", "devices", "--json"], "Devices"),
+            (&["p2pctl", "pending"], "Pending"),
+            (&["p2pctl", "untrust", "P56IOI7"], "Untrust"),
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert!(format!("{:?}", cli.command).starts_with(want), "{args:?}");
+        }
+        assert!(
+            Cli::try_parse_from(["p2pctl", "devices", "--json"])
+                .unwrap()
+                .json
+        );
     }
 
     #[test]

@@ -10,10 +10,10 @@ use p2p_proto::control::v1::control_service_client::ControlServiceClient;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{AcceptRule, Cli, Command, TrustArgs};
 use crate::client::{self, answer};
 use crate::progress::stdout_line;
-use crate::{json, send, table, units, watch};
+use crate::{json, peers, send, table, units, watch};
 
 /// How a command that did not fail ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,13 +34,18 @@ pub(crate) async fn run(cli: Cli) -> Result<Finished> {
     let as_json = cli.json;
 
     // What can be checked without the daemon is checked first, so that a wrong path is
-    // reported as such even when no daemon runs.
+    // reported as such even when no daemon runs. `local_dir`: the directory of `accept --to`
+    // or `trust --download-dir`, made absolute here (the daemon has another working directory).
     let send_paths = match &cli.command {
         Command::Send(args) => send::local_paths(&args.paths)?,
         _ => Vec::new(),
     };
-    let accept_dir = match &cli.command {
+    let local_dir = match &cli.command {
         Command::Accept { to: Some(dir), .. } => Some(send::absolute_text(dir)?),
+        Command::Trust(TrustArgs {
+            download_dir: Some(dir),
+            ..
+        }) => Some(send::absolute_text(dir)?),
         _ => None,
     };
 
@@ -52,6 +57,14 @@ pub(crate) async fn run(cli: Cli) -> Result<Finished> {
                 print_json(&json::status(&s))?;
             } else {
                 print!("{}", status_text(&s));
+            }
+        }
+        Command::Id => {
+            let s = answer(api.get_status(pb::GetStatusRequest {}).await)?;
+            if as_json {
+                print_json(&json!({ "device_id": s.device_id, "device_name": s.device_name }))?;
+            } else {
+                stdout_line(&s.device_id)?;
             }
         }
         Command::Shutdown => {
@@ -83,8 +96,17 @@ pub(crate) async fn run(cli: Cli) -> Result<Finished> {
                 print!("{}", table::incoming(&list.offers, table::now_ms()));
             }
         }
-        Command::Accept { id, .. } => accept(&mut api, &id, accept_dir, as_json).await?,
+        Command::Accept { id, .. } => accept(&mut api, &id, local_dir, as_json).await?,
         Command::Reject { id, reason } => reject(&mut api, &id, reason, as_json).await?,
+        Command::Peers { watch: true } => peers::watch(&mut api, as_json).await?,
+        Command::Peers { watch: false } => {
+            let list = answer(api.list_peers(pb::ListPeersRequest {}).await)?;
+            if as_json {
+                print_json(&Value::Array(list.peers.iter().map(json::peer).collect()))?;
+            } else {
+                print!("{}", peers::list_text(&list.peers, table::now_ms()));
+            }
+        }
         Command::Sessions => {
             let list = answer(api.list_sessions(pb::ListSessionsRequest {}).await)?;
             if as_json {
@@ -100,10 +122,7 @@ pub(crate) async fn run(cli: Cli) -> Result<Finished> {
             if as_json {
                 print_json(&json::session(&s))?;
             } else {
-                stdout_line(&format!(
-                    "connected to {} ({}) at {}, p2pd {}",
-                    s.peer_name, s.peer_id, s.peer_address, s.peer_version
-                ))?;
+                stdout_line(&connected_text(&s))?;
             }
         }
         Command::Disconnect { peer } => {
@@ -115,8 +134,106 @@ pub(crate) async fn run(cli: Cli) -> Result<Finished> {
                 stdout_line(&format!("disconnected from {peer}"))?;
             }
         }
+        Command::Devices => {
+            let list = answer(api.list_devices(pb::ListDevicesRequest {}).await)?;
+            print_devices(&list.devices, as_json, DeviceList::Trusted)?;
+        }
+        Command::Pending => {
+            let list = answer(api.list_pending(pb::ListPendingRequest {}).await)?;
+            print_devices(&list.devices, as_json, DeviceList::Pending)?;
+        }
+        Command::Trust(args) => {
+            let request = trust_request(&args, local_dir);
+            let d = answer(api.trust_device(request).await)?;
+            if as_json {
+                print_json(&json::device(&d))?;
+            } else {
+                stdout_line(&trusted_text(&d))?;
+            }
+        }
+        Command::Untrust { id } => {
+            let request = pb::UntrustDeviceRequest { id };
+            let pb::UntrustDeviceResponse { id } = answer(api.untrust_device(request).await)?;
+            if as_json {
+                print_json(&json!({ "id": id, "untrusted": true }))?;
+            } else {
+                stdout_line(&format!("untrusted {id}"))?;
+            }
+        }
     }
     Ok(Finished::Done)
+}
+
+/// Which list of devices is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeviceList {
+    Trusted,
+    Pending,
+}
+
+fn print_devices(list: &[pb::Device], as_json: bool, which: DeviceList) -> Result<()> {
+    if as_json {
+        print_json(&Value::Array(list.iter().map(json::device).collect()))
+    } else {
+        print!("{}", devices_text(list, which, table::now_ms()));
+        Ok(())
+    }
+}
+
+/// The human output of `devices` and `pending`.
+fn devices_text(list: &[pb::Device], which: DeviceList, now_ms: u64) -> String {
+    match (which, list.first()) {
+        (DeviceList::Trusted, None) => "no trusted devices; run `p2pctl id` on the other machine, \
+             then `p2pctl trust ID` here\n"
+            .to_owned(),
+        (DeviceList::Pending, None) => "no pending devices\n".to_owned(),
+        (DeviceList::Trusted, Some(_)) => table::devices(list, now_ms),
+        (DeviceList::Pending, Some(first)) => format!(
+            "{}\ntrust one with `p2pctl trust ID` (ID: the full id or a unique beginning, e.g. {})\n",
+            table::devices(list, now_ms),
+            table::short_device_id(&first.id),
+        ),
+    }
+}
+
+fn trust_request(args: &TrustArgs, download_dir: Option<String>) -> pb::TrustDeviceRequest {
+    let accept = match args.accept {
+        None | Some(AcceptRule::Default) => pb::DeviceAccept::Default,
+        Some(AcceptRule::Auto) => pb::DeviceAccept::Auto,
+        Some(AcceptRule::Ask) => pb::DeviceAccept::Ask,
+        Some(AcceptRule::Reject) => pb::DeviceAccept::Reject,
+    };
+    pb::TrustDeviceRequest {
+        id: args.id.clone(),
+        name: args.name.clone().unwrap_or_default(),
+        accept: accept as i32,
+        download_dir: download_dir.unwrap_or_default(),
+    }
+}
+
+/// `trusted beta (P56IOI7-…)`, or `trusted P56IOI7-…` for a device without a name.
+fn trusted_text(d: &pb::Device) -> String {
+    if d.name.is_empty() {
+        format!("trusted {}", d.id)
+    } else {
+        format!("trusted {} ({})", d.name, d.id)
+    }
+}
+
+/// `connected to beta (P56IOI7-…) at 192.0.2.8:14567, p2pd 0.1.0, trusted`.
+fn connected_text(s: &pb::Session) -> String {
+    let trust = if s.trusted {
+        "trusted".to_owned()
+    } else {
+        format!(
+            "not trusted (`p2pctl trust {}` trusts it)",
+            table::short_device_id(&s.peer_id)
+        )
+    };
+    format!(
+        "connected to {} ({}) at {}, p2pd {}, {trust}",
+        s.peer_name, s.peer_id, s.peer_address, s.peer_version
+    )
 }
 
 async fn cancel(api: &mut ControlServiceClient<Channel>, given: &str, as_json: bool) -> Result<()> {
@@ -205,4 +322,132 @@ fn status_text(s: &pb::GetStatusResponse) -> String {
         s.state_dir,
         s.socket_path,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::json::tests::{DEVICE_ID, sample_device};
+
+    #[test]
+    fn status_shows_the_full_device_id() {
+        let s = pb::GetStatusResponse {
+            device_id: DEVICE_ID.to_owned(),
+            device_name: "alpha".to_owned(),
+            version: "0.1.0".to_owned(),
+            uptime_ms: 250_000,
+            ..Default::default()
+        };
+        let text = status_text(&s);
+        assert!(text.starts_with("p2pd 0.1.0 running for 4m 10s"), "{text}");
+        assert!(
+            text.contains(&format!("device:     alpha ({DEVICE_ID})")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn trust_requests_carry_the_rule_and_the_absolute_dir() {
+        let args = TrustArgs {
+            id: "P56IOI7".to_owned(),
+            name: Some("beta".to_owned()),
+            accept: Some(AcceptRule::Reject),
+            download_dir: Some("in".into()),
+        };
+        assert_eq!(
+            trust_request(&args, Some("/home/me/in".to_owned())),
+            pb::TrustDeviceRequest {
+                id: "P56IOI7".to_owned(),
+                name: "beta".to_owned(),
+                accept: pb::DeviceAccept::Reject as i32,
+                download_dir: "/home/me/in".to_owned(),
+            }
+        );
+        assert_eq!(
+            trust_request(&bare_args(), None),
+            pb::TrustDeviceRequest {
+                id: "X".to_owned(),
+                ..Default::default()
+            }
+        );
+        for (rule, want) in [
+            (AcceptRule::Default, pb::DeviceAccept::Default),
+            (AcceptRule::Auto, pb::DeviceAccept::Auto),
+            (AcceptRule::Ask, pb::DeviceAccept::Ask),
+        ] {
+            let args = TrustArgs {
+                accept: Some(rule),
+                ..bare_args()
+            };
+            assert_eq!(trust_request(&args, None).accept, want as i32);
+        }
+    }
+
+    fn bare_args() -> TrustArgs {
+        TrustArgs {
+            id: "X".to_owned(),
+            name: None,
+            accept: None,
+            download_dir: None,
+        }
+    }
+
+    #[test]
+    fn trusting_prints_one_line_with_the_full_id() {
+        assert_eq!(
+            trusted_text(&sample_device()),
+            format!("trusted beta ({DEVICE_ID})")
+        );
+        let unnamed = pb::Device {
+            name: String::new(),
+            ..sample_device()
+        };
+        assert_eq!(trusted_text(&unnamed), format!("trusted {DEVICE_ID}"));
+    }
+
+    #[test]
+    fn device_lists_say_when_empty_and_how_to_trust() {
+        let now = 1_700_000_360_000;
+        assert!(devices_text(&[], DeviceList::Trusted, now).starts_with("no trusted devices"));
+        assert_eq!(
+            devices_text(&[], DeviceList::Pending, now),
+            "no pending devices\n"
+        );
+        let trusted = devices_text(&[sample_device()], DeviceList::Trusted, now);
+        assert!(trusted.starts_with("NAME  ID"), "{trusted}");
+        assert!(!trusted.contains("p2pctl trust"), "{trusted}");
+        let pending = devices_text(&[sample_device()], DeviceList::Pending, now);
+        assert!(pending.starts_with("NAME  ID"), "{pending}");
+        assert!(
+            pending.ends_with(
+                "\ntrust one with `p2pctl trust ID` (ID: the full id or a unique beginning, e.g. P56IOI7)\n"
+            ),
+            "{pending}"
+        );
+    }
+
+    #[test]
+    fn connecting_says_whether_the_peer_is_trusted() {
+        let s = pb::Session {
+            peer_id: DEVICE_ID.to_owned(),
+            peer_name: "beta".to_owned(),
+            peer_address: "192.0.2.8:14567".to_owned(),
+            peer_version: "0.1.0".to_owned(),
+            trusted: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            connected_text(&s),
+            format!("connected to beta ({DEVICE_ID}) at 192.0.2.8:14567, p2pd 0.1.0, trusted")
+        );
+        let s = pb::Session {
+            trusted: false,
+            ..s
+        };
+        assert!(
+            connected_text(&s).ends_with(", not trusted (`p2pctl trust P56IOI7` trusts it)"),
+            "{}",
+            connected_text(&s)
+        );
+    }
 }

@@ -31,6 +31,30 @@ pub(crate) fn state_word(state: i32) -> &'static str {
     }
 }
 
+/// A device's receiving rule: `"default"`, `"auto"`, `"ask"`, `"reject"`; `"unknown"` for a
+/// value this p2pctl does not know.
+pub(crate) fn accept_word(accept: i32) -> &'static str {
+    match pb::DeviceAccept::try_from(accept) {
+        Ok(pb::DeviceAccept::Default) => "default",
+        Ok(pb::DeviceAccept::Auto) => "auto",
+        Ok(pb::DeviceAccept::Ask) => "ask",
+        Ok(pb::DeviceAccept::Reject) => "reject",
+        Err(_) => "unknown",
+    }
+}
+
+/// A change of a peer: `"appeared"`, `"changed"`, `"lost"`; `"unknown"` for a value this
+/// p2pctl does not know.
+pub(crate) fn peer_change_word(change: i32) -> &'static str {
+    match pb::PeerChange::try_from(change) {
+        Ok(pb::PeerChange::Unspecified) => "unspecified",
+        Ok(pb::PeerChange::Appeared) => "appeared",
+        Ok(pb::PeerChange::Changed) => "changed",
+        Ok(pb::PeerChange::Lost) => "lost",
+        Err(_) => "unknown",
+    }
+}
+
 /// Whether a transfer in this state has ended (completed, failed, cancelled or rejected).
 pub(crate) fn is_final(state: i32) -> bool {
     matches!(
@@ -111,6 +135,7 @@ pub(crate) fn offer(o: &pb::IncomingOffer) -> Value {
         total_bytes,
         offered_at_ms,
         expires_at_ms,
+        peer_trusted,
     } = o;
     json!({
         "transfer_id": transfer_id,
@@ -122,6 +147,7 @@ pub(crate) fn offer(o: &pb::IncomingOffer) -> Value {
         "total_bytes": total_bytes,
         "offered_at_ms": offered_at_ms,
         "expires_at_ms": expires_at_ms,
+        "peer_trusted": peer_trusted,
     })
 }
 
@@ -136,6 +162,7 @@ pub(crate) fn session(s: &pb::Session) -> Value {
         established_at_ms,
         active_transfers,
         peer_version,
+        trusted,
     } = s;
     json!({
         "peer_id": peer_id,
@@ -146,7 +173,65 @@ pub(crate) fn session(s: &pb::Session) -> Value {
         "established_at_ms": established_at_ms,
         "active_transfers": active_transfers,
         "peer_version": peer_version,
+        "trusted": trusted,
     })
+}
+
+/// A device (trusted or pending) as JSON, every field of the proto message.
+pub(crate) fn device(d: &pb::Device) -> Value {
+    let pb::Device {
+        id,
+        name,
+        trusted,
+        accept,
+        download_dir,
+        first_seen_ms,
+        last_seen_ms,
+        last_address,
+        connected,
+    } = d;
+    json!({
+        "id": id,
+        "name": name,
+        "trusted": trusted,
+        "accept": accept_word(*accept),
+        "download_dir": download_dir,
+        "first_seen_ms": first_seen_ms,
+        "last_seen_ms": last_seen_ms,
+        "last_address": last_address,
+        "connected": connected,
+    })
+}
+
+/// A peer found by discovery (or a static one) as JSON, every field of the proto message.
+pub(crate) fn peer(p: &pb::Peer) -> Value {
+    let pb::Peer {
+        device_id,
+        name,
+        address,
+        protocol_version,
+        compatible,
+        last_seen_ms,
+        source,
+        trusted,
+    } = p;
+    json!({
+        "device_id": device_id,
+        "name": name,
+        "address": address,
+        "protocol_version": protocol_version,
+        "compatible": compatible,
+        "last_seen_ms": last_seen_ms,
+        "source": source,
+        "trusted": trusted,
+    })
+}
+
+/// A `PeerEvent` as JSON: `{"change": "appeared", "peer": {…}}` (`null` if the daemon sent no
+/// peer).
+pub(crate) fn peer_event(e: &pb::PeerEvent) -> Value {
+    let pb::PeerEvent { change, peer: p } = e;
+    json!({ "change": peer_change_word(*change), "peer": p.as_ref().map(peer) })
 }
 
 /// The daemon's status as JSON, every field of the proto message.
@@ -182,6 +267,39 @@ pub(crate) fn status(s: &pb::GetStatusResponse) -> Value {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// A full device id in the daemon's format.
+    pub(crate) const DEVICE_ID: &str =
+        "P56IOI7-MZJNU2Y-IQGDREY-DM2MGTI-MGL3BXN-PQ6W5BM-TBBZ4TJ-XZWICQ2";
+
+    /// A trusted, connected device with its own rule and directory.
+    pub(crate) fn sample_device() -> pb::Device {
+        pb::Device {
+            id: DEVICE_ID.to_owned(),
+            name: "beta".to_owned(),
+            trusted: true,
+            accept: pb::DeviceAccept::Auto as i32,
+            download_dir: "/srv/in/beta".to_owned(),
+            first_seen_ms: 1_700_000_000_000,
+            last_seen_ms: 1_700_000_180_000,
+            last_address: "192.0.2.8:14567".to_owned(),
+            connected: true,
+        }
+    }
+
+    /// A compatible, trusted peer heard by broadcast.
+    pub(crate) fn sample_peer() -> pb::Peer {
+        pb::Peer {
+            device_id: DEVICE_ID.to_owned(),
+            name: "kitchen-pc".to_owned(),
+            address: "10.0.0.2:14567".to_owned(),
+            protocol_version: 1,
+            compatible: true,
+            last_seen_ms: 1_700_000_358_000,
+            source: "broadcast".to_owned(),
+            trusted: true,
+        }
+    }
 
     /// A running two-file transfer, shared by the rendering tests of other modules.
     pub(crate) fn sample_transfer() -> pb::Transfer {
@@ -263,6 +381,40 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_device_renders_every_field_with_a_word_for_its_rule() {
+        assert_eq!(
+            device(&sample_device()),
+            json!({
+                "id": DEVICE_ID,
+                "name": "beta",
+                "trusted": true,
+                "accept": "auto",
+                "download_dir": "/srv/in/beta",
+                "first_seen_ms": 1_700_000_000_000_u64,
+                "last_seen_ms": 1_700_000_180_000_u64,
+                "last_address": "192.0.2.8:14567",
+                "connected": true,
+            })
+        );
+        let pending = device(&pb::Device {
+            id: DEVICE_ID.to_owned(),
+            ..Default::default()
+        });
+        assert_eq!(pending["accept"], "default");
+        assert_eq!(pending["trusted"], false);
+        assert_eq!(pending["connected"], false);
+    }
+
+    #[test]
+    fn accept_words() {
+        assert_eq!(accept_word(pb::DeviceAccept::Default as i32), "default");
+        assert_eq!(accept_word(pb::DeviceAccept::Auto as i32), "auto");
+        assert_eq!(accept_word(pb::DeviceAccept::Ask as i32), "ask");
+        assert_eq!(accept_word(pb::DeviceAccept::Reject as i32), "reject");
+        assert_eq!(accept_word(7), "unknown");
+    }
+
+    #[test]
     fn offers_and_sessions_render() {
         let o = offer(&pb::IncomingOffer {
             transfer_id: "t1".to_owned(),
@@ -271,12 +423,57 @@ pub(crate) mod tests {
         });
         assert_eq!(o["transfer_id"], "t1");
         assert_eq!(o["total_files"], 2);
+        assert_eq!(o["peer_trusted"], false);
         let s = session(&pb::Session {
             peer_name: "laptop".to_owned(),
             outgoing: true,
+            trusted: true,
             ..Default::default()
         });
         assert_eq!(s["peer_name"], "laptop");
         assert_eq!(s["outgoing"], true);
+        assert_eq!(s["trusted"], true);
+    }
+
+    #[test]
+    fn a_peer_renders_every_field() {
+        assert_eq!(
+            peer(&sample_peer()),
+            json!({
+                "device_id": DEVICE_ID,
+                "name": "kitchen-pc",
+                "address": "10.0.0.2:14567",
+                "protocol_version": 1,
+                "compatible": true,
+                "last_seen_ms": 1_700_000_358_000_u64,
+                "source": "broadcast",
+                "trusted": true,
+            })
+        );
+    }
+
+    #[test]
+    fn a_peer_event_names_its_change() {
+        let event = pb::PeerEvent {
+            change: pb::PeerChange::Lost as i32,
+            peer: Some(sample_peer()),
+        };
+        let v = peer_event(&event);
+        assert_eq!(v["change"], "lost");
+        assert_eq!(v["peer"], peer(&sample_peer()));
+        assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
+        let bare = peer_event(&pb::PeerEvent::default());
+        assert_eq!(bare, json!({ "change": "unspecified", "peer": null }));
+    }
+
+    #[test]
+    fn peer_change_words() {
+        assert_eq!(
+            peer_change_word(pb::PeerChange::Appeared as i32),
+            "appeared"
+        );
+        assert_eq!(peer_change_word(pb::PeerChange::Changed as i32), "changed");
+        assert_eq!(peer_change_word(pb::PeerChange::Lost as i32), "lost");
+        assert_eq!(peer_change_word(9), "unknown");
     }
 }

@@ -6,8 +6,10 @@
 //! - [`commands`]: runs the command named on the command line.
 //! - [`send`]: `p2pctl send` — local path checks, starting and following a transfer.
 //! - [`watch`]: following transfers over `WatchTransfers` (`watch`, and `send`'s progress).
+//! - [`peers`]: `p2pctl peers` — the peers discovery found, listed or followed (`--watch`).
 //! - [`progress`]: progress bars, the plain line fallback, and the one-line texts.
-//! - [`table`]: the human tables of `transfers`, `incoming` and `sessions`.
+//! - [`table`]: the human tables of `transfers`, `incoming`, `sessions`, `devices`, `pending`
+//!   and `peers`.
 //! - [`json`]: `--json` rendering of the control API's messages.
 //! - [`units`]: human sizes, speeds, durations and percentages; parsing sizes.
 
@@ -15,6 +17,7 @@ mod cli;
 mod client;
 mod commands;
 mod json;
+mod peers;
 mod progress;
 mod send;
 mod table;

@@ -1,5 +1,5 @@
-//! The human tables of `transfers`, `incoming` and `sessions`: left-aligned columns separated by
-//! two spaces, a header line in capitals.
+//! The human tables of `transfers`, `incoming`, `sessions`, `devices`, `pending` and `peers`:
+//! left-aligned columns separated by two spaces, a header line in capitals.
 
 use std::time::Duration;
 
@@ -39,6 +39,21 @@ pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `yes`, `no`.
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_owned()
+}
+
+/// The short form of a device id the tables show: its first group of 7 characters
+/// (`P56IOI7` of `P56IOI7-MZJNU2Y-…`); at most 7 characters of an id without groups.
+pub(crate) fn short_device_id(id: &str) -> &str {
+    let group = id.split('-').next().unwrap_or(id);
+    group
+        .char_indices()
+        .nth(7)
+        .map_or(group, |(i, _)| &group[..i])
 }
 
 /// The `p2pctl transfers` table.
@@ -90,6 +105,7 @@ pub(crate) fn incoming(offers: &[pb::IncomingOffer], now_ms: u64) -> String {
                 } else {
                     o.peer_name.clone()
                 },
+                yes_no(o.peer_trusted),
                 o.roots.join(", "),
                 o.total_files.to_string(),
                 units::bytes(o.total_bytes),
@@ -98,7 +114,15 @@ pub(crate) fn incoming(offers: &[pb::IncomingOffer], now_ms: u64) -> String {
         })
         .collect();
     render(
-        &["ID", "PEER", "ROOTS", "FILES", "SIZE", "EXPIRES IN"],
+        &[
+            "ID",
+            "PEER",
+            "TRUSTED",
+            "ROOTS",
+            "FILES",
+            "SIZE",
+            "EXPIRES IN",
+        ],
         &rows,
     )
 }
@@ -121,7 +145,8 @@ pub(crate) fn sessions(list: &[pb::Session], now_ms: u64) -> String {
         .map(|s| {
             vec![
                 s.peer_name.clone(),
-                short_id(&s.peer_id).to_owned(),
+                short_device_id(&s.peer_id).to_owned(),
+                yes_no(s.trusted),
                 s.peer_address.clone(),
                 s.remote_address.clone(),
                 if s.outgoing { "out" } else { "in" }.to_owned(),
@@ -137,6 +162,7 @@ pub(crate) fn sessions(list: &[pb::Session], now_ms: u64) -> String {
         &[
             "PEER",
             "ID",
+            "TRUSTED",
             "ADDRESS",
             "REMOTE",
             "DIR",
@@ -148,10 +174,105 @@ pub(crate) fn sessions(list: &[pb::Session], now_ms: u64) -> String {
     )
 }
 
+/// The `p2pctl devices` and `p2pctl pending` table (without a line for an empty list); `now_ms`
+/// is the current time for the last-seen column.
+pub(crate) fn devices(list: &[pb::Device], now_ms: u64) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|d| {
+            vec![
+                or_dash(&d.name),
+                short_device_id(&d.id).to_owned(),
+                json::accept_word(d.accept).to_owned(),
+                or_dash(&d.download_dir),
+                yes_no(d.connected),
+                last_seen(d, now_ms),
+                or_dash(&d.last_address),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "NAME",
+            "ID",
+            "ACCEPT",
+            "DOWNLOAD DIR",
+            "CONNECTED",
+            "LAST SEEN",
+            "ADDRESS",
+        ],
+        &rows,
+    )
+}
+
+/// The `p2pctl peers` table (without a line for an empty list), in the daemon's order; `now_ms`
+/// is the current time for the last-seen column.
+pub(crate) fn peers(list: &[pb::Peer], now_ms: u64) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|p| {
+            vec![
+                or_dash(&p.name),
+                short_device_id(&p.device_id).to_owned(),
+                or_dash(&p.address),
+                protocol_version(p),
+                yes_no(p.trusted),
+                or_dash(&p.source),
+                if p.last_seen_ms == 0 {
+                    "-".to_owned()
+                } else {
+                    units::ago(Duration::from_millis(now_ms.saturating_sub(p.last_seen_ms)))
+                },
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "NAME",
+            "ID",
+            "ADDRESS",
+            "VERSION",
+            "TRUSTED",
+            "SOURCE",
+            "LAST SEEN",
+        ],
+        &rows,
+    )
+}
+
+/// A peer's protocol version, `2 (incompatible)` when this daemon cannot talk to it.
+pub(crate) fn protocol_version(p: &pb::Peer) -> String {
+    if p.compatible {
+        p.protocol_version.to_string()
+    } else {
+        format!("{} (incompatible)", p.protocol_version)
+    }
+}
+
+/// The text, or `-` for an empty one.
+fn or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// `now` while connected, `never` without a time, else how long ago.
+fn last_seen(d: &pb::Device, now_ms: u64) -> String {
+    if d.connected {
+        "now".to_owned()
+    } else if d.last_seen_ms == 0 {
+        "never".to_owned()
+    } else {
+        units::ago(Duration::from_millis(now_ms.saturating_sub(d.last_seen_ms)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::json::tests::sample_transfer;
+    use crate::json::tests::{DEVICE_ID, sample_device, sample_peer, sample_transfer};
 
     #[test]
     fn columns_line_up() {
@@ -198,7 +319,19 @@ mod tests {
         };
         let text = incoming(std::slice::from_ref(&offer), 1_000_000);
         assert!(
-            text.contains("abcdef01  laptop  x      3      2.0 KiB  4m 10s"),
+            text.starts_with("ID        PEER    TRUSTED  ROOTS"),
+            "{text}"
+        );
+        assert!(
+            text.contains("abcdef01  laptop  no       x      3      2.0 KiB  4m 10s"),
+            "{text}"
+        );
+        let trusted = pb::IncomingOffer {
+            peer_trusted: true,
+            ..offer.clone()
+        };
+        assert!(
+            incoming(&[trusted], 1_000_000).contains("laptop  yes      x"),
             "{text}"
         );
         assert!(incoming(&[offer], 2_000_000).contains("expired"));
@@ -208,14 +341,103 @@ mod tests {
     fn sessions_show_direction_and_age() {
         let s = pb::Session {
             peer_name: "laptop".into(),
-            peer_id: "0011223344556677".into(),
+            peer_id: DEVICE_ID.into(),
             outgoing: true,
             established_at_ms: 1_000,
             active_transfers: 2,
             ..Default::default()
         };
-        let text = sessions(&[s], 13_000);
-        assert!(text.contains("laptop  00112233"), "{text}");
+        let text = sessions(std::slice::from_ref(&s), 13_000);
+        assert!(
+            text.starts_with("PEER    ID       TRUSTED  ADDRESS"),
+            "{text}"
+        );
+        assert!(text.contains("laptop  P56IOI7  no "), "{text}");
         assert!(text.contains("out  12s  2"), "{text}");
+        let s = pb::Session { trusted: true, ..s };
+        assert!(sessions(&[s], 13_000).contains("laptop  P56IOI7  yes"));
+    }
+
+    #[test]
+    fn device_ids_shorten_to_their_first_group() {
+        assert_eq!(short_device_id(DEVICE_ID), "P56IOI7");
+        assert_eq!(short_device_id("P56IOI7"), "P56IOI7");
+        assert_eq!(short_device_id("0011223344556677"), "0011223");
+        assert_eq!(short_device_id("ab-cd"), "ab");
+        assert_eq!(short_device_id(""), "");
+    }
+
+    #[test]
+    fn the_devices_table_shows_rule_dir_and_when_last_seen() {
+        let now = 1_700_000_360_000; // three minutes after the sample's last_seen_ms
+        let text = devices(&[sample_device()], now);
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next().unwrap(),
+            "NAME  ID       ACCEPT  DOWNLOAD DIR  CONNECTED  LAST SEEN  ADDRESS"
+        );
+        assert_eq!(
+            lines.next().unwrap(),
+            "beta  P56IOI7  auto    /srv/in/beta  yes        now        192.0.2.8:14567"
+        );
+        assert_eq!(lines.next(), None);
+
+        let gone = pb::Device {
+            connected: false,
+            ..sample_device()
+        };
+        assert!(devices(&[gone], now).contains("no         3m ago"));
+        let pending = pb::Device {
+            id: DEVICE_ID.into(),
+            ..Default::default()
+        };
+        let text = devices(&[pending], now);
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("-     P56IOI7  default  -             no         never      -"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_peers_table_shows_version_trust_source_and_when_last_heard() {
+        let now = 1_700_000_360_000; // two seconds after the sample's last_seen_ms
+        let old = pb::Peer {
+            name: "attic".into(),
+            device_id: "MFZWI3D-BONSGYC".into(),
+            address: "[fe80::1%2]:14567".into(),
+            protocol_version: 2,
+            compatible: false,
+            trusted: false,
+            source: "static".into(),
+            last_seen_ms: now - 4 * 60_000,
+        };
+        let text = peers(&[sample_peer(), old], now);
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next().unwrap(),
+            "NAME        ID       ADDRESS            VERSION           TRUSTED  SOURCE     LAST SEEN"
+        );
+        assert_eq!(
+            lines.next().unwrap(),
+            "kitchen-pc  P56IOI7  10.0.0.2:14567     1                 yes      broadcast  2s ago"
+        );
+        assert_eq!(
+            lines.next().unwrap(),
+            "attic       MFZWI3D  [fe80::1%2]:14567  2 (incompatible)  no       static     4m ago"
+        );
+        assert_eq!(lines.next(), None);
+
+        let blank = pb::Peer {
+            device_id: DEVICE_ID.into(),
+            ..Default::default()
+        };
+        let text = peers(&[blank], now);
+        assert_eq!(
+            text.lines().nth(1).unwrap(),
+            "-     P56IOI7  -        0 (incompatible)  no       -       -"
+        );
     }
 }

@@ -58,6 +58,19 @@ pub(crate) fn duration_coarse(d: Duration) -> String {
     }
 }
 
+/// How long ago, in its largest whole unit: `just now` (under a second), `12s ago`, `3m ago`,
+/// `2h ago`, `5d ago`.
+pub(crate) fn ago(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "just now".to_owned(),
+        1..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        3600..86_400 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
 /// `done` of `total` as a whole percentage, rounded down so that `100%` means finished.
 /// Nothing to do (`total == 0`) counts as `100%`.
 pub(crate) fn percent(done: u64, total: u64) -> String {
@@ -163,6 +176,17 @@ mod tests {
             duration_coarse(Duration::from_secs(3 * 86_400 + 4 * 3600)),
             "3d 4h"
         );
+    }
+
+    #[test]
+    fn ago_uses_the_largest_whole_unit() {
+        assert_eq!(ago(Duration::from_millis(999)), "just now");
+        assert_eq!(ago(Duration::from_secs(1)), "1s ago");
+        assert_eq!(ago(Duration::from_secs(59)), "59s ago");
+        assert_eq!(ago(Duration::from_secs(60)), "1m ago");
+        assert_eq!(ago(Duration::from_secs(3 * 60 + 59)), "3m ago");
+        assert_eq!(ago(Duration::from_secs(2 * 3600 + 1800)), "2h ago");
+        assert_eq!(ago(Duration::from_secs(5 * 86_400 + 3600)), "5d ago");
     }
 
     #[test]
