@@ -121,9 +121,12 @@ impl DaemonDirs {
         }
     }
 
-    /// The standard arguments pointing the daemon at this layout.
+    /// The standard arguments pointing the daemon at this layout. Discovery is off: tests
+    /// send no broadcasts on the host's networks (the discovery tests run in network
+    /// namespaces they create, with their own arguments).
     pub fn args(&self) -> Vec<String> {
         vec![
+            "--no-discovery".into(),
             "--socket".into(),
             self.socket.display().to_string(),
             "--state-dir".into(),
@@ -512,6 +515,38 @@ pub mod api {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Makes `a` and `b` trust each other (so `--accept auto` applies between them).
+    pub async fn trust_each_other(a: &Daemon, b: &Daemon) {
+        let (ia, ib) = (device_id(a), device_id(b));
+        for (d, other) in [(a, ib), (b, ia)] {
+            client(d)
+                .await
+                .trust_device(pb::TrustDeviceRequest {
+                    id: other,
+                    ..Default::default()
+                })
+                .await
+                .expect("TrustDevice");
+        }
+    }
+
+    /// The same, from synchronous code (not inside a runtime).
+    pub fn trust_each_other_blocking(a: &Daemon, b: &Daemon) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(trust_each_other(a, b));
+    }
+
+    /// The device id of `d`.
+    pub fn device_id(d: &Daemon) -> String {
+        d.status()["device_id"]
+            .as_str()
+            .expect("device_id")
+            .to_owned()
     }
 
     /// Whether a transfer has ended.

@@ -97,20 +97,27 @@ fn identity_persists_across_restarts_and_name_defaults_to_host_name() {
     let second = d2.status();
     assert_eq!(first["device_id"], second["device_id"]);
     let id = second["device_id"].as_str().unwrap();
-    assert_eq!(uuid_version(id), Some('4'), "{id}");
+    assert!(is_device_id(id), "{id}");
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(second["device_name"], host.trim());
-    let mode = std::fs::metadata(d2.dirs.state_dir.join("identity.json"))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
+    for f in ["identity.json", "device.key", "device.crt", "state.db"] {
+        let mode = std::fs::metadata(d2.dirs.state_dir.join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
 }
 
-fn uuid_version(id: &str) -> Option<char> {
-    let parts: Vec<&str> = id.split('-').collect();
-    (parts.len() == 5 && parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12]))
-        .then(|| parts[2].chars().next())?
+/// Syncthing's format: 8 groups of 7 base32 characters.
+fn is_device_id(id: &str) -> bool {
+    let groups: Vec<&str> = id.split('-').collect();
+    groups.len() == 8
+        && groups.iter().all(|g| {
+            g.len() == 7
+                && g.chars()
+                    .all(|c| c.is_ascii_uppercase() || ('2'..='7').contains(&c))
+        })
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use p2p_tests::api::{part_files, peer_addr, random_file, sha256_file};
+use p2p_tests::api::{part_files, peer_addr, random_file, sha256_file, trust_each_other_blocking};
 use p2p_tests::{Daemon, DaemonDirs, DaemonOptions, wait_until};
 
 fn daemon(accept: &str) -> Daemon {
@@ -31,6 +31,7 @@ fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
 #[test]
 fn send_waits_prints_a_summary_and_exits_0() {
     let (a, b) = (daemon("auto"), daemon("auto"));
+    trust_each_other_blocking(&a, &b);
     let src = a.dirs.root.path().join("photo.jpg");
     random_file(&src, 3 << 20, 1);
     let out = a.ctl(&["send", src.to_str().unwrap(), "--peer", &peer_addr(&b)]);
@@ -56,6 +57,7 @@ fn send_waits_prints_a_summary_and_exits_0() {
 #[test]
 fn send_json_is_ndjson_ending_in_completed() {
     let (a, b) = (daemon("auto"), daemon("auto"));
+    trust_each_other_blocking(&a, &b);
     let dir = a.dirs.root.path().join("folder");
     std::fs::create_dir_all(dir.join("sub")).unwrap();
     std::fs::write(dir.join("sub/a.txt"), b"a").unwrap();
@@ -98,6 +100,7 @@ fn send_json_is_ndjson_ending_in_completed() {
 #[test]
 fn detach_returns_the_id_and_watch_follows_it() {
     let (a, b) = (daemon("auto"), daemon("auto"));
+    trust_each_other_blocking(&a, &b);
     let src = a.dirs.root.path().join("x.bin");
     random_file(&src, 1 << 20, 2);
     let out = a.ctl(&[
@@ -124,6 +127,7 @@ fn detach_returns_the_id_and_watch_follows_it() {
 #[test]
 fn a_rejected_send_exits_1_with_the_reason() {
     let (a, b) = (daemon("auto"), daemon("ask"));
+    trust_each_other_blocking(&a, &b);
     let src = a.dirs.root.path().join("unwanted.txt");
     std::fs::write(&src, b"no").unwrap();
     let sender = {
@@ -154,6 +158,7 @@ fn a_rejected_send_exits_1_with_the_reason() {
 #[test]
 fn incoming_then_accept_into_a_chosen_directory() {
     let (a, b) = (daemon("auto"), daemon("ask"));
+    trust_each_other_blocking(&a, &b);
     let src = a.dirs.root.path().join("wanted.txt");
     std::fs::write(&src, b"yes please").unwrap();
     let out = a.ctl(&[
@@ -185,6 +190,7 @@ fn incoming_then_accept_into_a_chosen_directory() {
 #[test]
 fn cancel_from_the_command_line() {
     let (a, b) = (daemon("auto"), daemon("auto"));
+    trust_each_other_blocking(&a, &b);
     let src = a.dirs.root.path().join("big.bin");
     random_file(&src, 64 << 20, 3);
     let out = a.ctl(&[
@@ -247,6 +253,7 @@ fn unreachable_peer_and_missing_path_are_exit_1_with_clear_messages() {
 #[test]
 fn sessions_connect_and_disconnect_from_the_command_line() {
     let (a, b) = (daemon("auto"), daemon("auto"));
+    trust_each_other_blocking(&a, &b);
     let out = a.ctl(&["connect", &peer_addr(&b), "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -264,6 +271,7 @@ fn sessions_connect_and_disconnect_from_the_command_line() {
 #[test]
 fn keepalive_notices_a_peer_that_stops_answering() {
     let (a, b) = (daemon("auto"), daemon("auto"));
+    trust_each_other_blocking(&a, &b);
     let out = a.ctl(&["connect", &peer_addr(&b)]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // A stopped process keeps its socket open but answers nothing: only keepalive can tell.

@@ -49,6 +49,7 @@ fn assert_completed(t: &pb::Transfer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunk_boundary_sizes_arrive_intact_with_mode_and_mtime() {
     let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
+    api::trust_each_other(&a, &b).await;
     let chunk: usize = 64 << 10;
     let src = a.dirs.root.path().join("src");
     std::fs::create_dir(&src).unwrap();
@@ -101,6 +102,7 @@ async fn chunk_boundary_sizes_arrive_intact_with_mode_and_mtime() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mib_random_file_is_verified() {
     let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
+    api::trust_each_other(&a, &b).await;
     let src = a.dirs.root.path().join("big.bin");
     random_file(&src, 100 << 20, 42);
     let id = api::send(&a, &[&src], &peer_addr(&b), None).await;
@@ -128,6 +130,7 @@ async fn a_100_mib_random_file_is_verified() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressible_data_is_compressed_on_the_wire() {
     let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
+    api::trust_each_other(&a, &b).await;
     let src = a.dirs.root.path().join("log.txt");
     let line =
         "2026-11-21T21:00:00Z INFO p2pd: a fairly repetitive log line with some words in it\n";
@@ -190,6 +193,7 @@ fn tree(dir: &Path) -> Vec<(String, Option<String>, u32)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_folder_tree_with_10000_small_files_keeps_its_structure() {
     let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
+    api::trust_each_other(&a, &b).await;
     let root = a.dirs.root.path().join("Fotos 2026 ✓");
     std::fs::create_dir_all(root.join("empty/also empty")).unwrap();
     std::fs::create_dir_all(root.join("naïve/日本語")).unwrap();
@@ -232,6 +236,7 @@ async fn a_folder_tree_with_10000_small_files_keeps_its_structure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_directions_and_concurrent_transfers_share_one_session() {
     let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
+    api::trust_each_other(&a, &b).await;
     let mut files = Vec::new();
     for i in 0..3 {
         let p = a.dirs.root.path().join(format!("a{i}.bin"));
@@ -285,6 +290,7 @@ async fn both_directions_and_concurrent_transfers_share_one_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_midway_leaves_no_partial_file() {
     let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
+    api::trust_each_other(&a, &b).await;
     let src = a.dirs.root.path().join("slow.bin");
     random_file(&src, 64 << 20, 7);
     // Small chunks, one at a time: slow enough to cancel in the middle.
@@ -326,6 +332,7 @@ async fn cancel_midway_leaves_no_partial_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_receiver_can_cancel_too() {
     let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
+    api::trust_each_other(&a, &b).await;
     let src = a.dirs.root.path().join("slow.bin");
     random_file(&src, 64 << 20, 8);
     let id = api::send(&a, &[&src], &peer_addr(&b), opts(4096, 1, Some(false))).await;
@@ -347,6 +354,7 @@ async fn the_receiver_can_cancel_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ask_policy_waits_then_reject_is_reported_to_the_sender() {
     let (a, b) = tokio::join!(daemon("auto"), daemon("ask"));
+    api::trust_each_other(&a, &b).await;
     let src = a.dirs.root.path().join("offer.txt");
     std::fs::write(&src, b"do you want this?").unwrap();
     let id = api::send(&a, &[&src], &peer_addr(&b), None).await;
@@ -384,6 +392,7 @@ async fn ask_policy_waits_then_reject_is_reported_to_the_sender() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ask_then_accept_into_another_directory() {
     let (a, b) = tokio::join!(daemon("auto"), daemon("ask"));
+    api::trust_each_other(&a, &b).await;
     let src = a.dirs.root.path().join("report.pdf");
     random_file(&src, 300_000, 3);
     let id = api::send(&a, &[&src], &peer_addr(&b), None).await;
@@ -471,6 +480,7 @@ async fn errors_map_to_fitting_status_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_and_disconnect_sessions() {
     let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
+    api::trust_each_other(&a, &b).await;
     let s = api::client(&a)
         .await
         .connect(pb::ConnectRequest {
@@ -497,6 +507,7 @@ async fn connect_and_disconnect_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_peer_fails_the_transfer_and_the_daemon_keeps_serving() {
     let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
+    api::trust_each_other(&a, &b).await;
     let src = a.dirs.root.path().join("slow.bin");
     random_file(&src, 64 << 20, 9);
     let id = api::send(&a, &[&src], &peer_addr(&b), opts(4096, 1, Some(false))).await;
@@ -509,4 +520,31 @@ async fn a_killed_peer_fails_the_transfer_and_the_daemon_keeps_serving() {
     assert!(t.error.contains("session"), "{}", t.error);
     assert!(!b_dirs.download_dir.join("slow.bin").exists());
     assert_eq!(a.status()["session_count"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_sender_fails_the_receivers_transfer_and_cleans_up() {
+    let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
+    api::trust_each_other(&a, &b).await;
+    let src = a.dirs.root.path().join("slow.bin");
+    random_file(&src, 64 << 20, 10);
+    let id = api::send(&a, &[&src], &peer_addr(&b), opts(4096, 1, Some(false))).await;
+    api::wait_for(&b, &id, T, |t| t.bytes_done > 64 << 10).await;
+    assert!(
+        !part_files(&b.dirs.download_dir).is_empty(),
+        "a part file exists mid-transfer"
+    );
+    tokio::task::spawn_blocking(move || drop(a.into_dirs()))
+        .await
+        .unwrap();
+    let t = wait_done(&b, &id, Duration::from_secs(30)).await;
+    assert_eq!(state(&t), pb::TransferState::Failed, "{}", t.error);
+    assert!(t.error.contains("session"), "{}", t.error);
+    assert!(
+        part_files(&b.dirs.download_dir).is_empty(),
+        "{:?}",
+        part_files(&b.dirs.download_dir)
+    );
+    assert!(!b.dirs.download_dir.join("slow.bin").exists());
+    assert_eq!(b.status()["active_transfer_count"], 0);
 }
