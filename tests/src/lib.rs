@@ -393,13 +393,31 @@ pub mod api {
 
     use crate::Daemon;
 
-    /// A control client for `d`.
+    /// A control client for `d` (connected within 5 s).
     pub async fn client(d: &Daemon) -> ControlServiceClient<Channel> {
-        ControlServiceClient::new(
-            p2p_proto::uds::connect(&d.dirs.socket)
-                .await
-                .expect("connect to control socket"),
+        let ch = tokio::time::timeout(
+            Duration::from_secs(5),
+            p2p_proto::uds::connect(&d.dirs.socket),
         )
+        .await
+        .expect("control connect timed out")
+        .expect("connect to control socket");
+        ControlServiceClient::new(ch)
+    }
+
+    /// The same as [`client`], under the name the wire-level tests use.
+    pub async fn control(d: &Daemon) -> ControlServiceClient<Channel> {
+        client(d).await
+    }
+
+    /// `GetStatus` of `d` over gRPC.
+    pub async fn status(d: &Daemon) -> pb::GetStatusResponse {
+        client(d)
+            .await
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .expect("GetStatus")
+            .into_inner()
     }
 
     /// The peer listen address of `d`.

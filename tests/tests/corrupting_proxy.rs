@@ -20,14 +20,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use p2p_proto::control::v1 as pb;
-use p2p_proto::control::v1::control_service_client::ControlServiceClient;
+use p2p_tests::api::{control, status};
 use p2p_tests::{Daemon, DaemonDirs, DaemonOptions};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
-use tonic::transport::Channel;
 
 const STEP: Duration = Duration::from_secs(5);
 const FILE_SIZE: usize = 5 << 20;
@@ -170,23 +169,6 @@ async fn start(opts: DaemonOptions) -> Daemon {
     tokio::task::spawn_blocking(move || Daemon::start_with(DaemonDirs::new(), opts))
         .await
         .expect("start daemon")
-}
-
-async fn control(d: &Daemon) -> ControlServiceClient<Channel> {
-    let ch = tokio::time::timeout(STEP, p2p_proto::uds::connect(&d.dirs.socket))
-        .await
-        .expect("control connect timed out")
-        .expect("control connect");
-    ControlServiceClient::new(ch)
-}
-
-async fn status(d: &Daemon) -> pb::GetStatusResponse {
-    control(d)
-        .await
-        .get_status(pb::GetStatusRequest {})
-        .await
-        .expect("GetStatus")
-        .into_inner()
 }
 
 /// Starts A (sender) and B (receiver, `--accept auto`), makes them trust each other (so that

@@ -22,13 +22,12 @@ use p2p_core::identity::Identity;
 use p2p_core::tls;
 use p2p_core::wire::{self as codec, PROTOCOL_VERSION, WireError, caps};
 use p2p_proto::control::v1 as pb;
-use p2p_proto::control::v1::control_service_client::ControlServiceClient;
 use p2p_proto::wire::v1::{self as wire, frame::Body};
+use p2p_tests::api::{control, status};
 use p2p_tests::{Daemon, DaemonDirs, DaemonOptions};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tonic::transport::Channel;
 
 /// Longest wait for one expected frame.
 const STEP: Duration = Duration::from_secs(5);
@@ -51,23 +50,6 @@ async fn start(dirs: DaemonDirs, opts: DaemonOptions) -> Daemon {
     tokio::task::spawn_blocking(move || Daemon::start_with(dirs, opts))
         .await
         .expect("start daemon")
-}
-
-async fn control(d: &Daemon) -> ControlServiceClient<Channel> {
-    let ch = tokio::time::timeout(STEP, p2p_proto::uds::connect(&d.dirs.socket))
-        .await
-        .expect("control connect timed out")
-        .expect("control connect");
-    ControlServiceClient::new(ch)
-}
-
-async fn status(d: &Daemon) -> pb::GetStatusResponse {
-    control(d)
-        .await
-        .get_status(pb::GetStatusRequest {})
-        .await
-        .expect("GetStatus")
-        .into_inner()
 }
 
 async fn listen_addr(d: &Daemon) -> SocketAddr {

@@ -25,8 +25,8 @@ use p2p_core::identity::{CERT_FILE, Identity};
 use p2p_core::tls;
 use p2p_core::wire::{self as codec, PROTOCOL_VERSION, caps};
 use p2p_proto::control::v1 as pb;
-use p2p_proto::control::v1::control_service_client::ControlServiceClient;
 use p2p_proto::wire::v1::{self as wire, frame::Body};
+use p2p_tests::api::{control, status};
 use p2p_tests::{Daemon, DaemonDirs, DaemonOptions, api};
 use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -37,7 +37,6 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tonic::transport::Channel;
 
 const STEP: Duration = Duration::from_secs(5);
 /// The daemon's deadline for TLS and the protocol handshake together.
@@ -63,23 +62,6 @@ async fn start_in(dirs: DaemonDirs, opts: DaemonOptions) -> Daemon {
 
 async fn start(args: &[&str]) -> Daemon {
     start_in(DaemonDirs::new(), opts(args)).await
-}
-
-async fn control(d: &Daemon) -> ControlServiceClient<Channel> {
-    let ch = tokio::time::timeout(STEP, p2p_proto::uds::connect(&d.dirs.socket))
-        .await
-        .expect("control connect timed out")
-        .expect("control connect");
-    ControlServiceClient::new(ch)
-}
-
-async fn status(d: &Daemon) -> pb::GetStatusResponse {
-    control(d)
-        .await
-        .get_status(pb::GetStatusRequest {})
-        .await
-        .expect("GetStatus")
-        .into_inner()
 }
 
 async fn id_of(d: &Daemon) -> String {
