@@ -228,11 +228,12 @@ start_daemon() { # NAME LISTEN_ADDR NETNS
 # Builds with TLS sessions (wire protocol 2) accept offers automatically only from trusted
 # devices and would broadcast discovery beacons: pair the two daemons and keep discovery off.
 EXTRA_P2PD_ARGS=()
-if "$BIN/p2pd" --help | grep -q -- --no-discovery; then
+# (Help text captured first: `cmd | grep -q` can fail under pipefail when grep exits early.)
+if grep -q -- --no-discovery <<<"$("$BIN/p2pd" --help)"; then
     EXTRA_P2PD_ARGS=(--no-discovery)
 fi
 trust_pair() { # NAME NAME
-    "$BIN/p2pctl" --help | grep -q ' trust ' || return 0
+    grep -q ' trust ' <<<"$("$BIN/p2pctl" --help)" || return 0
     local a=$1 b=$2
     "$BIN/p2pctl" --socket "${D_SOCK[$a]}" trust "$(jq -r .device_id "$WORK/daemon-$b/status.json")" >/dev/null \
         || die "cannot make $a trust $b"
