@@ -218,42 +218,15 @@ fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
 
 /// Sends `path` from `a` to `peer`, uncompressed with 1 MiB chunks, and follows it to its end.
 async fn send_and_wait(a: &Daemon, path: &Path, peer: SocketAddr) -> pb::Transfer {
-    let mut c = control(a).await;
-    let id = c
-        .send(pb::SendRequest {
-            paths: vec![path.display().to_string()],
-            peer: peer.to_string(),
-            options: Some(pb::SendOptions {
-                compress: Some(false),
-                chunk_size: 1 << 20,
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("Send")
-        .into_inner()
-        .transfer_id;
-    let mut stream = c
-        .watch_transfers(pb::WatchTransfersRequest {
-            ids: vec![id],
-            until_done: true,
-        })
-        .await
-        .expect("WatchTransfers")
-        .into_inner();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        let mut last = None;
-        while let Some(ev) = stream.message().await.expect("watch stream") {
-            last = ev.transfer;
-        }
-        last
-    })
-    .await
-    .expect("the transfer did not end within 30 s")
-    .expect("at least one event")
+    let options = Some(pb::SendOptions {
+        compress: Some(false),
+        chunk_size: 1 << 20,
+        ..Default::default()
+    });
+    let id = p2p_tests::api::send(a, &[path], &peer.to_string(), options).await;
+    p2p_tests::api::wait_done(a, &id, Duration::from_secs(30)).await
 }
 
-/// B's receiving transfers, polled until all have ended (bounded).
 async fn receiver_transfers(b: &Daemon) -> Vec<pb::Transfer> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
