@@ -7,6 +7,8 @@
 //! - [`device_id`]: device ids (SHA-256 of the public key) in Syncthing's format.
 //! - [`tls`]: TLS 1.3 configurations and the verifier that pins device ids.
 //! - [`store`]: the SQLite state store (known and trusted devices).
+//! - [`records`]: durable records of unfinished transfers (resume after a break or restart).
+//! - [`chunkmap`]: bitmaps of the chunks of a file that are done.
 //! - [`discovery`]: LAN discovery beacons and the table of peers heard.
 //! - [`fsutil`]: small filesystem helpers (atomic writes, private directories).
 //! - [`wire`]: framing of the peer wire protocol (length prefix, limits, capability bits).
@@ -17,6 +19,7 @@
 //! - [`receiver`]: the receiving side (verification, temporary files, atomic placement).
 //! - [`node`]: the running node — identity, listener, sessions, transfers, offers, shutdown.
 
+pub mod chunkmap;
 pub mod device_id;
 pub mod discovery;
 pub mod fsutil;
@@ -25,6 +28,7 @@ pub mod manifest;
 pub mod node;
 pub mod paths;
 pub mod receiver;
+pub mod records;
 pub mod sender;
 pub mod session;
 pub mod store;

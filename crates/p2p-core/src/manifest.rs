@@ -11,7 +11,9 @@ use std::collections::HashSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use p2p_proto::wire::v1::{FileEntry, TransferInfo};
+use p2p_proto::wire::v1::{FileEntry, TransferInfo, TransferMode};
+
+use crate::transfer::SendOptions;
 
 /// Longest relative path accepted from a peer, in bytes.
 pub const MAX_PATH_LEN: usize = 4096;
@@ -70,6 +72,45 @@ pub enum ManifestError {
 }
 
 impl LocalManifest {
+    /// The offer of this manifest for transfer `id`.
+    pub fn offer(&self, id: &str, opts: SendOptions, resume: bool) -> TransferInfo {
+        TransferInfo {
+            transfer_id: id.to_owned(),
+            mode: if self.has_folder {
+                TransferMode::Folder as i32
+            } else {
+                TransferMode::File as i32
+            },
+            roots: self.roots.clone(),
+            files: self.files.iter().map(|f| f.entry.clone()).collect(),
+            dirs: self.dirs.clone(),
+            chunk_size: opts.chunk_size,
+            window: opts.window,
+            resume,
+            total_bytes: self.total_bytes,
+        }
+    }
+
+    /// The manifest of a recorded offer and its local sources (one per file, in order).
+    pub fn from_offer(info: &TransferInfo, sources: Vec<PathBuf>) -> Self {
+        LocalManifest {
+            roots: info.roots.clone(),
+            has_folder: info.mode == TransferMode::Folder as i32,
+            files: info
+                .files
+                .iter()
+                .zip(sources)
+                .map(|(entry, source)| LocalFile {
+                    source,
+                    entry: entry.clone(),
+                })
+                .collect(),
+            dirs: info.dirs.clone(),
+            skipped: Vec::new(),
+            total_bytes: info.files.iter().map(|f| f.size).sum(),
+        }
+    }
+
     /// Walks `paths` (absolute) and lists what to send.
     ///
     /// # Errors

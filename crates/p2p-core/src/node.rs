@@ -20,7 +20,7 @@ use crate::device_id::DeviceId;
 use crate::discovery::{Discovery, DiscoveryConfig, Peer, PeerEvent};
 use crate::identity::Identity;
 use crate::manifest::{self, LocalManifest, ManifestError};
-use crate::receiver::{self, ReceiveEnd};
+use crate::records::OutgoingRecord;
 use crate::session::{self, LocalInfo, Session, SessionError, SessionEvents};
 use crate::store::{DeviceAccept, Store};
 use crate::tls;
@@ -29,6 +29,9 @@ use crate::transfer::{
     TransferState, Transfers,
 };
 use crate::wire::caps;
+
+mod incoming;
+mod outgoing;
 
 /// How long an incoming offer waits for a decision before it is rejected as expired.
 pub const OFFER_TIMEOUT: Duration = Duration::from_secs(600);
@@ -96,6 +99,8 @@ pub struct NodeSettings {
     pub accept: AcceptPolicy,
     /// What to do with offers from devices that are not trusted.
     pub accept_untrusted: UntrustedPolicy,
+    /// Consecutive failed attempts after which an outgoing transfer gives up; 0 = never.
+    pub max_attempts: u32,
 }
 
 /// What to do with offers from devices that are not trusted.
@@ -263,8 +268,13 @@ struct Inner {
     // Serialises dialing so that two sends to one peer share one new session.
     dial: tokio::sync::Mutex<()>,
     transfers: Transfers,
-    // Known and trusted devices.
-    store: Store,
+    // Known and trusted devices, unfinished transfers.
+    store: Arc<Store>,
+    // Control of each outgoing transfer's supervisor (pause, resume, wake), by transfer id.
+    outgoing: Mutex<HashMap<String, Arc<outgoing::Control>>>,
+    // Receives running now, by transfer id: how to stop one (a resume on a new session
+    // replaces it) and a token cancelled once it has stopped.
+    receiving: Mutex<HashMap<String, (CancellationToken, CancellationToken)>>,
     // LAN discovery, once started (it needs the runtime and may be disabled).
     discovery: std::sync::OnceLock<Arc<Discovery>>,
     // Static peers by the address the user gave, with what their last session told us.
@@ -315,6 +325,12 @@ impl SessionEvents for Events {
         }
     }
 
+    fn stray_cancel(&self, session: &Arc<Session>, cancel: &wire::Cancel) {
+        if let Some(inner) = self.0.upgrade() {
+            Node { inner }.stray_cancel(session, cancel);
+        }
+    }
+
     fn ended(&self, session: &Arc<Session>, _reason: &str) {
         if let Some(inner) = self.0.upgrade() {
             lock(&inner.sessions).remove(&session.id);
@@ -355,7 +371,9 @@ impl Node {
                 discovery: std::sync::OnceLock::new(),
                 static_peers: Mutex::new(Vec::new()),
                 peer_events: tokio::sync::broadcast::channel(1024).0,
-                store,
+                store: Arc::new(store),
+                outgoing: Mutex::new(HashMap::new()),
+                receiving: Mutex::new(HashMap::new()),
                 tls_acceptor,
                 identity,
                 settings: RwLock::new(settings),
@@ -374,6 +392,8 @@ impl Node {
         node.inner
             .tasks
             .spawn(async move { n.accept_loop(listener).await });
+        node.restore_incoming();
+        node.restore_outgoing();
         Ok(node)
     }
 
@@ -437,7 +457,7 @@ impl Node {
     /// at most `timeout`. Returns whether all tasks finished in time.
     pub async fn shutdown(&self, timeout: Duration) -> bool {
         self.inner.shutdown.cancel();
-        self.inner.transfers.fail_all("daemon shutting down");
+        self.inner.transfers.stop_all("daemon shutting down");
         self.inner.tasks.close();
         let joined = tokio::time::timeout(timeout, self.inner.tasks.wait())
             .await
@@ -738,6 +758,35 @@ impl Node {
             level: opts.level,
         };
         let id = uuid::Uuid::new_v4().to_string();
+        // Retries dial the same device at the address that worked (an incoming session's
+        // peer is dialed at its listen address).
+        let dial = format!(
+            "{}@{}",
+            session.peer.id,
+            if session.outgoing {
+                session.remote
+            } else {
+                session.peer.listen_addr
+            }
+        );
+        let manifest = Arc::new(manifest);
+        let record = OutgoingRecord {
+            id: id.clone(),
+            peer_id: session.peer.device_id.clone(),
+            dial: dial.clone(),
+            info: manifest.offer(&id, opts, false),
+            sources: manifest.files.iter().map(|f| f.source.clone()).collect(),
+            options: opts,
+            paused: false,
+            started_ms: now_ms(),
+        };
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.save_outgoing(&record))
+            .await
+            .map_err(|e| NodeError::Io(format!("recording the transfer failed: {e}")))?
+            .map_err(|e| {
+                NodeError::Io(format!("cannot record the transfer: {}", error_chain(&e)))
+            })?;
         let entry = self.inner.transfers.insert(
             NewTransfer {
                 id: id.clone(),
@@ -750,13 +799,12 @@ impl Node {
                 total_files: manifest.files.len() as u64,
                 total_bytes: manifest.total_bytes,
                 destination: String::new(),
+                started: None,
             },
-            self.inner.shutdown.child_token(),
+            CancellationToken::new(),
         );
         tracing::info!(transfer = %id, peer = %session.peer.device_id, files = manifest.files.len(), bytes = manifest.total_bytes, "sending");
-        self.inner
-            .tasks
-            .spawn(crate::sender::run(session, entry, manifest, opts));
+        self.spawn_outgoing(entry, manifest, opts, dial, Some(session), false, false);
         Ok(id)
     }
 
@@ -822,6 +870,14 @@ impl Node {
                 return;
             }
         };
+        let (info, frames) = if verdict.is_ok() && info.resume {
+            match self.resume_offer(session, info, frames).await {
+                Ok(()) => return,
+                Err(back) => back,
+            }
+        } else {
+            (info, frames)
+        };
         let new = NewTransfer {
             id: id.clone(),
             direction: Direction::Receive,
@@ -837,15 +893,31 @@ impl Node {
             total_files: info.files.len() as u64,
             total_bytes,
             destination: String::new(),
+            started: None,
         };
-        let token = if verdict.is_ok() {
-            self.inner.shutdown.child_token()
-        } else {
-            CancellationToken::new()
-        };
-        let Some(entry) = self.inner.transfers.insert_new(new, token) else {
-            reject("a transfer with this id already exists".into()).await;
-            return;
+        let token = CancellationToken::new();
+        let entry = match self.inner.transfers.insert_new(new, token) {
+            Some(e) => e,
+            // Offered before, interrupted before anyone accepted it: it waits again.
+            None => match self.inner.transfers.get(&id).filter(|e| {
+                verdict.is_ok()
+                    && e.direction == Direction::Receive
+                    && e.state() == TransferState::Interrupted
+                    && e.snapshot().peer_id == session.peer.device_id
+            }) {
+                Some(e) => {
+                    e.set_state(TransferState::WaitingAccept, "");
+                    e
+                }
+                None => {
+                    let reason = match self.inner.transfers.get(&id).map(|e| e.snapshot()) {
+                        Some(s) if s.state == TransferState::Cancelled => s.error,
+                        _ => "a transfer with this id already exists".into(),
+                    };
+                    reject(reason).await;
+                    return;
+                }
+            },
         };
         if let Err(e) = verdict {
             tracing::warn!(transfer = %id, peer = %session.peer.device_id, cause = %e, "rejected an unsafe offer");
@@ -953,7 +1025,8 @@ impl Node {
                 match decided {
                     Some(d) => d,
                     None => {
-                        entry.set_state(TransferState::Failed, "session to peer lost");
+                        // The sender offers it again when it reconnects; it waits again then.
+                        entry.set_state(TransferState::Interrupted, "session to peer lost");
                         return;
                     }
                 }
@@ -969,102 +1042,14 @@ impl Node {
                 .or(device_dir)
                 .unwrap_or_else(|| self.settings().download_dir),
         };
-        let info = Arc::new(info);
-        let prepared = {
-            let info = info.clone();
-            let dir = dest_dir.clone();
-            tokio::task::spawn_blocking(move || receiver::prepare(&dir, &info)).await
-        };
-        let dest = match prepared {
-            Ok(Ok(d)) => d,
-            Ok(Err(e)) => {
-                entry.set_state(TransferState::Failed, e.to_string());
-                send_reject(e.to_string()).await;
-                return;
-            }
-            Err(e) => {
-                entry.set_state(
-                    TransferState::Failed,
-                    format!("preparing the destination failed: {e}"),
-                );
-                send_reject("receiver error".into()).await;
-                return;
-            }
-        };
-        entry.set_destination(dest_dir.display().to_string());
-        entry.set_state(TransferState::Running, "");
-        if session
-            .send(Body::Ready(wire::Ready {
-                transfer_id: id.clone(),
-            }))
-            .await
-            .is_err()
-        {
-            entry.set_state(TransferState::Failed, "session to peer lost");
-            return;
-        }
-        let mut worker = {
-            let writer = session.writer();
-            let entry = entry.clone();
-            let info = info.clone();
-            let rt = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || {
-                receiver::receive(&rt, &info, &dest, route_rx, &writer, &entry)
-            })
-        };
-        // A local cancel (or shutdown) closes the worker's channel by unrouting the transfer:
-        // nothing here holds a sender, so the worker wakes as soon as the reader's copy goes.
-        let mut local_cancel = false;
-        let end = loop {
-            tokio::select! {
-                r = &mut worker => break r,
-                _ = entry.cancel.cancelled(), if !local_cancel => {
-                    local_cancel = true;
-                    session.unroute(&id);
-                }
-            }
-        };
-        let tell_peer = |reason: String| async {
-            let _ = session
-                .send(Body::Cancel(wire::Cancel {
-                    transfer_id: id.clone(),
-                    reason,
-                }))
-                .await;
-        };
-        match end {
-            Ok(ReceiveEnd::Completed) => {
-                entry.set_state(TransferState::Completed, "");
-            }
-            Ok(ReceiveEnd::Cancelled(reason)) => {
-                entry.set_state(TransferState::Cancelled, reason.clone());
-                if local_cancel {
-                    let snap = entry.snapshot();
-                    tell_peer(if snap.error.is_empty() {
-                        reason
-                    } else {
-                        snap.error
-                    })
-                    .await;
-                }
-            }
-            Ok(ReceiveEnd::Failed {
-                reason,
-                tell_peer: tell,
-            }) => {
-                entry.set_state(TransferState::Failed, reason.clone());
-                if tell || local_cancel {
-                    tell_peer(reason).await;
-                }
-            }
-            Err(e) => {
-                entry.set_state(
-                    TransferState::Failed,
-                    format!("receiver thread failed: {e}"),
-                );
-                tell_peer("receiver error".into()).await;
-            }
-        }
+        self.run_receive(
+            session,
+            entry,
+            info,
+            route_rx,
+            incoming::Plan::Fresh(dest_dir),
+        )
+        .await;
     }
 
     /// Snapshots of every transfer since the node started.
@@ -1099,6 +1084,7 @@ impl Node {
             .transfers
             .get(id)
             .ok_or_else(|| NodeError::NotFound(format!("no transfer {id}")))?;
+        let was = entry.state();
         if !entry.set_state(TransferState::Cancelled, "cancelled by user") {
             return Err(NodeError::FailedPrecondition(format!(
                 "transfer {id} has already ended ({:?})",
@@ -1106,6 +1092,13 @@ impl Node {
             )));
         }
         lock(&self.inner.offers).remove(id);
+        let running_here = lock(&self.inner.receiving).contains_key(id);
+        if entry.direction == Direction::Receive
+            && was == TransferState::Interrupted
+            && !running_here
+        {
+            self.discard_incoming(id);
+        }
         Ok(())
     }
 
@@ -1519,6 +1512,7 @@ mod tests {
             download_dir: dir.join("dl"),
             accept: AcceptPolicy::Auto,
             accept_untrusted: UntrustedPolicy::Ask,
+            max_attempts: 0,
         };
         Node::start(identity, settings, dir, listener, CancellationToken::new()).unwrap()
     }
@@ -1536,6 +1530,7 @@ mod tests {
             download_dir: dir.path().into(),
             accept: AcceptPolicy::Ask,
             accept_untrusted: UntrustedPolicy::Reject,
+            max_attempts: 0,
         });
         assert_eq!(old.name, "n");
         assert_eq!(n.status().device_name, "m");

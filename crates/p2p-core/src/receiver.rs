@@ -5,15 +5,19 @@
 //! as it is written, and linked under its final name only after the SHA-256 from the sender
 //! matches — so a final name never holds a partial or unverified file. Top-level names that
 //! already exist are never overwritten: the new one becomes `name (1).ext`, `name (2).ext`, …
+//!
+//! For resume, the thread takes a checkpoint every `CHECKPOINT_BYTES` or `CHECKPOINT_INTERVAL`:
+//! it syncs the temporary files written since the last one and records their chunks in the
+//! store. An interrupted transfer keeps its temporary files; `resume` continues from them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use p2p_proto::wire::v1::frame::Body;
@@ -21,7 +25,10 @@ use p2p_proto::wire::v1::{self as wire, ChunkStatus};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::transfer::TransferEntry;
+use crate::chunkmap::{ChunkMap, chunk_count};
+use crate::records::FileRecord;
+use crate::store::Store;
+use crate::transfer::{Direction, TransferEntry};
 use crate::wire as codec;
 
 /// Most attempts at finding a free `name (n)` before giving up.
@@ -88,6 +95,35 @@ pub fn prepare(dir: &Path, info: &wire::TransferInfo) -> Result<Destination, Des
 }
 
 impl Destination {
+    /// The destination of a resumed transfer: the directory and root names chosen when it
+    /// was accepted. Directories that went missing are created again (never through a
+    /// symlink).
+    ///
+    /// # Errors
+    /// [`DestinationError`] naming the path that could not be created.
+    pub fn restore(
+        dir: &Path,
+        roots: HashMap<String, String>,
+        info: &wire::TransferInfo,
+    ) -> Result<Destination, DestinationError> {
+        let dest = Destination {
+            dir: dir.to_path_buf(),
+            roots,
+        };
+        fs::create_dir_all(dir).map_err(|source| DestinationError {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        for d in &info.dirs {
+            let path = dest.path_of(d);
+            make_dir_no_follow(&dest.dir, &path).map_err(|source| DestinationError {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(dest)
+    }
+
     /// The local path of a wire path (after root renaming).
     pub fn path_of(&self, rel: &str) -> PathBuf {
         let (root, rest) = rel.split_once('/').unwrap_or((rel, ""));
@@ -169,12 +205,206 @@ struct FileState {
     // window).
     pending: BTreeMap<u64, Bytes>,
     expected_sha: Option<Bytes>,
+    // Written since the last checkpoint.
+    dirty: bool,
 }
 
 /// Per-file state, allocated only for files in progress (a manifest may list a million).
-struct Files {
+pub(crate) struct Files {
     active: HashMap<usize, FileState>,
     done: Vec<bool>,
+}
+
+/// Where a receive starts: what is already on disk, and what to tell the sender.
+pub(crate) struct Start {
+    /// Per-file state to continue from.
+    pub files: Files,
+    /// The `have` list of `Ready`.
+    pub have: Vec<wire::FileHave>,
+    /// Payload bytes already held.
+    pub have_bytes: u64,
+    /// Files already complete.
+    pub complete: u64,
+}
+
+/// The temporary file of file `fi` of a transfer, next to its final place.
+fn temp_path(dest: &Destination, info: &wire::TransferInfo, fi: usize) -> Option<PathBuf> {
+    let entry = info.files.get(fi)?;
+    let final_path = dest.path_of(&entry.path);
+    let short: String = info.transfer_id.chars().take(8).collect();
+    // Not derived from the file's name, so that a name near the 255-byte limit still fits.
+    Some(
+        final_path
+            .parent()?
+            .join(format!(".{short}-{fi}.p2pd-part")),
+    )
+}
+
+/// Removes the temporary files a transfer left (it was cancelled while interrupted).
+pub(crate) fn remove_temps(dest: &Destination, info: &wire::TransferInfo) {
+    for fi in 0..info.files.len() {
+        if let Some(temp) = temp_path(dest, info, fi) {
+            if fs::symlink_metadata(&temp).is_ok_and(|m| m.file_type().is_file()) {
+                let _ = fs::remove_file(&temp);
+            }
+        }
+    }
+}
+
+/// A fresh start: nothing held.
+pub(crate) fn fresh(info: &wire::TransferInfo) -> Start {
+    Start {
+        files: Files {
+            active: HashMap::new(),
+            done: vec![false; info.files.len()],
+        },
+        have: Vec::new(),
+        have_bytes: 0,
+        complete: 0,
+    }
+}
+
+/// Continues from what the store recorded: complete files stay complete; a partial file
+/// continues from its recorded prefix of chunks, provided its temporary file still holds
+/// them (it is cut back to that prefix and hashed again, so the end-to-end SHA-256 covers the
+/// whole file). Anything that does not check out is started again.
+pub(crate) fn resume(
+    info: &wire::TransferInfo,
+    dest: &Destination,
+    recorded: &HashMap<u32, FileRecord>,
+    store: &Store,
+) -> Start {
+    let mut start = fresh(info);
+    let cs = info.chunk_size;
+    let mut newly_complete = Vec::new();
+    for (fi, entry) in info.files.iter().enumerate() {
+        let Some(temp) = temp_path(dest, info, fi) else {
+            continue;
+        };
+        let record = recorded.get(&(fi as u32));
+        let complete = record.is_some_and(|r| r.complete)
+            || (fs::symlink_metadata(&temp).is_ok()
+                && placed(&temp, &dest.path_of(&entry.path), !entry.path.contains('/')));
+        if complete {
+            if !record.is_some_and(|r| r.complete) {
+                // Placed just before a crash, before it was recorded.
+                newly_complete.push(fi as u32);
+            }
+            let _ = fs::remove_file(&temp);
+            start.files.done[fi] = true;
+            start.complete += 1;
+            start.have_bytes += entry.size;
+            start.have.push(wire::FileHave {
+                file_index: fi as u32,
+                complete: true,
+                chunks: Bytes::new(),
+            });
+            continue;
+        }
+        let prefix = record
+            .map(|r| ChunkMap::from_bytes(chunk_count(entry.size, cs), &r.chunks).prefix())
+            .unwrap_or(0);
+        let state = if prefix > 0 {
+            reopen_temp(&temp, prefix, cs, entry.size)
+        } else {
+            None
+        };
+        match state {
+            Some(state) => {
+                let mut map = ChunkMap::new(chunk_count(entry.size, cs));
+                map.set_prefix(state.next_chunk);
+                start.have_bytes += state.written;
+                start.have.push(wire::FileHave {
+                    file_index: fi as u32,
+                    complete: false,
+                    chunks: Bytes::copy_from_slice(map.as_bytes()),
+                });
+                start.files.active.insert(fi, state);
+            }
+            None => {
+                // Whatever sits there is not ours to continue: start the file again.
+                if fs::symlink_metadata(&temp).is_ok_and(|m| m.file_type().is_file()) {
+                    let _ = fs::remove_file(&temp);
+                }
+            }
+        }
+    }
+    if !newly_complete.is_empty() {
+        let empty = ChunkMap::default();
+        let rows: Vec<(u32, bool, &ChunkMap)> = newly_complete
+            .iter()
+            .map(|fi| (*fi, true, &empty))
+            .collect();
+        if let Err(e) = store.save_chunk_maps(&info.transfer_id, Direction::Receive, &rows) {
+            tracing::warn!(transfer = %info.transfer_id, cause = %e, "cannot record placed files");
+        }
+    }
+    start
+}
+
+/// Whether the temporary file is already linked under its final name (or, for a top-level
+/// file, under one of its numbered names): the crash came between placing and recording.
+fn placed(temp: &Path, wanted: &Path, numbered_names: bool) -> bool {
+    let Ok(t) = fs::symlink_metadata(temp) else {
+        return false;
+    };
+    let same = |p: &Path| {
+        fs::symlink_metadata(p).map(|m| (m.dev(), m.ino())).ok() == Some((t.dev(), t.ino()))
+    };
+    if !numbered_names {
+        return same(wanted);
+    }
+    let dir = wanted.parent().unwrap_or(Path::new("."));
+    let name = wanted
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for n in 0..MAX_RENAMES {
+        let candidate = dir.join(numbered(&name, n, true));
+        if fs::symlink_metadata(&candidate).is_err() {
+            return false;
+        }
+        if same(&candidate) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Opens a kept temporary file to continue after `prefix` chunks: it must be a regular file
+/// of ours holding at least those bytes; it is cut back to them and they are hashed again.
+fn reopen_temp(temp: &Path, prefix: u64, chunk_size: u32, size: u64) -> Option<FileState> {
+    let keep = prefix.checked_mul(u64::from(chunk_size))?.min(size);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(temp)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.file_type().is_file() || meta.nlink() != 1 || meta.len() < keep {
+        return None;
+    }
+    file.set_len(keep).ok()?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = keep;
+    while left > 0 {
+        let n = (left.min(buf.len() as u64)) as usize;
+        file.read_exact(&mut buf[..n]).ok()?;
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    file.seek(SeekFrom::Start(keep)).ok()?;
+    Some(FileState {
+        temp: Some((temp.to_path_buf(), file)),
+        next_chunk: prefix,
+        written: keep,
+        hasher,
+        pending: BTreeMap::new(),
+        expected_sha: None,
+        dirty: false,
+    })
 }
 
 impl Files {
@@ -190,8 +420,18 @@ impl Files {
     }
 }
 
+/// Why a receive stopped when the session went away (the text users see, and how the
+/// thread tells an interruption from a failure).
+const SESSION_LOST: &str = "session to peer lost";
+
 /// How long the receiver waits for the sender's next frame before giving up.
 pub const TRANSFER_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
+/// A checkpoint (sync the temporary files, record their chunks) is taken after this many
+/// payload bytes …
+pub const CHECKPOINT_BYTES: u64 = 16 << 20;
+/// … or this much time with unrecorded bytes, whichever comes first. Together with the
+/// window they bound what a crash makes the sender send again.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How the receiving thread ended.
 #[derive(Debug)]
@@ -202,45 +442,52 @@ pub(crate) enum ReceiveEnd {
     Cancelled(String),
     /// An error; `tell_peer` is false when the peer is already gone.
     Failed { reason: String, tell_peer: bool },
+    /// Stopped before the end, progress kept for a resume; `tell_peer` as above.
+    Interrupted { reason: String, tell_peer: bool },
 }
 
-/// The receiving thread: consumes the transfer's frames until it completes, fails or is
-/// cancelled. Temporary files are removed on every path but success.
+/// The receiving thread: consumes the transfer's frames until it completes, fails, is
+/// cancelled or interrupted. Temporary files are removed when it fails or is cancelled; when
+/// it is interrupted they are synced and recorded for a resume.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn receive(
     rt: &tokio::runtime::Handle,
     info: &wire::TransferInfo,
     dest: &Destination,
+    start: Start,
     mut frames: mpsc::Receiver<Body>,
     writer: &mpsc::Sender<Bytes>,
     entry: &Arc<TransferEntry>,
+    store: &Store,
 ) -> ReceiveEnd {
-    let mut files = Files {
-        active: HashMap::new(),
-        done: vec![false; info.files.len()],
-    };
+    let mut files = start.files;
     let mut r = Receiver {
         info,
         dest,
         writer,
         entry,
-        files_done: 0,
+        store,
+        files_done: start.complete,
         pending_total: 0,
+        unrecorded: 0,
+        last_checkpoint: Instant::now(),
     };
     let end = loop {
         let frame = match rt.block_on(tokio::time::timeout(TRANSFER_IDLE, frames.recv())) {
             Ok(Some(f)) => f,
-            // The channel closes when the session ends or the transfer is cancelled here.
+            // The channel closes when the session ends, or when the transfer is cancelled or
+            // stopped here.
             Ok(None) if entry.cancel.is_cancelled() => {
                 break ReceiveEnd::Cancelled("cancelled by receiver".into());
             }
             Ok(None) => {
-                break ReceiveEnd::Failed {
-                    reason: "session to peer lost".into(),
+                break ReceiveEnd::Interrupted {
+                    reason: SESSION_LOST.into(),
                     tell_peer: false,
                 };
             }
             Err(_) => {
-                break ReceiveEnd::Failed {
+                break ReceiveEnd::Interrupted {
                     reason: format!("no data from the sender for {} s", TRANSFER_IDLE.as_secs()),
                     tell_peer: true,
                 };
@@ -262,6 +509,12 @@ pub(crate) fn receive(
                     info.files.len()
                 ))
             }
+            Body::Cancel(c) if c.resumable => {
+                break ReceiveEnd::Interrupted {
+                    reason: c.reason,
+                    tell_peer: false,
+                };
+            }
             Body::Cancel(c) => break ReceiveEnd::Cancelled(c.reason),
             other => Err(format!(
                 "unexpected {} from sender",
@@ -269,17 +522,38 @@ pub(crate) fn receive(
             )),
         };
         if let Err(reason) = step {
+            // The session's writer is gone: an interruption like any session loss.
+            if reason == SESSION_LOST {
+                break ReceiveEnd::Interrupted {
+                    reason,
+                    tell_peer: false,
+                };
+            }
+            break ReceiveEnd::Failed {
+                reason,
+                tell_peer: true,
+            };
+        }
+        if let Err(reason) = r.maybe_checkpoint(&mut files) {
             break ReceiveEnd::Failed {
                 reason,
                 tell_peer: true,
             };
         }
     };
-    if !matches!(end, ReceiveEnd::Completed) {
-        for f in files.active.values_mut() {
-            if let Some((path, file)) = f.temp.take() {
-                drop(file);
-                let _ = fs::remove_file(&path);
+    match end {
+        ReceiveEnd::Completed => {}
+        ReceiveEnd::Interrupted { .. } => {
+            if let Err(e) = r.checkpoint(&mut files) {
+                tracing::warn!(transfer = %info.transfer_id, cause = %e, "cannot record the progress of an interrupted transfer");
+            }
+        }
+        ReceiveEnd::Cancelled(_) | ReceiveEnd::Failed { .. } => {
+            for f in files.active.values_mut() {
+                if let Some((path, file)) = f.temp.take() {
+                    drop(file);
+                    let _ = fs::remove_file(&path);
+                }
             }
         }
     }
@@ -291,17 +565,58 @@ struct Receiver<'a> {
     dest: &'a Destination,
     writer: &'a mpsc::Sender<Bytes>,
     entry: &'a Arc<TransferEntry>,
+    store: &'a Store,
     files_done: u64,
     // Chunks held out of order across all files; a sender keeps at most `window` chunks
     // unacknowledged in all, so this stays below `window`.
     pending_total: usize,
+    // Payload bytes written since the last checkpoint.
+    unrecorded: u64,
+    last_checkpoint: Instant,
 }
 
 impl Receiver<'_> {
+    fn maybe_checkpoint(&mut self, files: &mut Files) -> Result<(), String> {
+        if self.unrecorded >= CHECKPOINT_BYTES
+            || (self.unrecorded > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
+        {
+            self.checkpoint(files)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs every file written since the last checkpoint, then records its chunks: a chunk
+    /// is recorded only once its bytes are durable.
+    fn checkpoint(&mut self, files: &mut Files) -> Result<(), String> {
+        let mut maps = Vec::new();
+        for (fi, state) in files.active.iter_mut() {
+            if !state.dirty {
+                continue;
+            }
+            if let Some((path, file)) = &state.temp {
+                file.sync_data()
+                    .map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
+            }
+            state.dirty = false;
+            let size = self.info.files.get(*fi).map_or(0, |f| f.size);
+            let mut map = ChunkMap::new(chunk_count(size, self.info.chunk_size));
+            map.set_prefix(state.next_chunk);
+            maps.push((*fi as u32, map));
+        }
+        let rows: Vec<(u32, bool, &ChunkMap)> =
+            maps.iter().map(|(fi, m)| (*fi, false, m)).collect();
+        self.store
+            .save_chunk_maps(&self.info.transfer_id, Direction::Receive, &rows)
+            .map_err(|e| format!("cannot record progress: {e}"))?;
+        self.unrecorded = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
     fn send(&self, body: Body) -> Result<(), String> {
         self.writer
             .blocking_send(codec::encode(body))
-            .map_err(|_| "session to peer lost".to_owned())
+            .map_err(|_| SESSION_LOST.to_owned())
     }
 
     fn ack(&self, file_index: u32, chunk_index: u64, status: ChunkStatus) -> Result<(), String> {
@@ -414,7 +729,7 @@ impl Receiver<'_> {
     }
 
     /// Appends the next chunk of a file, hashes it and acknowledges it.
-    fn write(&self, fi: usize, state: &mut FileState, data: &[u8]) -> Result<(), String> {
+    fn write(&mut self, fi: usize, state: &mut FileState, data: &[u8]) -> Result<(), String> {
         if state.temp.is_none() {
             state.temp = Some(self.open_temp(fi)?);
         }
@@ -425,6 +740,8 @@ impl Receiver<'_> {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         state.hasher.update(data);
         state.written += data.len() as u64;
+        state.dirty = true;
+        self.unrecorded += data.len() as u64;
         let index = state.next_chunk;
         state.next_chunk += 1;
         self.entry
@@ -434,12 +751,7 @@ impl Receiver<'_> {
     }
 
     fn open_temp(&self, fi: usize) -> Result<(PathBuf, File), String> {
-        let entry = &self.info.files[fi];
-        let final_path = self.dest.path_of(&entry.path);
-        let dir = final_path.parent().ok_or("no parent directory")?;
-        let short: String = self.info.transfer_id.chars().take(8).collect();
-        // Not derived from the file's name, so that a name near the 255-byte limit still fits.
-        let temp = dir.join(format!(".{short}-{fi}.p2pd-part"));
+        let temp = temp_path(self.dest, self.info, fi).ok_or("no parent directory")?;
         // create_new: never reuse or follow whatever sits at that name.
         let file = OpenOptions::new()
             .write(true)
@@ -540,6 +852,16 @@ impl Receiver<'_> {
         };
         let placed =
             placed.map_err(|e| cleanup(format!("cannot place {}: {e}", final_path.display())))?;
+        // Recorded before the temporary name goes: a crash in between finds the temporary
+        // file linked under the final name, and a resume counts the file as complete.
+        let empty = ChunkMap::default();
+        if let Err(e) = self.store.save_chunk_maps(
+            &self.info.transfer_id,
+            Direction::Receive,
+            &[(fi as u32, true, &empty)],
+        ) {
+            tracing::warn!(transfer = %self.info.transfer_id, cause = %e, "cannot record a placed file");
+        }
         let _ = fs::remove_file(&temp);
         Ok(placed)
     }

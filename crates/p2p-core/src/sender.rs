@@ -1,16 +1,21 @@
-//! The sending side of a transfer.
+//! The sending side of one attempt of a transfer.
 //!
-//! An async driver owns the transfer's frame route: it offers the manifest, waits for the
+//! An attempt offers the manifest (with `resume` once the transfer was interrupted: the
+//! receiver answers with the chunks it holds, and only the others are sent), then an async
+//! driver owns the transfer's frame route: it offers the manifest, waits for the
 //! decision, then handles acknowledgements while a blocking producer thread reads each file
 //! once — hashing (SHA-256), compressing (adaptive zstd) and checksumming (CRC32) every chunk —
 //! and queues the frames. The window is a semaphore: the producer takes a permit per chunk, an
 //! OK acknowledgement gives it back, a CRC failure re-sends the kept frame. The trackers and
-//! their invariants are described in `STATE.md` beside this file.
+//! their invariants are described in `STATE.md` beside this file. Whether a failed attempt is
+//! tried again is decided by the caller (`node::outgoing`) from [`AttemptEnd`].
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use p2p_proto::wire::v1::frame::Body;
@@ -19,9 +24,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::manifest::LocalManifest;
+use crate::chunkmap::{ChunkMap, chunk_count};
+use crate::manifest::{LocalFile, LocalManifest};
 use crate::session::Session;
-use crate::transfer::{SendOptions, TransferEntry, TransferState};
+use crate::store::Store;
+use crate::transfer::{Direction, SendOptions, TransferEntry, TransferState};
 use crate::wire::{self as codec};
 
 /// How often one chunk may be re-sent after CRC failures before the transfer fails.
@@ -56,53 +63,127 @@ impl Window {
     }
 }
 
-/// Runs an outgoing transfer to its end; the entry carries the outcome.
-pub(crate) async fn run(
+/// How one attempt of an outgoing transfer ended.
+#[derive(Debug)]
+pub(crate) enum AttemptEnd {
+    /// Every file verified by the receiver.
+    Completed,
+    /// The receiver refused the offer.
+    Rejected(String),
+    /// The receiver (or its user) cancelled.
+    Cancelled(String),
+    /// A permanent failure: trying again cannot help (source changed or unreadable, receiver
+    /// could not store a file, protocol violation).
+    Failed(String),
+    /// A transient failure: session lost, receiver paused or restarting. Try again later.
+    Transient(String),
+    /// Stopped here by `stop` (pause or shutdown); the receiver was told it may resume.
+    Stopped,
+    /// Cancelled here: the entry already says so; the receiver was told.
+    LocalCancel,
+}
+
+/// What the receiver already holds, from its `Ready` on a resume.
+#[derive(Debug, Default)]
+struct Have {
+    complete: Vec<bool>,
+    chunks: HashMap<u32, ChunkMap>,
+}
+
+/// Acknowledged progress of the attempt, saved to the store now and then so that a restarted
+/// sender shows where it was.
+struct Acked {
+    chunks: HashMap<u32, ChunkMap>,
+    complete: Vec<u32>,
+    dirty: bool,
+}
+
+/// How often the sender records acknowledged chunks.
+const SAVE_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs one attempt over `session`: offer (with `resume` once the transfer was interrupted),
+/// then stream what the receiver lacks until it verified every file.
+pub(crate) async fn attempt(
     session: Arc<Session>,
     entry: Arc<TransferEntry>,
-    manifest: LocalManifest,
+    manifest: Arc<LocalManifest>,
     opts: SendOptions,
-) {
+    resume: bool,
+    stop: CancellationToken,
+    store: Arc<Store>,
+) -> AttemptEnd {
     session.active.fetch_add(1, Ordering::Relaxed);
     let (route_tx, route_rx) = mpsc::channel(crate::session::route_capacity(opts.window));
     session.route(&entry.id, route_tx);
-    let outcome = drive(&session, &entry, manifest, opts, route_rx).await;
+    let mut acked = Acked {
+        chunks: HashMap::new(),
+        complete: Vec::new(),
+        dirty: false,
+    };
+    let outcome = drive(
+        &session, &entry, manifest, opts, resume, &stop, route_rx, &store, &mut acked,
+    )
+    .await;
+    save_acked(&store, &entry, &mut acked);
     session.unroute(&entry.id);
     session.active.fetch_sub(1, Ordering::Relaxed);
-    match outcome {
-        Ok(()) => {
-            entry.set_state(TransferState::Completed, "");
-        }
-        Err(Outcome::Rejected(reason)) => {
-            entry.set_state(TransferState::Rejected, reason);
-        }
-        Err(Outcome::Cancelled(reason)) => {
-            entry.set_state(TransferState::Cancelled, reason);
-        }
-        Err(Outcome::Failed(reason)) => {
-            // Already final means a local cancel won the race with this failure: the peer must
-            // hear of the cancel either way.
-            let reason = if entry.set_state(TransferState::Failed, reason.clone()) {
-                reason
-            } else {
-                "cancelled by sender".to_owned()
-            };
+    let tell = |reason: String, resumable: bool| {
+        let session = session.clone();
+        let id = entry.id.clone();
+        async move {
             let _ = session
                 .send(Body::Cancel(wire::Cancel {
-                    transfer_id: entry.id.clone(),
+                    transfer_id: id,
                     reason,
+                    resumable,
                 }))
                 .await;
+        }
+    };
+    match outcome {
+        Ok(()) => AttemptEnd::Completed,
+        Err(Outcome::Rejected(r)) => AttemptEnd::Rejected(r),
+        Err(Outcome::Cancelled(r)) => AttemptEnd::Cancelled(r),
+        Err(Outcome::Transient(r)) => AttemptEnd::Transient(r),
+        Err(Outcome::Failed(reason)) => {
+            tell(reason.clone(), false).await;
+            AttemptEnd::Failed(reason)
         }
         Err(Outcome::LocalCancel) => {
-            let _ = session
-                .send(Body::Cancel(wire::Cancel {
-                    transfer_id: entry.id.clone(),
-                    reason: "cancelled by sender".into(),
-                }))
-                .await;
+            tell("cancelled by sender".into(), false).await;
+            AttemptEnd::LocalCancel
+        }
+        Err(Outcome::Stopped) => {
+            tell(
+                if entry.state() == TransferState::Paused {
+                    "paused by sender".into()
+                } else {
+                    "sender stopped".into()
+                },
+                true,
+            )
+            .await;
+            AttemptEnd::Stopped
         }
     }
+}
+
+fn save_acked(store: &Store, entry: &TransferEntry, acked: &mut Acked) {
+    if !acked.dirty {
+        return;
+    }
+    let empty = ChunkMap::default();
+    let mut rows: Vec<(u32, bool, &ChunkMap)> = acked
+        .complete
+        .iter()
+        .map(|fi| (*fi, true, &empty))
+        .collect();
+    rows.extend(acked.chunks.iter().map(|(fi, m)| (*fi, false, m)));
+    if let Err(e) = store.save_chunk_maps(&entry.id, Direction::Send, &rows) {
+        tracing::warn!(transfer = %entry.id, cause = %e, "cannot record the transfer's progress");
+    }
+    acked.complete.clear();
+    acked.dirty = false;
 }
 
 /// How a transfer ended, if not completed.
@@ -110,32 +191,25 @@ enum Outcome {
     Rejected(String),
     Cancelled(String),
     Failed(String),
+    Transient(String),
+    Stopped,
     /// Cancelled here: the entry already says so; the peer must be told.
     LocalCancel,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     session: &Arc<Session>,
     entry: &Arc<TransferEntry>,
-    manifest: LocalManifest,
+    manifest: Arc<LocalManifest>,
     opts: SendOptions,
+    resume: bool,
+    stop: &CancellationToken,
     mut route: mpsc::Receiver<Body>,
+    store: &Store,
+    acked: &mut Acked,
 ) -> Result<(), Outcome> {
-    let info = wire::TransferInfo {
-        transfer_id: entry.id.clone(),
-        mode: if manifest.has_folder {
-            wire::TransferMode::Folder as i32
-        } else {
-            wire::TransferMode::File as i32
-        },
-        roots: manifest.roots.clone(),
-        files: manifest.files.iter().map(|f| f.entry.clone()).collect(),
-        dirs: manifest.dirs.clone(),
-        chunk_size: opts.chunk_size,
-        window: opts.window,
-        resume: false,
-        total_bytes: manifest.total_bytes,
-    };
+    let info = manifest.offer(&entry.id, opts, resume);
     session
         .send(Body::TransferInfo(info))
         .await
@@ -145,11 +219,13 @@ async fn drive(
     // receiver expires its offers).
     let frame = tokio::select! {
         _ = entry.cancel.cancelled() => return Err(Outcome::LocalCancel),
+        _ = stop.cancelled() => return Err(Outcome::Stopped),
         f = route.recv() => f.ok_or_else(lost)?,
     };
-    match frame {
-        Body::Ready(_) => {}
+    let have = match frame {
+        Body::Ready(r) => have_of(&manifest, opts.chunk_size, r.have),
         Body::Reject(r) => return Err(Outcome::Rejected(r.reason)),
+        Body::Cancel(c) if c.resumable => return Err(Outcome::Transient(c.reason)),
         Body::Cancel(c) => return Err(Outcome::Cancelled(c.reason)),
         other => {
             return Err(Outcome::Failed(format!(
@@ -157,6 +233,29 @@ async fn drive(
                 codec::body_name(&other)
             )));
         }
+    };
+    let mut files_ok = have.complete.iter().filter(|c| **c).count() as u64;
+    let resumed: u64 = manifest
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if have.complete[i] {
+                f.entry.size
+            } else {
+                have.chunks
+                    .get(&(i as u32))
+                    .map_or(0, |m| m.bytes_done(f.entry.size, opts.chunk_size))
+            }
+        })
+        .sum();
+    // Progress restarts from what the receiver holds durably: anything acknowledged after
+    // its last checkpoint is sent again.
+    entry.bytes_done.store(resumed, Ordering::Relaxed);
+    entry.resumed_bytes.store(resumed, Ordering::Relaxed);
+    entry.files_done.store(files_ok, Ordering::Relaxed);
+    if resume {
+        tracing::info!(transfer = %entry.id, resumed_bytes = resumed, files_complete = files_ok, "resuming");
     }
     entry.set_state(TransferState::Running, "");
 
@@ -164,7 +263,7 @@ async fn drive(
         permits: Arc::new(Semaphore::new(opts.window as usize)),
         in_flight: Mutex::new(HashMap::new()),
     });
-    let producer_cancel = entry.cancel.child_token();
+    let producer_cancel = stop.child_token();
     let producer = {
         let window = window.clone();
         let writer = session.writer();
@@ -172,17 +271,19 @@ async fn drive(
         let cancel = producer_cancel.clone();
         let compress = opts.compress && session.limits.compress;
         let handle = tokio::runtime::Handle::current();
+        let manifest = manifest.clone();
         tokio::task::spawn_blocking(move || {
             produce(
-                &handle, manifest, opts, compress, &window, &writer, &entry, &cancel,
+                &handle, &manifest, &have, opts, compress, &window, &writer, &entry, &cancel,
             )
         })
     };
     let _stop_producer = producer_cancel.clone().drop_guard();
     let mut producer = Some(producer);
-    let total_files = entry.snapshot().total_files;
-    let mut files_ok: u64 = 0;
+    let total_files = manifest.files.len() as u64;
     let mut complete_sent = false;
+    let mut save = tokio::time::interval(SAVE_EVERY);
+    save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         if !complete_sent && producer.is_none() && files_ok == total_files {
@@ -196,6 +297,8 @@ async fn drive(
         }
         tokio::select! {
             _ = entry.cancel.cancelled() => return Err(Outcome::LocalCancel),
+            _ = stop.cancelled() => return Err(Outcome::Stopped),
+            _ = save.tick() => save_acked(store, entry, acked),
             done = async {
                 match producer.as_mut() {
                     Some(p) => p.await,
@@ -205,17 +308,33 @@ async fn drive(
                 producer = None;
                 match done {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(Outcome::Failed(e)),
+                    Ok(Err(Produce::Failed(e))) => return Err(Outcome::Failed(e)),
+                    Ok(Err(Produce::Lost)) => return Err(lost()),
+                    Ok(Err(Produce::Cancelled)) if entry.cancel.is_cancelled() => return Err(Outcome::LocalCancel),
+                    Ok(Err(Produce::Cancelled)) => return Err(Outcome::Stopped),
                     Err(join) => return Err(Outcome::Failed(format!("sender thread failed: {join}"))),
                 }
             }
             frame = route.recv() => {
                 match frame.ok_or_else(lost)? {
-                    Body::ChunkAck(ack) => on_ack(session, entry, &window, ack).await?,
+                    Body::ChunkAck(ack) => {
+                        if ack.status == ChunkStatus::Ok as i32 {
+                            let size = manifest.files.get(ack.file_index as usize).map_or(0, |f| f.entry.size);
+                            acked.chunks
+                                .entry(ack.file_index)
+                                .or_insert_with(|| ChunkMap::new(chunk_count(size, opts.chunk_size)))
+                                .set(ack.chunk_index);
+                            acked.dirty = true;
+                        }
+                        on_ack(session, entry, &window, ack).await?
+                    }
                     Body::FileResult(r) if r.ok => {
                         // FileDone took a window permit: the receiver has answered it.
                         window.permits.add_permits(1);
                         files_ok += 1;
+                        acked.chunks.remove(&r.file_index);
+                        acked.complete.push(r.file_index);
+                        acked.dirty = true;
                         entry.files_done.store(files_ok, Ordering::Relaxed);
                         entry.progress(None);
                     }
@@ -223,6 +342,7 @@ async fn drive(
                         return Err(Outcome::Failed(format!("receiver could not store file #{}: {}", r.file_index, r.error)));
                     }
                     Body::CompleteAck(_) if complete_sent => return Ok(()),
+                    Body::Cancel(c) if c.resumable => return Err(Outcome::Transient(c.reason)),
                     Body::Cancel(c) => return Err(Outcome::Cancelled(c.reason)),
                     other => return Err(Outcome::Failed(format!("unexpected {} from receiver", codec::body_name(&other)))),
                 }
@@ -231,8 +351,40 @@ async fn drive(
     }
 }
 
+/// Reads the receiver's `have` list; entries for files that do not exist are ignored.
+fn have_of(manifest: &LocalManifest, chunk_size: u32, list: Vec<wire::FileHave>) -> Have {
+    let mut have = Have {
+        complete: vec![false; manifest.files.len()],
+        chunks: HashMap::new(),
+    };
+    for h in list {
+        let Some(file) = manifest.files.get(h.file_index as usize) else {
+            continue;
+        };
+        if h.complete {
+            have.complete[h.file_index as usize] = true;
+        } else {
+            let map = ChunkMap::from_bytes(chunk_count(file.entry.size, chunk_size), &h.chunks);
+            if map.count() > 0 {
+                have.chunks.insert(h.file_index, map);
+            }
+        }
+    }
+    have
+}
+
 fn lost() -> Outcome {
-    Outcome::Failed("session to peer lost".into())
+    Outcome::Transient("session to peer lost".into())
+}
+
+/// Why the producer stopped early.
+enum Produce {
+    /// Permanent: the source cannot be read as it was offered.
+    Failed(String),
+    /// The session's writer is gone.
+    Lost,
+    /// Its token was cancelled.
+    Cancelled,
 }
 
 async fn on_ack(
@@ -278,33 +430,56 @@ async fn on_ack(
     }
 }
 
-/// The producer thread: reads every file once and queues its chunks and `FileDone`.
+/// The producer thread: reads every file once and queues its chunks and `FileDone`. Chunks
+/// the receiver already holds are read and hashed but not sent; complete files are skipped.
 #[allow(clippy::too_many_arguments)]
 fn produce(
     rt: &tokio::runtime::Handle,
-    manifest: LocalManifest,
+    manifest: &LocalManifest,
+    have: &Have,
     opts: SendOptions,
     compress: bool,
     window: &Window,
     writer: &mpsc::Sender<Bytes>,
     entry: &TransferEntry,
     cancel: &CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), Produce> {
     let chunk_size = opts.chunk_size as usize;
     let mut buf = vec![0u8; chunk_size];
     let mut compressor = if compress {
         Some(
             zstd::bulk::Compressor::new(opts.level)
-                .map_err(|e| format!("cannot start zstd: {e}"))?,
+                .map_err(|e| Produce::Failed(format!("cannot start zstd: {e}")))?,
         )
     } else {
         None
     };
+    let acquire = || {
+        let permit = rt.block_on(async {
+            tokio::select! {
+                p = window.permits.acquire() => p.ok(),
+                _ = cancel.cancelled() => None,
+            }
+        });
+        match permit {
+            Some(p) => {
+                p.forget();
+                Ok(())
+            }
+            None => Err(Produce::Cancelled),
+        }
+    };
     for (index, file) in manifest.files.iter().enumerate() {
+        if have.complete[index] {
+            continue;
+        }
+        if cancel.is_cancelled() {
+            return Err(Produce::Cancelled);
+        }
         let file_index = index as u32;
         let size = file.entry.size;
-        let mut f = std::fs::File::open(&file.source)
-            .map_err(|e| format!("cannot read {}: {e}", file.source.display()))?;
+        let skip = have.chunks.get(&file_index);
+        let mut f = open_unchanged(file).map_err(Produce::Failed)?;
         let mut hasher = Sha256::new();
         let mut done: u64 = 0;
         let mut chunk_index: u64 = 0;
@@ -313,16 +488,24 @@ fn produce(
         while done < size {
             let want = (size - done).min(chunk_size as u64) as usize;
             f.read_exact(&mut buf[..want]).map_err(|e| {
-                format!(
+                Produce::Failed(format!(
                     "cannot read {} at byte {done} (did it shrink while sending?): {e}",
                     file.source.display()
-                )
+                ))
             })?;
             let raw = &buf[..want];
             hasher.update(raw);
+            if skip.is_some_and(|m| m.get(chunk_index)) {
+                // The receiver has it: hashed for the end-to-end check, not sent.
+                done += want as u64;
+                chunk_index += 1;
+                continue;
+            }
             let (data, flags) = match (&mut compressor, compress_file) {
                 (Some(c), true) => {
-                    let packed = c.compress(raw).map_err(|e| format!("zstd failed: {e}"))?;
+                    let packed = c
+                        .compress(raw)
+                        .map_err(|e| Produce::Failed(format!("zstd failed: {e}")))?;
                     if chunk_index < u64::from(SAMPLE_CHUNKS) {
                         if packed.len() as f64 > raw.len() as f64 * INCOMPRESSIBLE_RATIO {
                             incompressible += 1;
@@ -351,16 +534,7 @@ fn produce(
                 data,
             }));
             // One permit per chunk in flight; waiting here is the window at work.
-            let permit = rt.block_on(async {
-                tokio::select! {
-                    p = window.permits.acquire() => p.ok(),
-                    _ = cancel.cancelled() => None,
-                }
-            });
-            let Some(permit) = permit else {
-                return Err("cancelled".into());
-            };
-            permit.forget();
+            acquire()?;
             window.lock().insert(
                 (file_index, chunk_index),
                 InFlight {
@@ -369,9 +543,7 @@ fn produce(
                     resends: 0,
                 },
             );
-            writer
-                .blocking_send(frame)
-                .map_err(|_| "session to peer lost".to_owned())?;
+            writer.blocking_send(frame).map_err(|_| Produce::Lost)?;
             entry.wire_bytes.fetch_add(wire_len, Ordering::Relaxed);
             done += want as u64;
             chunk_index += 1;
@@ -380,35 +552,50 @@ fn produce(
         // A file that grew while it was read would be sent truncated: refuse instead.
         let mut probe = [0u8; 1];
         if matches!(f.read(&mut probe), Ok(n) if n > 0) {
-            return Err(format!(
+            return Err(Produce::Failed(format!(
                 "{} grew while it was being sent",
                 file.source.display()
-            ));
+            )));
         }
         let sha = hasher.finalize();
         // FileDone takes a permit too (given back by FileResult), so that a folder of empty
         // files cannot put an unbounded number of frames in flight.
-        let permit = rt.block_on(async {
-            tokio::select! {
-                p = window.permits.acquire() => p.ok(),
-                _ = cancel.cancelled() => None,
-            }
-        });
-        let Some(permit) = permit else {
-            return Err("cancelled".into());
-        };
-        permit.forget();
+        acquire()?;
         let frame = codec::encode(Body::FileDone(wire::FileDone {
             transfer_id: entry.id.clone(),
             file_index,
             sha256: Bytes::copy_from_slice(&sha),
         }));
-        writer
-            .blocking_send(frame)
-            .map_err(|_| "session to peer lost".to_owned())?;
+        writer.blocking_send(frame).map_err(|_| Produce::Lost)?;
         if size == 0 {
             entry.progress(Some((&file.entry.path, 0, 0)));
         }
     }
     Ok(())
+}
+
+/// Opens a source file, refusing one that changed since the transfer began: a resumed
+/// transfer must not mix old and new bytes.
+fn open_unchanged(file: &LocalFile) -> Result<std::fs::File, String> {
+    let path = &file.source;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "source file {} is gone since the transfer began",
+                path.display()
+            ));
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let changed = meta.len() != file.entry.size
+        || meta.mtime() != file.entry.mtime_sec
+        || meta.mtime_nsec() != i64::from(file.entry.mtime_nsec);
+    if changed {
+        return Err(format!(
+            "source file {} changed since the transfer began (size or modification time differs); not mixing old and new bytes",
+            path.display()
+        ));
+    }
+    std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }

@@ -162,6 +162,8 @@ impl Session {
 pub trait SessionEvents: Send + Sync + 'static {
     /// A peer offers a transfer; its later frames arrive on `frames` (already routed).
     fn offer(&self, session: Arc<Session>, info: wire::TransferInfo, frames: mpsc::Receiver<Body>);
+    /// A `Cancel` for a transfer that runs on no session (an interrupted one).
+    fn stray_cancel(&self, session: &Arc<Session>, cancel: &wire::Cancel);
     /// The session ended.
     fn ended(&self, session: &Arc<Session>, reason: &str);
 }
@@ -612,15 +614,19 @@ async fn read_loop<R: AsyncRead + Unpin>(
                                     .try_send(codec::encode(Body::Cancel(wire::Cancel {
                                         transfer_id: id,
                                         reason: "too many frames in flight".into(),
+                                        resumable: false,
                                     })));
                         }
                     },
-                    None => tracing::debug!(
-                        session = session.id,
-                        frame = codec::body_name(&other),
-                        transfer = %id,
-                        "frame for an unknown transfer"
-                    ),
+                    None => match &other {
+                        Body::Cancel(c) => events.stray_cancel(&session, c),
+                        _ => tracing::debug!(
+                            session = session.id,
+                            frame = codec::body_name(&other),
+                            transfer = %id,
+                            "frame for an unknown transfer"
+                        ),
+                    },
                 }
             }
         }

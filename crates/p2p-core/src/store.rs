@@ -16,7 +16,8 @@ use crate::device_id::{DeviceId, normalize};
 pub const STORE_FILE: &str = "state.db";
 
 /// Migrations, in order; `user_version` counts how many have run.
-const MIGRATIONS: &[&str] = &["CREATE TABLE devices (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE devices (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL DEFAULT '',
         trusted INTEGER NOT NULL DEFAULT 0,
@@ -25,7 +26,9 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE devices (
         first_seen_ms INTEGER NOT NULL,
         last_seen_ms INTEGER NOT NULL,
         last_address TEXT NOT NULL DEFAULT ''
-    );"];
+    );",
+    crate::records::MIGRATION,
+];
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -170,7 +173,10 @@ impl Store {
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+    pub(crate) fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
         let conn = match self.conn.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),

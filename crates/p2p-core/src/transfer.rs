@@ -118,6 +118,13 @@ pub enum TransferState {
     Cancelled,
     /// Refused by the receiver.
     Rejected,
+    /// Sending side: paused by the user; resumes on request (also after a restart).
+    Paused,
+    /// Sending side: the last attempt failed for a transient reason; waiting to try again.
+    Retrying,
+    /// Receiving side: stopped before the end (session lost, sender paused, restart); what
+    /// arrived is kept until the sender offers the transfer again.
+    Interrupted,
 }
 
 impl TransferState {
@@ -175,6 +182,12 @@ pub struct TransferSnapshot {
     pub destination: String,
     /// Chunks re-sent after CRC failures.
     pub chunks_resent: u64,
+    /// Attempts made (sending side).
+    pub attempt: u32,
+    /// Next attempt, ms since the epoch, while retrying (else 0).
+    pub next_attempt_at_ms: u64,
+    /// Payload bytes the receiver already had at the last resume.
+    pub resumed_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -188,6 +201,8 @@ struct Mutable {
     current_file_size: u64,
     destination: String,
     last_emit: Instant,
+    attempt: u32,
+    next_attempt_at: Option<SystemTime>,
 }
 
 /// One transfer's shared record.
@@ -211,6 +226,8 @@ pub struct TransferEntry {
     pub wire_bytes: AtomicU64,
     /// Chunks re-sent.
     pub chunks_resent: AtomicU64,
+    /// Payload bytes the receiver already had at the last resume.
+    pub resumed_bytes: AtomicU64,
     started: SystemTime,
     started_instant: Instant,
     /// Cancelled when the transfer must stop (user cancel, peer cancel, session loss).
@@ -243,6 +260,8 @@ pub struct NewTransfer {
     pub total_bytes: u64,
     /// Destination (receiving side).
     pub destination: String,
+    /// When it started, if before now (a transfer restored after a restart).
+    pub started: Option<SystemTime>,
 }
 
 fn ms(t: SystemTime) -> u64 {
@@ -300,6 +319,12 @@ impl TransferEntry {
             error: m.error.clone(),
             destination: m.destination.clone(),
             chunks_resent: self.chunks_resent.load(Ordering::Relaxed),
+            attempt: m.attempt,
+            next_attempt_at_ms: match (m.state, m.next_attempt_at) {
+                (TransferState::Retrying, Some(t)) => ms(t),
+                _ => 0,
+            },
+            resumed_bytes: self.resumed_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -313,6 +338,12 @@ impl TransferEntry {
         let error = error.into();
         if !error.is_empty() {
             m.error = error;
+        } else if matches!(
+            state,
+            TransferState::Running | TransferState::WaitingAccept | TransferState::Offered
+        ) {
+            // Going again after an interruption: the old reason no longer applies.
+            m.error.clear();
         }
         if state.is_final() {
             m.finished = Some(SystemTime::now());
@@ -328,6 +359,28 @@ impl TransferEntry {
         }
         let _ = self.events.send(snap);
         true
+    }
+
+    /// Counts a new attempt (sending side) and moves to Running-preparation: the state stays
+    /// as it is until the offer is answered.
+    pub fn begin_attempt(&self) -> u32 {
+        let mut m = self.lock();
+        m.attempt += 1;
+        m.next_attempt_at = None;
+        m.attempt
+    }
+
+    /// Moves to `Retrying` with the reason of the failed attempt and the time of the next one.
+    /// Returns false once final.
+    pub fn set_retrying(&self, reason: &str, next: SystemTime) -> bool {
+        {
+            let mut m = self.lock();
+            if m.state.is_final() {
+                return false;
+            }
+            m.next_attempt_at = Some(next);
+        }
+        self.set_state(TransferState::Retrying, reason)
     }
 
     /// Sets the destination shown for a receiving transfer.
@@ -411,8 +464,13 @@ impl Transfers {
             bytes_done: AtomicU64::new(0),
             wire_bytes: AtomicU64::new(0),
             chunks_resent: AtomicU64::new(0),
-            started: SystemTime::now(),
-            started_instant: Instant::now(),
+            resumed_bytes: AtomicU64::new(0),
+            started: t.started.unwrap_or_else(SystemTime::now),
+            started_instant: t
+                .started
+                .and_then(|s| s.elapsed().ok())
+                .and_then(|age| Instant::now().checked_sub(age))
+                .unwrap_or_else(Instant::now),
             cancel,
             inner: Mutex::new(Mutable {
                 state: t.state,
@@ -424,6 +482,8 @@ impl Transfers {
                 current_file_size: 0,
                 destination: t.destination,
                 last_emit: Instant::now(),
+                attempt: 0,
+                next_attempt_at: None,
             }),
             events: self.events.clone(),
         })
@@ -465,11 +525,17 @@ impl Transfers {
         }
     }
 
-    /// Receiving transfers that have not ended (running or waiting).
+    /// Receiving transfers running or waiting for a decision (interrupted ones wait for
+    /// their sender and cost nothing meanwhile).
     pub fn active_receives(&self) -> usize {
         self.lock()
             .values()
-            .filter(|e| e.direction == Direction::Receive && !e.state().is_final())
+            .filter(|e| {
+                let s = e.state();
+                e.direction == Direction::Receive
+                    && !s.is_final()
+                    && s != TransferState::Interrupted
+            })
             .count()
     }
 
@@ -502,11 +568,20 @@ impl Transfers {
         self.events.subscribe()
     }
 
-    /// Marks every unfinished transfer as failed with `reason` (shutdown).
-    pub fn fail_all(&self, reason: &str) {
+    /// At shutdown: transfers that carry on after a restart (recorded in the store) become
+    /// `Interrupted` with `reason`; offers nobody accepted yet fail with it.
+    pub fn stop_all(&self, reason: &str) {
         let entries: Vec<_> = self.lock().values().cloned().collect();
         for e in entries {
-            e.set_state(TransferState::Failed, reason);
+            match e.state() {
+                TransferState::WaitingAccept => {
+                    e.set_state(TransferState::Failed, reason);
+                }
+                s if s.is_final() => {}
+                _ => {
+                    e.set_state(TransferState::Interrupted, reason);
+                }
+            }
         }
     }
 }

@@ -24,7 +24,7 @@ pub mod caps {
     /// More than one chunk in flight.
     pub const WINDOWED: u32 = 8;
     /// What this build supports.
-    pub const SUPPORTED: u32 = COMPRESSION | FOLDER | WINDOWED;
+    pub const SUPPORTED: u32 = COMPRESSION | RESUME | FOLDER | WINDOWED;
 }
 
 /// Frame limit during the handshake.

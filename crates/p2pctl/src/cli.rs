@@ -60,6 +60,20 @@ pub(crate) enum Command {
         #[arg(value_parser = NonEmptyStringValueParser::new())]
         id: String,
     },
+    /// Pause an outgoing transfer; the receiver keeps what arrived. The pause survives a
+    /// daemon restart.
+    Pause {
+        /// A transfer id, or a unique beginning of one.
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        id: String,
+    },
+    /// Resume a paused outgoing transfer (or retry one now instead of waiting); only what the
+    /// receiver lacks is sent.
+    Resume {
+        /// A transfer id, or a unique beginning of one.
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        id: String,
+    },
     /// List offers from peers that wait for your decision (`accept` or `reject`).
     Incoming,
     /// Accept an incoming offer; its files go to the download directory unless --to says

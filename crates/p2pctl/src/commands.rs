@@ -88,6 +88,8 @@ pub(crate) async fn run(cli: Cli) -> Result<Finished> {
         }
         Command::Watch { id } => watch::watch(&mut api, id.as_deref(), as_json).await?,
         Command::Cancel { id } => cancel(&mut api, &id, as_json).await?,
+        Command::Pause { id } => pause_or_resume(&mut api, &id, true, as_json).await?,
+        Command::Resume { id } => pause_or_resume(&mut api, &id, false, as_json).await?,
         Command::Incoming => {
             let list = answer(api.list_incoming(pb::ListIncomingRequest {}).await)?;
             if as_json {
@@ -244,6 +246,33 @@ async fn cancel(api: &mut ControlServiceClient<Channel>, given: &str, as_json: b
         print_json(&json!({ "transfer_id": id, "cancelled": true }))
     } else {
         stdout_line(&format!("cancelled transfer {id}"))
+    }
+}
+
+async fn pause_or_resume(
+    api: &mut ControlServiceClient<Channel>,
+    given: &str,
+    pause: bool,
+    as_json: bool,
+) -> Result<()> {
+    let id = client::resolve_transfer_id(api, given).await?;
+    let t = if pause {
+        answer(
+            api.pause_transfer(pb::PauseTransferRequest { id: id.clone() })
+                .await,
+        )?
+    } else {
+        answer(
+            api.resume_transfer(pb::ResumeTransferRequest { id: id.clone() })
+                .await,
+        )?
+    };
+    if as_json {
+        print_json(&json::transfer(&t))
+    } else if pause {
+        stdout_line(&format!("paused transfer {id}"))
+    } else {
+        stdout_line(&format!("resumed transfer {id}"))
     }
 }
 

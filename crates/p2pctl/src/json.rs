@@ -16,7 +16,8 @@ pub(crate) fn direction_word(direction: i32) -> &'static str {
 }
 
 /// `"offered"`, `"waiting_accept"`, `"running"`, `"completed"`, `"failed"`, `"cancelled"`,
-/// `"rejected"`; `"unknown"` for a value this p2pctl does not know.
+/// `"rejected"`, `"paused"`, `"retrying"`, `"interrupted"`; `"unknown"` for a value this p2pctl
+/// does not know.
 pub(crate) fn state_word(state: i32) -> &'static str {
     match pb::TransferState::try_from(state) {
         Ok(pb::TransferState::Unspecified) => "unspecified",
@@ -27,6 +28,9 @@ pub(crate) fn state_word(state: i32) -> &'static str {
         Ok(pb::TransferState::Failed) => "failed",
         Ok(pb::TransferState::Cancelled) => "cancelled",
         Ok(pb::TransferState::Rejected) => "rejected",
+        Ok(pb::TransferState::Paused) => "paused",
+        Ok(pb::TransferState::Retrying) => "retrying",
+        Ok(pb::TransferState::Interrupted) => "interrupted",
         Err(_) => "unknown",
     }
 }
@@ -91,6 +95,9 @@ pub(crate) fn transfer(t: &pb::Transfer) -> Value {
         error,
         destination,
         chunks_resent,
+        attempt,
+        next_attempt_at_ms,
+        resumed_bytes,
     } = t;
     json!({
         "id": id,
@@ -114,6 +121,9 @@ pub(crate) fn transfer(t: &pb::Transfer) -> Value {
         "error": error,
         "destination": destination,
         "chunks_resent": chunks_resent,
+        "attempt": attempt,
+        "next_attempt_at_ms": next_attempt_at_ms,
+        "resumed_bytes": resumed_bytes,
     })
 }
 
@@ -325,6 +335,9 @@ pub(crate) mod tests {
             error: String::new(),
             destination: String::new(),
             chunks_resent: 2,
+            attempt: 1,
+            next_attempt_at_ms: 0,
+            resumed_bytes: 0,
         }
     }
 
@@ -355,6 +368,9 @@ pub(crate) mod tests {
                 "error": "",
                 "destination": "",
                 "chunks_resent": 2,
+                "attempt": 1,
+                "next_attempt_at_ms": 0,
+                "resumed_bytes": 0,
             })
         );
         assert_eq!(

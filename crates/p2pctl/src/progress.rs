@@ -142,6 +142,11 @@ impl Bars {
                 units::bytes(t.total_bytes)
             )),
             Ok(pb::TransferState::WaitingAccept) => Some("waiting for your accept".to_owned()),
+            Ok(
+                pb::TransferState::Retrying
+                | pb::TransferState::Paused
+                | pb::TransferState::Interrupted,
+            ) => Some(pause_text(t)),
             _ => None,
         };
         if let Some(message) = waiting {
@@ -251,8 +256,38 @@ pub(crate) fn send_progress_line(t: &pb::Transfer) -> Option<String> {
             units::bytes(t.total_bytes),
             peer(t)
         )),
+        Ok(
+            pb::TransferState::Retrying
+            | pb::TransferState::Paused
+            | pb::TransferState::Interrupted,
+        ) => Some(format!("{verb} {}: {}", progress_text(t), pause_text(t))),
         _ if json::is_final(t.state) => None,
         _ => Some(format!("{verb} {}", progress_text(t))),
+    }
+}
+
+/// Why a transfer is not moving: `retrying in 4 s (attempt 2): session to peer lost`,
+/// `paused`, `interrupted: REASON; waiting for the sender`.
+pub(crate) fn pause_text(t: &pb::Transfer) -> String {
+    match pb::TransferState::try_from(t.state) {
+        Ok(pb::TransferState::Retrying) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let wait = Duration::from_millis(t.next_attempt_at_ms.saturating_sub(now));
+            format!(
+                "retrying in {} (attempt {}): {}",
+                units::duration_coarse(wait),
+                t.attempt + 1,
+                t.error
+            )
+        }
+        Ok(pb::TransferState::Paused) => "paused (`p2pctl resume` continues it)".to_owned(),
+        Ok(pb::TransferState::Interrupted) => {
+            format!("interrupted: {}; waiting for the sender", t.error)
+        }
+        _ => String::new(),
     }
 }
 
@@ -358,6 +393,17 @@ pub(crate) fn event_line(t: &pb::Transfer) -> String {
             units::files(t.total_files),
             units::bytes(t.total_bytes),
             t.roots.join(", ")
+        ),
+        Ok(
+            pb::TransferState::Retrying
+            | pb::TransferState::Paused
+            | pb::TransferState::Interrupted,
+        ) => format!(
+            "{} / {} ({}): {}",
+            units::bytes(t.bytes_done),
+            units::bytes(t.total_bytes),
+            units::percent(t.bytes_done, t.total_bytes),
+            pause_text(t)
         ),
         _ => format!(
             "{}/{} files, {} / {} ({}), {}",

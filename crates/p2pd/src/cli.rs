@@ -53,6 +53,11 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "POLICY")]
     pub(crate) accept_untrusted: Option<p2p_core::UntrustedPolicy>,
 
+    /// Consecutive failed attempts after which an outgoing transfer gives up; 0 retries
+    /// forever (backoff 2 s, 4 s, … up to 60 s) [default: 0].
+    #[arg(long, value_name = "N")]
+    pub(crate) max_attempts: Option<u32>,
+
     /// UDP port of LAN discovery beacons [default: 14566].
     #[arg(long, value_name = "PORT")]
     pub(crate) discovery_port: Option<u16>,

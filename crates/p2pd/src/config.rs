@@ -31,6 +31,7 @@ struct FileConfig {
     discovery: Option<bool>,
     discovery_port: Option<u16>,
     peers: Option<Vec<String>>,
+    max_attempts: Option<u32>,
 }
 
 /// Errors of loading the configuration.
@@ -75,6 +76,8 @@ pub(crate) struct Config {
     pub(crate) discovery_port: Option<u16>,
     /// Static peers (HOST:PORT), flags and config together.
     pub(crate) peers: Vec<String>,
+    /// Consecutive failed attempts before an outgoing transfer gives up; 0 = never.
+    pub(crate) max_attempts: u32,
 }
 
 impl Config {
@@ -198,6 +201,7 @@ impl Config {
         }
 
         Ok(Config {
+            max_attempts: cli.max_attempts.or(file.max_attempts).unwrap_or(0),
             discovery_port,
             peers,
             accept_untrusted,

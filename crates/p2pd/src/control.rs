@@ -95,6 +95,9 @@ fn state_pb(s: TransferState) -> pb::TransferState {
         TransferState::Failed => pb::TransferState::Failed,
         TransferState::Cancelled => pb::TransferState::Cancelled,
         TransferState::Rejected => pb::TransferState::Rejected,
+        TransferState::Paused => pb::TransferState::Paused,
+        TransferState::Retrying => pb::TransferState::Retrying,
+        TransferState::Interrupted => pb::TransferState::Interrupted,
     }
 }
 
@@ -124,6 +127,9 @@ fn transfer_pb(t: TransferSnapshot) -> pb::Transfer {
         error: t.error,
         destination: t.destination,
         chunks_resent: t.chunks_resent,
+        attempt: t.attempt,
+        next_attempt_at_ms: t.next_attempt_at_ms,
+        resumed_bytes: t.resumed_bytes,
     }
 }
 
@@ -357,6 +363,24 @@ impl ControlService for ControlApi {
         let id = request.into_inner().id;
         self.node.cancel(required(&id, "id")?).map_err(status_of)?;
         Ok(Response::new(pb::CancelTransferResponse {}))
+    }
+
+    async fn pause_transfer(
+        &self,
+        request: Request<pb::PauseTransferRequest>,
+    ) -> Result<Response<pb::Transfer>, Status> {
+        let id = request.into_inner().id;
+        let t = self.node.pause(required(&id, "id")?).map_err(status_of)?;
+        Ok(Response::new(transfer_pb(t)))
+    }
+
+    async fn resume_transfer(
+        &self,
+        request: Request<pb::ResumeTransferRequest>,
+    ) -> Result<Response<pb::Transfer>, Status> {
+        let id = request.into_inner().id;
+        let t = self.node.resume(required(&id, "id")?).map_err(status_of)?;
+        Ok(Response::new(transfer_pb(t)))
     }
 
     async fn list_incoming(

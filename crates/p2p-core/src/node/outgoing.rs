@@ -1,0 +1,410 @@
+//! The life of an outgoing transfer across attempts: dialing, retry with backoff, pause and
+//! resume, continuing after a restart.
+//!
+//! One supervisor task per transfer runs attempts (`sender::attempt`) until the transfer
+//! ends. A transient failure (session lost, peer unreachable, receiver paused or restarting)
+//! waits 2 s, 4 s, … (at most 60 s) and tries again with `resume`, so only the chunks the
+//! receiver lacks are sent; a permanent one ends the transfer at once. The consecutive
+//! failures count restarts after an attempt that moved data, so a long transfer over a flaky
+//! link is not given up by `max_attempts`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Node, NodeError, error_chain, lock};
+use crate::chunkmap::{ChunkMap, chunk_count};
+use crate::manifest::LocalManifest;
+use crate::records::OutgoingRecord;
+use crate::sender::{self, AttemptEnd};
+use crate::session::Session;
+use crate::transfer::{
+    Direction, NewTransfer, SendOptions, TransferEntry, TransferSnapshot, TransferState,
+};
+
+/// First retry delay; doubled per consecutive failure.
+pub(super) const BACKOFF_START: Duration = Duration::from_secs(2);
+/// Longest retry delay.
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// The delay before attempt number `failures + 1` (after `failures` consecutive failures).
+pub(super) fn backoff(failures: u32) -> Duration {
+    let shift = failures.saturating_sub(1).min(16);
+    BACKOFF_START.saturating_mul(1 << shift).min(BACKOFF_MAX)
+}
+
+/// How the user steers a transfer's supervisor.
+#[derive(Debug, Default)]
+pub(super) struct Control {
+    paused: AtomicBool,
+    // Wakes the supervisor out of a pause or a backoff.
+    wake: Notify,
+    // Stops the attempt in progress (pause).
+    attempt: std::sync::Mutex<Option<CancellationToken>>,
+}
+
+impl Control {
+    fn stop_attempt(&self) {
+        if let Some(t) = lock(&self.attempt).as_ref() {
+            t.cancel();
+        }
+    }
+}
+
+impl Node {
+    /// Starts the supervisor of an outgoing transfer.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn spawn_outgoing(
+        &self,
+        entry: Arc<TransferEntry>,
+        manifest: Arc<LocalManifest>,
+        opts: SendOptions,
+        dial: String,
+        session: Option<Arc<Session>>,
+        resume: bool,
+        paused: bool,
+    ) {
+        let control = Arc::new(Control::default());
+        control.paused.store(paused, Ordering::Relaxed);
+        lock(&self.inner.outgoing).insert(entry.id.clone(), control.clone());
+        let node = self.clone();
+        self.inner.tasks.spawn(async move {
+            node.supervise(&entry, manifest, opts, &dial, session, resume, &control)
+                .await;
+            lock(&node.inner.outgoing).remove(&entry.id);
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn supervise(
+        &self,
+        entry: &Arc<TransferEntry>,
+        manifest: Arc<LocalManifest>,
+        opts: SendOptions,
+        dial: &str,
+        mut session: Option<Arc<Session>>,
+        mut resume: bool,
+        control: &Control,
+    ) {
+        let shutdown = self.inner.shutdown.clone();
+        let mut failures: u32 = 0;
+        loop {
+            if control.paused.load(Ordering::Relaxed) {
+                entry.set_state(TransferState::Paused, "paused by user");
+                tokio::select! {
+                    _ = control.wake.notified() => continue,
+                    _ = entry.cancel.cancelled() => break self.outgoing_ended(entry, dial, true).await,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            entry.begin_attempt();
+            let sent_before = entry.wire_bytes.load(Ordering::Relaxed);
+            let session = match session.take().filter(|s| !s.closed.is_cancelled()) {
+                Some(s) => Ok(s),
+                None => self.redial(dial, &entry.snapshot().peer_id).await,
+            };
+            let end = match session {
+                Ok(s) => {
+                    let stop = shutdown.child_token();
+                    *lock(&control.attempt) = Some(stop.clone());
+                    if control.paused.load(Ordering::Relaxed) {
+                        // Paused while dialing.
+                        stop.cancel();
+                    }
+                    let end = sender::attempt(
+                        s,
+                        entry.clone(),
+                        manifest.clone(),
+                        opts,
+                        resume,
+                        stop,
+                        self.inner.store.clone(),
+                    )
+                    .await;
+                    *lock(&control.attempt) = None;
+                    end
+                }
+                Err(e) => AttemptEnd::Transient(e.to_string()),
+            };
+            let snap = entry.snapshot();
+            // Data moved in this attempt: the link works, only the failures since count.
+            let moved = entry.wire_bytes.load(Ordering::Relaxed) > sent_before;
+            match end {
+                AttemptEnd::Completed => {
+                    entry.set_state(TransferState::Completed, "");
+                    break self.outgoing_ended(entry, dial, false).await;
+                }
+                AttemptEnd::Rejected(r) => {
+                    entry.set_state(TransferState::Rejected, r);
+                    break self.outgoing_ended(entry, dial, false).await;
+                }
+                AttemptEnd::Cancelled(r) => {
+                    entry.set_state(TransferState::Cancelled, r);
+                    break self.outgoing_ended(entry, dial, false).await;
+                }
+                AttemptEnd::Failed(r) => {
+                    entry.set_state(TransferState::Failed, r);
+                    break self.outgoing_ended(entry, dial, false).await;
+                }
+                AttemptEnd::LocalCancel => break self.outgoing_ended(entry, dial, false).await,
+                AttemptEnd::Stopped => {
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    // Paused: the loop waits at the top.
+                    resume = true;
+                    continue;
+                }
+                AttemptEnd::Transient(reason) => {
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    resume = true;
+                    failures = if moved { 1 } else { failures + 1 };
+                    let max = self.settings().max_attempts;
+                    if max > 0 && failures >= max {
+                        entry.set_state(
+                            TransferState::Failed,
+                            format!("gave up after {failures} failed attempts: {reason}"),
+                        );
+                        break self.outgoing_ended(entry, dial, true).await;
+                    }
+                    if control.paused.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let delay = backoff(failures);
+                    tracing::info!(transfer = %entry.id, %reason, attempt = snap.attempt, retry_in = ?delay, "transfer interrupted; will retry");
+                    entry.set_retrying(&reason, SystemTime::now() + delay);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = control.wake.notified() => {}
+                        _ = entry.cancel.cancelled() => break self.outgoing_ended(entry, dial, true).await,
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Dials the transfer's peer again: at the address that worked, else where discovery
+    /// last heard the device.
+    async fn redial(&self, dial: &str, peer_id: &str) -> Result<Arc<Session>, NodeError> {
+        let first = self.connect(dial).await;
+        if first.is_ok() {
+            return first;
+        }
+        let elsewhere = self
+            .peers()
+            .into_iter()
+            .map(|(p, _)| p)
+            .find(|p| p.id.to_string() == peer_id)
+            .map(|p| format!("{}@{}", p.id, p.addr))
+            .filter(|d| d != dial);
+        match elsewhere {
+            Some(d) => self.connect(&d).await,
+            None => first,
+        }
+    }
+
+    /// The transfer ended: forget its record. When it ended here while no attempt was
+    /// running (`tell_receiver`), the receiver may still hold a partial copy: tell it, best
+    /// effort, so it can clean up.
+    async fn outgoing_ended(&self, entry: &TransferEntry, dial: &str, tell_receiver: bool) {
+        let store = self.inner.store.clone();
+        let id = entry.id.clone();
+        let forgot =
+            tokio::task::spawn_blocking(move || store.forget_transfer(&id, Direction::Send)).await;
+        if !matches!(forgot, Ok(Ok(()))) {
+            tracing::warn!(transfer = %entry.id, "cannot remove the ended transfer's record");
+        }
+        if !tell_receiver || self.inner.shutdown.is_cancelled() {
+            return;
+        }
+        let reason = entry.snapshot().error;
+        let reach = tokio::time::timeout(Duration::from_secs(10), self.connect(dial)).await;
+        if let Ok(Ok(s)) = reach {
+            let _ = s
+                .send(p2p_proto::wire::v1::frame::Body::Cancel(
+                    p2p_proto::wire::v1::Cancel {
+                        transfer_id: entry.id.clone(),
+                        reason,
+                        resumable: false,
+                    },
+                ))
+                .await;
+        }
+    }
+
+    /// Pauses an outgoing transfer.
+    ///
+    /// # Errors
+    /// `NotFound`, or `FailedPrecondition` for a receiving, ended or paused transfer.
+    pub fn pause(&self, id: &str) -> Result<TransferSnapshot, NodeError> {
+        let (entry, control) = self.outgoing_control(id)?;
+        match entry.state() {
+            TransferState::Paused => {
+                return Err(NodeError::FailedPrecondition(format!(
+                    "transfer {id} is already paused"
+                )));
+            }
+            s if s.is_final() => {
+                return Err(NodeError::FailedPrecondition(format!(
+                    "transfer {id} has already ended ({s:?})"
+                )));
+            }
+            _ => {}
+        }
+        self.inner
+            .store
+            .set_outgoing_paused(id, true)
+            .map_err(|e| NodeError::Io(error_chain(&e)))?;
+        control.paused.store(true, Ordering::Relaxed);
+        entry.set_state(TransferState::Paused, "paused by user");
+        control.stop_attempt();
+        control.wake.notify_one();
+        Ok(entry.snapshot())
+    }
+
+    /// Resumes a paused outgoing transfer, or makes a retrying one try again now.
+    ///
+    /// # Errors
+    /// `NotFound`, or `FailedPrecondition` for a receiving, ended or running transfer.
+    pub fn resume(&self, id: &str) -> Result<TransferSnapshot, NodeError> {
+        let (entry, control) = self.outgoing_control(id)?;
+        match entry.state() {
+            TransferState::Paused | TransferState::Retrying => {}
+            s if s.is_final() => {
+                return Err(NodeError::FailedPrecondition(format!(
+                    "transfer {id} has already ended ({s:?})"
+                )));
+            }
+            s => {
+                return Err(NodeError::FailedPrecondition(format!(
+                    "transfer {id} is not paused or waiting to retry ({s:?})"
+                )));
+            }
+        }
+        self.inner
+            .store
+            .set_outgoing_paused(id, false)
+            .map_err(|e| NodeError::Io(error_chain(&e)))?;
+        control.paused.store(false, Ordering::Relaxed);
+        control.wake.notify_one();
+        Ok(entry.snapshot())
+    }
+
+    fn outgoing_control(&self, id: &str) -> Result<(Arc<TransferEntry>, Arc<Control>), NodeError> {
+        let entry = self
+            .inner
+            .transfers
+            .get(id)
+            .ok_or_else(|| NodeError::NotFound(format!("no transfer {id}")))?;
+        if entry.direction == Direction::Receive {
+            return Err(NodeError::FailedPrecondition(format!(
+                "transfer {id} is a receiving transfer: pause and resume it on the sending device"
+            )));
+        }
+        let control = lock(&self.inner.outgoing).get(id).cloned().ok_or_else(|| {
+            NodeError::FailedPrecondition(format!(
+                "transfer {id} has already ended ({:?})",
+                entry.state()
+            ))
+        })?;
+        Ok((entry, control))
+    }
+
+    /// Outgoing transfers recorded before a restart carry on: paused ones stay paused, the
+    /// others dial their peer at once and resume.
+    pub(super) fn restore_outgoing(&self) {
+        let records = match self.inner.store.outgoing_records() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(cause = %error_chain(&e), "cannot read unfinished outgoing transfers");
+                return;
+            }
+        };
+        for r in records {
+            self.restore_one(r);
+        }
+    }
+
+    fn restore_one(&self, r: OutgoingRecord) {
+        let OutgoingRecord {
+            id,
+            peer_id,
+            dial,
+            info,
+            sources,
+            options,
+            paused,
+            started_ms,
+        } = r;
+        let manifest = Arc::new(LocalManifest::from_offer(&info, sources));
+        let peer_name = peer_id
+            .parse::<crate::DeviceId>()
+            .ok()
+            .and_then(|d| self.inner.store.get(&d).ok().flatten())
+            .map(|d| d.name)
+            .unwrap_or_default();
+        let address = dial.rsplit_once('@').map_or(dial.as_str(), |(_, a)| a);
+        let entry = self.inner.transfers.insert(
+            NewTransfer {
+                id: id.clone(),
+                direction: Direction::Send,
+                state: if paused {
+                    TransferState::Paused
+                } else {
+                    TransferState::Retrying
+                },
+                peer_id,
+                peer_name,
+                peer_address: address.to_owned(),
+                roots: manifest.roots.clone(),
+                total_files: manifest.files.len() as u64,
+                total_bytes: manifest.total_bytes,
+                destination: String::new(),
+                started: Some(UNIX_EPOCH + Duration::from_millis(started_ms)),
+            },
+            CancellationToken::new(),
+        );
+        // Show where it was until the receiver answers.
+        if let Ok(maps) = self.inner.store.chunk_maps(&id, Direction::Send) {
+            let mut bytes = 0u64;
+            let mut files = 0u64;
+            for (fi, rec) in maps {
+                let Some(f) = manifest.files.get(fi as usize) else {
+                    continue;
+                };
+                if rec.complete {
+                    files += 1;
+                    bytes += f.entry.size;
+                } else {
+                    bytes += ChunkMap::from_bytes(
+                        chunk_count(f.entry.size, options.chunk_size),
+                        &rec.chunks,
+                    )
+                    .bytes_done(f.entry.size, options.chunk_size);
+                }
+            }
+            entry.bytes_done.store(bytes, Ordering::Relaxed);
+            entry.files_done.store(files, Ordering::Relaxed);
+        }
+        tracing::info!(transfer = %id, paused, "continuing an outgoing transfer after a restart");
+        self.spawn_outgoing(entry, manifest, options, dial, None, true, paused);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_two_seconds_up_to_a_minute() {
+        let secs: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, vec![2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
+}
