@@ -380,6 +380,8 @@ impl Drop for PidGuard {
     }
 }
 
+pub mod proxy;
+
 /// Helpers for transfer tests over the control API.
 pub mod api {
     use std::path::Path;

@@ -2,165 +2,29 @@
 //! whatever the proxy sees is ciphertext, and whatever it alters breaks the record
 //! authentication:
 //!
-//! - a proxy that flips one byte in the middle of a transfer makes the session fail: the
-//!   transfer ends Failed on both sides, nothing appears under the final name, no temporary
-//!   file is left, and the daemons keep serving (the next transfer through the same proxy,
-//!   uncorrupted, succeeds);
+//! - a proxy that flips one byte in the middle of a transfer makes the session fail; the
+//!   sender dials again (through the same proxy, which relays the new connection untouched),
+//!   resumes, and the file arrives intact, with no temporary file left;
 //! - a proxy that records every byte in both directions finds no plaintext of the file (nor
 //!   its name, nor the sender's device id), although the file was sent uncompressed.
 //!
-//! The proxy listens on 127.0.0.1 only, and every task it starts is aborted when it is
-//! dropped. Chunk-level CRC re-sends are covered by `malicious_peer.rs`, where a peer sends
+//! The proxy (`p2p_tests::proxy`) listens on 127.0.0.1 only. Chunk-level CRC re-sends are covered by `malicious_peer.rs`, where a peer sends
 //! a wrong CRC on purpose (corruption on the wire no longer reaches that check).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use p2p_proto::control::v1 as pb;
 use p2p_tests::api::{control, status};
+use p2p_tests::proxy::{Proxy, ProxyOptions};
 use p2p_tests::{Daemon, DaemonDirs, DaemonOptions};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
 
-const STEP: Duration = Duration::from_secs(5);
 const FILE_SIZE: usize = 5 << 20;
 /// Offset in the A→B byte stream of the byte the proxy flips: well inside the file's data
 /// (the TLS and protocol handshakes take a few KiB).
 const FLIP_AT: u64 = 2 << 20;
-
-// ---------------------------------------------------------------------------------------
-// The proxy
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Flip one byte at `FLIP_AT` of the A→B direction of the first connection.
-    FlipOnce,
-    /// Relay untouched and record both directions.
-    Record,
-}
-
-/// What a recording proxy saw, per direction, all connections appended.
-#[derive(Default)]
-struct Recording {
-    a_to_b: Vec<u8>,
-    b_to_a: Vec<u8>,
-}
-
-struct Proxy {
-    addr: SocketAddr,
-    /// How many bytes were altered.
-    flipped: Arc<AtomicU32>,
-    /// How many connections were relayed.
-    connections: Arc<AtomicU32>,
-    recording: Arc<Mutex<Recording>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        // Aborting the accept task drops its JoinSet, which aborts every relay.
-        self.task.abort();
-    }
-}
-
-async fn start_proxy(target: SocketAddr, mode: Mode) -> Proxy {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-    let addr = listener.local_addr().unwrap();
-    let flipped = Arc::new(AtomicU32::new(0));
-    let connections = Arc::new(AtomicU32::new(0));
-    let recording = Arc::new(Mutex::new(Recording::default()));
-    let task = {
-        let flipped = flipped.clone();
-        let connections = connections.clone();
-        let recording = recording.clone();
-        tokio::spawn(async move {
-            let mut relays = JoinSet::new();
-            while let Ok((inbound, _)) = listener.accept().await {
-                let n = connections.fetch_add(1, Ordering::Relaxed) + 1;
-                let flip_at = (mode == Mode::FlipOnce && n == 1).then_some(FLIP_AT);
-                let record = mode == Mode::Record;
-                relays.spawn(relay(
-                    inbound,
-                    target,
-                    flip_at,
-                    flipped.clone(),
-                    record.then(|| recording.clone()),
-                ));
-                // Reap finished relays so the set does not grow.
-                while relays.try_join_next().is_some() {}
-            }
-        })
-    };
-    Proxy {
-        addr,
-        flipped,
-        connections,
-        recording,
-        task,
-    }
-}
-
-async fn relay(
-    inbound: TcpStream,
-    target: SocketAddr,
-    flip_at: Option<u64>,
-    flipped: Arc<AtomicU32>,
-    recording: Option<Arc<Mutex<Recording>>>,
-) {
-    let Ok(Ok(outbound)) = tokio::time::timeout(STEP, TcpStream::connect(target)).await else {
-        return;
-    };
-    let _ = inbound.set_nodelay(true);
-    let _ = outbound.set_nodelay(true);
-    let (a_rd, a_wr) = inbound.into_split();
-    let (b_rd, b_wr) = outbound.into_split();
-    // Both directions in this task: dropping it (abort) ends both.
-    let a_to_b = pump(a_rd, b_wr, flip_at, &flipped, recording.as_deref(), true);
-    let b_to_a = pump(b_rd, a_wr, None, &flipped, recording.as_deref(), false);
-    tokio::join!(a_to_b, b_to_a);
-}
-
-/// Copies `from` to `to` until either ends, flipping the byte at stream offset `flip_at` and
-/// recording what passes.
-async fn pump(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-    flip_at: Option<u64>,
-    flipped: &AtomicU32,
-    recording: Option<&Mutex<Recording>>,
-    a_to_b: bool,
-) {
-    let mut buf = vec![0u8; 64 << 10];
-    let mut offset = 0u64;
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if let Some(at) = flip_at {
-            if (offset..offset + n as u64).contains(&at) {
-                buf[(at - offset) as usize] ^= 0x5a;
-                flipped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        if let Some(r) = recording {
-            let mut r = r.lock().unwrap();
-            let dir = if a_to_b { &mut r.a_to_b } else { &mut r.b_to_a };
-            dir.extend_from_slice(&buf[..n]);
-        }
-        offset += n as u64;
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown().await;
-}
 
 // ---------------------------------------------------------------------------------------
 // Daemons
@@ -173,7 +37,7 @@ async fn start(opts: DaemonOptions) -> Daemon {
 
 /// Starts A (sender) and B (receiver, `--accept auto`), makes them trust each other (so that
 /// `auto` applies to A's offers), and starts a proxy to B.
-async fn setup(mode: Mode) -> (Daemon, Daemon, Proxy) {
+async fn setup(opts: ProxyOptions) -> (Daemon, Daemon, Proxy) {
     let (a, b) = tokio::join!(
         start(DaemonOptions::default()),
         start(DaemonOptions {
@@ -193,7 +57,7 @@ async fn setup(mode: Mode) -> (Daemon, Daemon, Proxy) {
             .expect("TrustDevice");
     }
     let b_addr: SocketAddr = sb.listen_address.parse().unwrap();
-    let proxy = start_proxy(b_addr, mode).await;
+    let proxy = Proxy::start(b_addr, opts).await;
     (a, b, proxy)
 }
 
@@ -296,123 +160,61 @@ async fn assert_normal_sessions(a: &Daemon, b: &Daemon, proxy: &Proxy) {
 // ---------------------------------------------------------------------------------------
 // Tests
 
-/// A transfer broken by a flipped byte, as the sender saw it end.
-struct Broken {
-    a: Daemon,
-    b: Daemon,
-    proxy: Proxy,
-    _src: tempfile::TempDir,
-    path: PathBuf,
-    data: Vec<u8>,
-}
-
 /// A (trusting B) sends a 5 MiB file to B (`--accept auto`, trusting A) through a proxy that
-/// flips one byte at 2 MiB: the sender's transfer fails.
-async fn broken_transfer() -> Broken {
-    let (a, b, proxy) = setup(Mode::FlipOnce).await;
+/// flips one byte at 2 MiB of the first connection: TLS refuses the altered record and the
+/// session ends; the sender dials the proxy again, resumes, and the file arrives intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_breaks_the_session_and_the_transfer_resumes_intact() {
+    let (a, b, proxy) = setup(ProxyOptions {
+        flip_once_at: Some(FLIP_AT),
+        ..Default::default()
+    })
+    .await;
     let src = tempfile::tempdir().unwrap();
     let data = random_bytes(FILE_SIZE, 0x9e37_79b9_7f4a_7c15);
     let path = write_file(src.path(), "random.bin", &data);
+    let dl = &b.dirs.download_dir;
 
     let t = send_and_wait(&a, &path, proxy.addr).await;
-    assert_eq!(
-        proxy.flipped.load(Ordering::Relaxed),
-        1,
-        "the proxy altered one byte"
-    );
+    assert_eq!(proxy.flipped(), 1, "the proxy altered one byte");
     assert_eq!(
         t.state,
-        pb::TransferState::Failed as i32,
-        "a corrupted TLS record must end the session: {t:?}\n--- sender ---\n{}\n--- receiver ---\n{}",
+        pb::TransferState::Completed as i32,
+        "the transfer resumes after the broken session: {t:?}\n--- sender ---\n{}\n--- receiver ---\n{}",
         a.stderr(),
         b.stderr()
     );
-    assert!(!t.error.is_empty(), "{t:?}");
+    assert!(t.attempt >= 2, "a second attempt was needed: {t:?}");
     assert!(
-        t.bytes_done < data.len() as u64,
-        "nothing after the flipped byte was acknowledged: {t:?}"
+        proxy.connections() >= 2,
+        "the sender dialed the proxy again"
     );
-    eprintln!("sender's error: {}", t.error);
-    Broken {
-        a,
-        b,
-        proxy,
-        _src: src,
-        path,
-        data,
-    }
-}
+    // The receiver held part of the file durably and the rest was not all sent again.
+    assert!(
+        t.wire_bytes < 2 * data.len() as u64,
+        "resumed, not restarted: {t:?}"
+    );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flipped_byte_breaks_the_session_and_the_daemons_keep_serving() {
-    let Broken {
-        a,
-        b,
-        proxy,
-        _src,
-        path,
-        data,
-    } = broken_transfer().await;
-    let dl = &b.dirs.download_dir;
-
-    // The receiver's transfer failed too, and left nothing under the final name nor as a
-    // temporary file.
     let theirs = receiver_transfers(&b).await;
-    assert_eq!(theirs.len(), 1, "{theirs:?}");
+    assert_eq!(theirs.len(), 1, "one transfer, resumed: {theirs:?}");
     assert_eq!(
         theirs[0].state,
-        pb::TransferState::Failed as i32,
+        pb::TransferState::Completed as i32,
         "{:?}\n--- receiver ---\n{}",
         theirs[0],
         b.stderr()
     );
-    eprintln!("receiver's error: {}", theirs[0].error);
-    assert!(
-        !dl.join("random.bin").exists(),
-        "no file under the final name"
-    );
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !part_files(dl).is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(part_files(dl), Vec::<String>::new(), "temporary files left");
-
-    // The broken session is gone on both sides (bounded wait): TLS refused the altered record
-    // instead of passing it on.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (sa, sb) = (status(&a).await, status(&b).await);
-        if sa.session_count == 0 && sb.session_count == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sessions left: A {} B {}",
-            sa.session_count,
-            sb.session_count
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    // Both keep serving: the same file through the same proxy, now untouched, arrives intact
-    // over a new session.
-    let t = send_and_wait(&a, &path, proxy.addr).await;
-    assert_eq!(
-        t.state,
-        pb::TransferState::Completed as i32,
-        "{t:?}\n--- sender ---\n{}\n--- receiver ---\n{}",
-        a.stderr(),
-        b.stderr()
-    );
-    assert_eq!(proxy.flipped.load(Ordering::Relaxed), 1);
-    assert_eq!(proxy.connections.load(Ordering::Relaxed), 2);
     let got = std::fs::read(dl.join("random.bin")).expect("received file");
     assert_eq!(
         Sha256::digest(&got),
         Sha256::digest(&data),
         "received file's SHA-256"
     );
-    assert!(part_files(dl).is_empty());
+    assert!(
+        !dl.join("random (1).bin").exists(),
+        "resumed into the same name"
+    );
+    assert_eq!(part_files(dl), Vec::<String>::new(), "temporary files left");
     assert_normal_sessions(&a, &b, &proxy).await;
 }
 
@@ -420,7 +222,11 @@ async fn a_flipped_byte_breaks_the_session_and_the_daemons_keep_serving() {
 async fn a_proxy_on_the_path_that_records_the_bytes_finds_no_plaintext_of_the_file() {
     const MARKER: &[u8] = b"P2PD-PLAINTEXT-MARKER-";
     const NAME: &str = "p2pd-secret-file-name-7f3a.bin";
-    let (a, b, proxy) = setup(Mode::Record).await;
+    let (a, b, proxy) = setup(ProxyOptions {
+        record: true,
+        ..Default::default()
+    })
+    .await;
     let a_id = status(&a).await.device_id;
 
     // Runs of the marker between incompressible filler, 2 MiB in all, sent uncompressed.
@@ -449,7 +255,7 @@ async fn a_proxy_on_the_path_that_records_the_bytes_finds_no_plaintext_of_the_fi
     );
     assert_normal_sessions(&a, &b, &proxy).await;
 
-    let rec = proxy.recording.lock().unwrap();
+    let rec = proxy.recording();
     // The proxy did carry the transfer: every byte of the file went through it.
     assert!(
         rec.a_to_b.len() >= data.len(),

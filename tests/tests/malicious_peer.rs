@@ -1202,25 +1202,91 @@ async fn bad_chunks_cancel_the_transfer_and_leave_nothing_behind() {
     assert_status_answers(&d);
 }
 
+/// Polls the transfer until it is `Interrupted` (bounded).
+async fn transfer_interrupted(d: &Daemon, id: &str) -> pb::Transfer {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let t = transfer(d, id).await;
+        if t.state == pb::TransferState::Interrupted as i32 {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "transfer {id} was not interrupted: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_that_vanishes_mid_transfer_leaves_nothing_behind() {
+async fn a_peer_that_vanishes_mid_transfer_can_resume_what_it_started() {
     let m = Mallory::new();
     let (d, addr) = daemon_trusting(&m, DaemonDirs::new()).await;
     let dl = d.dirs.download_dir.clone();
     let (mut p, _) = Peer::handshake(addr, &m).await;
     let id = &tid("vanish");
-    let data = pseudo_random(3 * CHUNK as usize, 17);
+    let data = pseudo_random(3 * CHUNK as usize + 5, 17);
+    let chunks: Vec<&[u8]> = data.chunks(CHUNK as usize).collect();
     p.send(one_file_offer(id, "half.bin", &data)).await;
     assert!(matches!(p.decision(id).await, Body::Ready(_)));
-    p.send(chunk(id, 0, 0, &data[..CHUNK as usize])).await;
+    p.send(chunk(id, 0, 0, chunks[0])).await;
     expect_ack_ok(&mut p, id, 0).await;
     assert_eq!(part_files(&dl).len(), 1, "{:?}", tree(&dl));
-    // Gone without a word (no Cancel, no TLS close_notify).
+    // Gone without a word (no Cancel, no TLS close_notify): the receiver keeps what it has,
+    // under the hidden temporary name only.
     drop(p);
-    let t = transfer_final(&d, id).await;
-    assert_eq!(t.state, pb::TransferState::Failed as i32, "{t:?}");
+    let t = transfer_interrupted(&d, id).await;
+    assert!(t.error.contains("session"), "{t:?}");
     assert!(!dl.join("half.bin").exists());
-    assert_no_part_files(&dl, "vanished peer").await;
+    assert_eq!(part_files(&dl).len(), 1, "{:?}", tree(&dl));
+    assert_status_answers(&d);
+
+    // Back with a resume offer that does not match what was accepted: refused.
+    let (mut p, _) = Peer::handshake(addr, &m).await;
+    let other = pseudo_random(data.len() + 1, 18);
+    let Body::TransferInfo(mut changed) = one_file_offer(id, "half.bin", &other) else {
+        unreachable!()
+    };
+    changed.resume = true;
+    p.send(Body::TransferInfo(changed)).await;
+    match p.decision(id).await {
+        Body::Reject(r) => assert!(r.reason.contains("does not match"), "{r:?}"),
+        other => panic!("expected Reject, got {other:?}"),
+    }
+
+    // The same offer with `resume`: Ready says chunk 0 is held; the rest completes the file,
+    // verified end to end.
+    let Body::TransferInfo(mut again) = one_file_offer(id, "half.bin", &data) else {
+        unreachable!()
+    };
+    again.resume = true;
+    p.send(Body::TransferInfo(again)).await;
+    let have = match p.decision(id).await {
+        Body::Ready(r) => r.have,
+        other => panic!("expected Ready, got {other:?}"),
+    };
+    assert_eq!(have.len(), 1, "{have:?}");
+    assert_eq!(have[0].file_index, 0);
+    assert!(!have[0].complete);
+    assert_eq!(have[0].chunks.as_ref(), &[0b0000_0001u8], "{have:?}");
+    for (i, c) in chunks.iter().enumerate().skip(1) {
+        p.send(chunk(id, 0, i as u64, c)).await;
+        expect_ack_ok(&mut p, id, i as u64).await;
+    }
+    finish_file(&mut p, id, &data).await;
+    let t = transfer_final(&d, id).await;
+    assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
+    assert_eq!(t.resumed_bytes, u64::from(CHUNK), "{t:?}");
+    assert!(std::fs::read(dl.join("half.bin")).unwrap() == data);
+    assert_no_part_files(&dl, "resumed transfer").await;
+
+    // A resume of a finished transfer is refused.
+    let Body::TransferInfo(mut late) = one_file_offer(id, "half.bin", &data) else {
+        unreachable!()
+    };
+    late.resume = true;
+    p.send(Body::TransferInfo(late)).await;
+    assert!(matches!(p.decision(id).await, Body::Reject(_)));
     assert_status_answers(&d);
 }
 
@@ -1420,6 +1486,7 @@ async fn receive_as_mallory(
     let id = info.transfer_id.clone();
     p.send(Body::Ready(wire::Ready {
         transfer_id: id.clone(),
+        have: Vec::new(),
     }))
     .await;
 
