@@ -6,7 +6,8 @@
 //! - [`identity`]: the key pair, certificate and name, created once and kept in the state dir.
 //! - [`device_id`]: device ids (SHA-256 of the public key) in Syncthing's format.
 //! - [`tls`]: TLS 1.3 configurations and the verifier that pins device ids.
-//! - [`store`]: the SQLite state store (known and trusted devices).
+//! - [`store`]: the SQLite state store (known and trusted devices, history).
+//! - [`history`]: the transfer history — records of ended transfers, filters, retention.
 //! - [`discovery`]: LAN discovery beacons and the table of peers heard.
 //! - [`fsutil`]: small filesystem helpers (atomic writes, private directories).
 //! - [`wire`]: framing of the peer wire protocol (length prefix, limits, capability bits).
@@ -20,6 +21,7 @@
 pub mod device_id;
 pub mod discovery;
 pub mod fsutil;
+pub mod history;
 pub mod identity;
 pub mod manifest;
 pub mod node;
@@ -33,6 +35,7 @@ pub mod transfer;
 pub mod wire;
 
 pub use device_id::DeviceId;
+pub use history::{HistoryEntry, HistoryFilter, HistoryStatus};
 pub use identity::{Identity, IdentityError};
 pub use node::{
     AcceptPolicy, DeviceView, IncomingOffer, Node, NodeError, NodeSettings, SessionInfo, Status,
