@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::device_id::DeviceId;
 use crate::discovery::{Discovery, DiscoveryConfig, Peer, PeerEvent};
+use crate::history::{self, HistoryEntry, HistoryFilter};
 use crate::identity::Identity;
 use crate::manifest::{self, LocalManifest, ManifestError};
 use crate::receiver::{self, ReceiveEnd};
@@ -263,8 +264,8 @@ struct Inner {
     // Serialises dialing so that two sends to one peer share one new session.
     dial: tokio::sync::Mutex<()>,
     transfers: Transfers,
-    // Known and trusted devices.
-    store: Store,
+    // Known and trusted devices, and history; shared with the history hook of `transfers`.
+    store: Arc<Store>,
     // LAN discovery, once started (it needs the runtime and may be disabled).
     discovery: std::sync::OnceLock<Arc<Discovery>>,
     // Static peers by the address the user gave, with what their last session told us.
@@ -345,7 +346,10 @@ impl Node {
             .map_err(NodeError::ListenerAddr)?;
         let listener =
             tokio::net::TcpListener::from_std(peer_listener).map_err(NodeError::ListenerAddr)?;
-        let store = Store::open(state_dir).map_err(|e| NodeError::Setup(error_chain(&e)))?;
+        let store =
+            Arc::new(Store::open(state_dir).map_err(|e| NodeError::Setup(error_chain(&e)))?);
+        // Every transfer that ends is recorded in history before its final event goes out.
+        let transfers = Transfers::with_final_hook(history::recorder(store.clone()));
         let tls_acceptor = tokio_rustls::TlsAcceptor::from(
             tls::server_config(&identity).map_err(|e| NodeError::Setup(error_chain(&e)))?,
         );
@@ -364,7 +368,7 @@ impl Node {
                 listen_addr,
                 sessions: Mutex::new(HashMap::new()),
                 dial: tokio::sync::Mutex::new(()),
-                transfers: Transfers::new(),
+                transfers,
                 offers: Mutex::new(HashMap::new()),
                 shutdown,
                 tasks: TaskTracker::new(),
@@ -1288,6 +1292,34 @@ impl Node {
         }
         tracing::info!(device = %id, "device untrusted");
         Ok(id)
+    }
+}
+
+impl Node {
+    /// Ended transfers matching `filter`, newest first.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bad filter value; `Io` if the state store fails.
+    pub fn history(&self, filter: &HistoryFilter) -> Result<Vec<HistoryEntry>, NodeError> {
+        filter.validate().map_err(NodeError::InvalidArgument)?;
+        self.inner
+            .store
+            .list_history(filter)
+            .map_err(|e| NodeError::Io(error_chain(&e)))
+    }
+
+    /// Deletes the whole history. Returns how many records it held.
+    ///
+    /// # Errors
+    /// `Io` if the state store fails.
+    pub fn clear_history(&self) -> Result<u64, NodeError> {
+        let removed = self
+            .inner
+            .store
+            .clear_history()
+            .map_err(|e| NodeError::Io(error_chain(&e)))?;
+        tracing::info!(removed, "history cleared");
+        Ok(removed)
     }
 }
 
