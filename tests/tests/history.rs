@@ -192,8 +192,8 @@ async fn every_ending_is_recorded_on_both_sides_with_its_reason() {
         assert_eq!(e.reason, "");
         assert!(e.started_at_ms > 0 && e.finished_at_ms >= e.started_at_ms);
         assert_eq!(e.duration_ms, e.finished_at_ms - e.started_at_ms);
-        if e.duration_ms > 0 {
-            assert_eq!(e.bytes_per_second, e.bytes_done * 1000 / e.duration_ms);
+        if let Some(speed) = (e.bytes_done * 1000).checked_div(e.duration_ms) {
+            assert_eq!(e.bytes_per_second, speed);
         }
     }
     for (e, dir) in [

@@ -4,8 +4,11 @@
 //! The node installs [`recorder`] as the registry's [`FinalHook`], so a record is written
 //! synchronously when a transfer reaches its final state, before the final event goes out:
 //! whoever watches a transfer end (`p2pctl send`, `WatchTransfers`) finds it in history. The
-//! insert is one small SQLite transaction in WAL mode (tens of microseconds, no fsync with
-//! `synchronous = NORMAL`), which survives a crash of the process.
+//! insert is one small SQLite transaction in WAL mode (tens of microseconds: with
+//! `synchronous = NORMAL` a commit is not fsynced, only the occasional checkpoint is), and a
+//! committed row survives a crash or `kill -9` of the process. (`GetTransfer` can show the
+//! final state during those microseconds, as the hook runs after the entry's lock is
+//! released.)
 //!
 //! Retention: the newest [`MAX_HISTORY`] records are kept; each insert drops the oldest beyond
 //! that. A transfer id is recorded once per direction and peer: if the same transfer ends
