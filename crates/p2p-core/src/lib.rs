@@ -6,7 +6,8 @@
 //! - [`identity`]: the key pair, certificate and name, created once and kept in the state dir.
 //! - [`device_id`]: device ids (SHA-256 of the public key) in Syncthing's format.
 //! - [`tls`]: TLS 1.3 configurations and the verifier that pins device ids.
-//! - [`store`]: the SQLite state store (known and trusted devices).
+//! - [`store`]: the SQLite state store (known and trusted devices, history).
+//! - [`history`]: the transfer history — records of ended transfers, filters, retention.
 //! - [`records`]: durable records of unfinished transfers (resume after a break or restart).
 //! - [`chunkmap`]: bitmaps of the chunks of a file that are done.
 //! - [`discovery`]: LAN discovery beacons and the table of peers heard.
@@ -23,6 +24,7 @@ pub mod chunkmap;
 pub mod device_id;
 pub mod discovery;
 pub mod fsutil;
+pub mod history;
 pub mod identity;
 pub mod manifest;
 pub mod node;
@@ -37,6 +39,7 @@ pub mod transfer;
 pub mod wire;
 
 pub use device_id::DeviceId;
+pub use history::{HistoryEntry, HistoryFilter, HistoryStatus};
 pub use identity::{Identity, IdentityError};
 pub use node::{
     AcceptPolicy, DeviceView, IncomingOffer, Node, NodeError, NodeSettings, SessionInfo, Status,

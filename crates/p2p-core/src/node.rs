@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::device_id::DeviceId;
 use crate::discovery::{Discovery, DiscoveryConfig, Peer, PeerEvent};
+use crate::history::{self, HistoryEntry, HistoryFilter};
 use crate::identity::Identity;
 use crate::manifest::{self, LocalManifest, ManifestError};
 use crate::records::OutgoingRecord;
@@ -268,7 +269,8 @@ struct Inner {
     // Serialises dialing so that two sends to one peer share one new session.
     dial: tokio::sync::Mutex<()>,
     transfers: Transfers,
-    // Known and trusted devices, unfinished transfers.
+    // Known and trusted devices, unfinished transfers and history; shared with the
+    // history hook of `transfers`.
     store: Arc<Store>,
     // Control of each outgoing transfer's supervisor (pause, resume, wake), by transfer id.
     outgoing: Mutex<HashMap<String, Arc<outgoing::Control>>>,
@@ -361,7 +363,10 @@ impl Node {
             .map_err(NodeError::ListenerAddr)?;
         let listener =
             tokio::net::TcpListener::from_std(peer_listener).map_err(NodeError::ListenerAddr)?;
-        let store = Store::open(state_dir).map_err(|e| NodeError::Setup(error_chain(&e)))?;
+        let store =
+            Arc::new(Store::open(state_dir).map_err(|e| NodeError::Setup(error_chain(&e)))?);
+        // Every transfer that ends is recorded in history before its final event goes out.
+        let transfers = Transfers::with_final_hook(history::recorder(store.clone()));
         let tls_acceptor = tokio_rustls::TlsAcceptor::from(
             tls::server_config(&identity).map_err(|e| NodeError::Setup(error_chain(&e)))?,
         );
@@ -371,7 +376,7 @@ impl Node {
                 discovery: std::sync::OnceLock::new(),
                 static_peers: Mutex::new(Vec::new()),
                 peer_events: tokio::sync::broadcast::channel(1024).0,
-                store: Arc::new(store),
+                store,
                 outgoing: Mutex::new(HashMap::new()),
                 receiving: Mutex::new(HashMap::new()),
                 tls_acceptor,
@@ -382,7 +387,7 @@ impl Node {
                 listen_addr,
                 sessions: Mutex::new(HashMap::new()),
                 dial: tokio::sync::Mutex::new(()),
-                transfers: Transfers::new(),
+                transfers,
                 offers: Mutex::new(HashMap::new()),
                 shutdown,
                 tasks: TaskTracker::new(),
@@ -1281,6 +1286,34 @@ impl Node {
         }
         tracing::info!(device = %id, "device untrusted");
         Ok(id)
+    }
+}
+
+impl Node {
+    /// Ended transfers matching `filter`, newest first.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bad filter value; `Io` if the state store fails.
+    pub fn history(&self, filter: &HistoryFilter) -> Result<Vec<HistoryEntry>, NodeError> {
+        filter.validate().map_err(NodeError::InvalidArgument)?;
+        self.inner
+            .store
+            .list_history(filter)
+            .map_err(|e| NodeError::Io(error_chain(&e)))
+    }
+
+    /// Deletes the whole history. Returns how many records it held.
+    ///
+    /// # Errors
+    /// `Io` if the state store fails.
+    pub fn clear_history(&self) -> Result<u64, NodeError> {
+        let removed = self
+            .inner
+            .store
+            .clear_history()
+            .map_err(|e| NodeError::Io(error_chain(&e)))?;
+        tracing::info!(removed, "history cleared");
+        Ok(removed)
     }
 }
 

@@ -2,7 +2,8 @@
 //! versioned with `PRAGMA user_version` and applied by ordered migrations.
 //!
 //! It holds the devices this node knows: trusted ones with their per-device rules, and pending
-//! ones (untrusted devices that connected or offered something).
+//! ones (untrusted devices that connected or offered something); and the transfer history
+//! (its queries live in [`crate::history`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -15,8 +16,9 @@ use crate::device_id::{DeviceId, normalize};
 /// File name of the database inside the state dir.
 pub const STORE_FILE: &str = "state.db";
 
-/// Migrations, in order; `user_version` counts how many have run.
+/// Migrations, in order; `user_version` counts how many have run. Only ever append.
 const MIGRATIONS: &[&str] = &[
+    // 1: known devices.
     "CREATE TABLE devices (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL DEFAULT '',
@@ -27,6 +29,30 @@ const MIGRATIONS: &[&str] = &[
         last_seen_ms INTEGER NOT NULL,
         last_address TEXT NOT NULL DEFAULT ''
     );",
+    // 2: transfer history, one row per ended transfer (see `crate::history`). `seq` orders
+    // rows by the time they were recorded; `roots` is a JSON array of at most
+    // `history::MAX_ROOTS` names, `root_count` the number the transfer had.
+    "CREATE TABLE history (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        peer_id TEXT NOT NULL,
+        peer_name TEXT NOT NULL DEFAULT '',
+        peer_address TEXT NOT NULL DEFAULT '',
+        roots TEXT NOT NULL DEFAULT '[]',
+        root_count INTEGER NOT NULL DEFAULT 0,
+        total_files INTEGER NOT NULL,
+        files_done INTEGER NOT NULL,
+        total_bytes INTEGER NOT NULL,
+        bytes_done INTEGER NOT NULL,
+        started_at_ms INTEGER NOT NULL,
+        finished_at_ms INTEGER NOT NULL,
+        UNIQUE (id, direction, peer_id)
+    );
+    CREATE INDEX history_finished ON history (finished_at_ms);",
+    // 3: unfinished transfers, for resume (see `crate::records`).
     crate::records::MIGRATION,
 ];
 
@@ -173,6 +199,7 @@ impl Store {
         })
     }
 
+    /// Runs `f` on the connection (serialised), naming the database in an error.
     pub(crate) fn with<T>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,

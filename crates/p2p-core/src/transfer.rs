@@ -3,6 +3,10 @@
 //!
 //! Counters are atomics updated by the sender and receiver threads; a snapshot is taken on
 //! demand. Progress events are rate-limited per transfer (200 ms); state changes always emit.
+//!
+//! A registry may carry a [`FinalHook`]: it is called exactly once per transfer, when the
+//! transfer reaches a final state, after the entry's lock is released and before the final
+//! event is broadcast (the node records history with it).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +35,25 @@ pub const DEFAULT_LEVEL: i32 = 3;
 const MAX_KEPT: usize = 1000;
 /// How often progress events may be emitted per transfer.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Called with the final snapshot of each transfer that reaches a final state (see
+/// [`Transfers::with_final_hook`]). It runs on the thread that ended the transfer, so it must
+/// be short and must not call back into the registry's entry.
+pub type FinalHook = Arc<dyn Fn(&TransferSnapshot) + Send + Sync>;
+
+/// The registry's hook, shared with each entry it creates.
+#[derive(Clone, Default)]
+struct OnFinal(Option<FinalHook>);
+
+impl std::fmt::Debug for OnFinal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Some(hook)"
+        } else {
+            "None"
+        })
+    }
+}
 
 /// Options of one outgoing transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +258,7 @@ pub struct TransferEntry {
     // Everything that changes together and is read together for a snapshot.
     inner: Mutex<Mutable>,
     events: broadcast::Sender<TransferSnapshot>,
+    on_final: OnFinal,
 }
 
 /// Description of a new transfer for the registry.
@@ -356,6 +380,7 @@ impl TransferEntry {
         if state.is_final() {
             self.cancel.cancel();
             tracing::info!(transfer = %self.id, state = ?state, error = %snap.error, "transfer ended");
+            self.report_final(&snap);
         }
         let _ = self.events.send(snap);
         true
@@ -381,6 +406,15 @@ impl TransferEntry {
             m.next_attempt_at = Some(next);
         }
         self.set_state(TransferState::Retrying, reason)
+    }
+
+    /// Hands a final snapshot to the registry's hook, if any. Called once per entry: by
+    /// `set_state` on the one change into a final state, or at insertion of an entry created
+    /// final.
+    fn report_final(&self, snap: &TransferSnapshot) {
+        if let Some(hook) = &self.on_final.0 {
+            hook(snap);
+        }
     }
 
     /// Sets the destination shown for a receiving transfer.
@@ -413,6 +447,7 @@ impl TransferEntry {
 pub struct Transfers {
     map: Mutex<HashMap<String, Arc<TransferEntry>>>,
     events: broadcast::Sender<TransferSnapshot>,
+    on_final: OnFinal,
 }
 
 impl Default for Transfers {
@@ -428,6 +463,18 @@ impl Transfers {
         Transfers {
             map: Mutex::new(HashMap::new()),
             events,
+            on_final: OnFinal::default(),
+        }
+    }
+
+    /// An empty registry that calls `hook` exactly once for every transfer that reaches a final
+    /// state (completed, failed, cancelled, rejected), with its final snapshot. The hook runs
+    /// after the entry's lock is released and before the final event is broadcast, so a
+    /// watcher that sees the end of a transfer sees it after the hook has returned.
+    pub fn with_final_hook(hook: FinalHook) -> Self {
+        Transfers {
+            on_final: OnFinal(Some(hook)),
+            ..Self::new()
         }
     }
 
@@ -446,8 +493,17 @@ impl Transfers {
             self.prune(&mut map);
             map.insert(entry.id.clone(), entry.clone());
         }
-        let _ = self.events.send(entry.snapshot());
+        self.announce(&entry);
         entry
+    }
+
+    /// Emits a new entry's first event (reporting it as final first if it was created so).
+    fn announce(&self, entry: &TransferEntry) {
+        let snap = entry.snapshot();
+        if snap.state.is_final() {
+            entry.report_final(&snap);
+        }
+        let _ = self.events.send(snap);
     }
 
     fn make(&self, t: NewTransfer, cancel: CancellationToken) -> Arc<TransferEntry> {
@@ -486,6 +542,7 @@ impl Transfers {
                 next_attempt_at: None,
             }),
             events: self.events.clone(),
+            on_final: self.on_final.clone(),
         })
     }
 
@@ -504,7 +561,7 @@ impl Transfers {
         let entry = self.make(t, cancel);
         map.insert(entry.id.clone(), entry.clone());
         drop(map);
-        let _ = self.events.send(entry.snapshot());
+        self.announce(&entry);
         Some(entry)
     }
 

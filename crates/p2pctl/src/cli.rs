@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -45,6 +46,14 @@ pub(crate) enum Command {
     Send(SendArgs),
     /// List the transfers the daemon knows of since it started, both directions.
     Transfers,
+    /// Show the transfers that ended, newest first; `history clear` deletes them.
+    ///
+    /// Every transfer that completed, failed, was cancelled or rejected, in both directions, is
+    /// recorded when it ends: its peer, files, bytes, duration, average speed, and why it did
+    /// not complete. The daemon keeps the newest 10,000 across restarts. Filters combine;
+    /// --completed, --failed, --cancelled and --rejected may be given together to see any of
+    /// those outcomes.
+    History(HistoryArgs),
     /// Follow transfers as they change: every transfer, or only the one with ID.
     ///
     /// Without ID it runs until the daemon stops or you press Ctrl-C. With ID it ends when that
@@ -141,6 +150,96 @@ pub(crate) enum Command {
         #[arg(value_parser = NonEmptyStringValueParser::new())]
         id: String,
     },
+}
+
+/// Flags and subcommand of `p2pctl history`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct HistoryArgs {
+    #[command(subcommand)]
+    pub(crate) action: Option<HistoryAction>,
+
+    /// Show at most N transfers (the newest), 1 to 10000.
+    #[arg(
+        short = 'n',
+        long = "limit",
+        value_name = "N",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u32).range(1..=10_000)
+    )]
+    pub(crate) limit: u32,
+
+    /// Only transfers in this direction (seen from this daemon).
+    #[arg(long, value_name = "DIRECTION", value_enum)]
+    pub(crate) direction: Option<DirectionArg>,
+
+    /// Only transfers that completed (every file verified by the receiver).
+    #[arg(long)]
+    pub(crate) completed: bool,
+
+    /// Only transfers that failed with an error.
+    #[arg(long)]
+    pub(crate) failed: bool,
+
+    /// Only transfers that were cancelled, by either side.
+    #[arg(long)]
+    pub(crate) cancelled: bool,
+
+    /// Only transfers that the receiver rejected.
+    #[arg(long)]
+    pub(crate) rejected: bool,
+
+    /// Only transfers with this peer: its name, or the beginning of its device id (e.g. the 7
+    /// characters `p2pctl peers` shows).
+    #[arg(long, value_name = "PEER", value_parser = NonEmptyStringValueParser::new())]
+    pub(crate) peer: Option<String>,
+
+    /// Only transfers that ended within this time: a number and a unit, s, m, h, d or w, e.g.
+    /// 30m, 12h, 7d.
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    pub(crate) since: Option<Duration>,
+}
+
+/// What `p2pctl history` does instead of listing.
+#[derive(Debug, Subcommand)]
+pub(crate) enum HistoryAction {
+    /// Delete every transfer from the history.
+    Clear,
+}
+
+/// A transfer direction, for filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DirectionArg {
+    /// Transfers this daemon sent.
+    Send,
+    /// Transfers this daemon received.
+    Receive,
+}
+
+/// An `--since` age: a whole number and a unit — `s`, `m`, `h`, `d` or `w` (`90s`, `30m`,
+/// `12h`, `7d`, `2w`).
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let example = "expected a number and a unit (s, m, h, d or w), e.g. 30m, 12h or 7d";
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let Ok(n) = number.parse::<u64>() else {
+        return Err(format!("{text:?} is not an age: {example}"));
+    };
+    let unit_secs: u64 = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        "" => return Err(format!("{text:?} has no unit: {example}")),
+        other => return Err(format!("unknown unit {other:?} in {text:?}: {example}")),
+    };
+    n.checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long ago"))
 }
 
 /// Flags of `p2pctl trust`.
@@ -494,6 +593,98 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--accept"), "{err}");
+    }
+
+    #[test]
+    fn history_flags_parse() {
+        let cli = Cli::try_parse_from(["p2pctl", "history"]).unwrap();
+        let Command::History(args) = cli.command else {
+            panic!("not history: {cli:?}");
+        };
+        assert!(args.action.is_none());
+        assert_eq!(args.limit, 20, "the default");
+        assert_eq!(
+            (
+                args.direction,
+                args.completed,
+                args.failed,
+                args.peer,
+                args.since
+            ),
+            (None, false, false, None, None)
+        );
+        let cli = Cli::try_parse_from([
+            "p2pctl",
+            "history",
+            "-n",
+            "5",
+            "--direction",
+            "receive",
+            "--failed",
+            "--cancelled",
+            "--peer",
+            "beta",
+            "--since",
+            "2h",
+            "--json",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        let Command::History(args) = cli.command else {
+            panic!("not history: {cli:?}");
+        };
+        assert_eq!(args.limit, 5);
+        assert_eq!(args.direction, Some(DirectionArg::Receive));
+        assert!(args.failed && args.cancelled && !args.completed && !args.rejected);
+        assert_eq!(args.peer.as_deref(), Some("beta"));
+        assert_eq!(args.since, Some(Duration::from_secs(7200)));
+
+        let cli = Cli::try_parse_from(["p2pctl", "history", "clear", "--json"]).unwrap();
+        assert!(cli.json);
+        assert!(matches!(
+            cli.command,
+            Command::History(HistoryArgs {
+                action: Some(HistoryAction::Clear),
+                ..
+            })
+        ));
+
+        for bad in [
+            &["p2pctl", "history", "-n", "abc"][..],
+            &["p2pctl", "history", "-n", "0"],
+            &["p2pctl", "history", "-n", "10001"],
+            &["p2pctl", "history", "--direction", "sideways"],
+            &["p2pctl", "history", "--peer", ""],
+            &["p2pctl", "history", "--since", "yesterday"],
+            &["p2pctl", "history", "clear", "-n", "3"],
+            &["p2pctl", "history", "-n", "3", "clear"],
+            &["p2pctl", "history", "wipe"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        let err = Cli::try_parse_from(["p2pctl", "history", "--direction", "sideways"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sideways") && err.contains("send"), "{err}");
+    }
+
+    #[test]
+    fn ages_need_a_number_and_a_unit() {
+        assert_eq!(parse_age("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_age("2w"), Ok(Duration::from_secs(1_209_600)));
+        assert_eq!(parse_age(" 0s "), Ok(Duration::ZERO));
+        assert!(parse_age("12").unwrap_err().contains("no unit"));
+        assert!(parse_age("12y").unwrap_err().contains("unknown unit"));
+        assert!(parse_age("h").unwrap_err().contains("not an age"));
+        assert!(parse_age("-1h").unwrap_err().contains("not an age"));
+        assert!(
+            parse_age("99999999999999999w")
+                .unwrap_err()
+                .contains("too long")
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use p2p_proto::control::v1::control_service_client::ControlServiceClient;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
-use crate::cli::{AcceptRule, Cli, Command, TrustArgs};
+use crate::cli::{AcceptRule, Cli, Command, DirectionArg, HistoryAction, HistoryArgs, TrustArgs};
 use crate::client::{self, answer};
 use crate::progress::stdout_line;
 use crate::{json, peers, send, table, units, watch};
@@ -86,6 +86,7 @@ pub(crate) async fn run(cli: Cli) -> Result<Finished> {
                 print!("{}", table::transfers(&list.transfers));
             }
         }
+        Command::History(args) => history(&mut api, &args, as_json).await?,
         Command::Watch { id } => watch::watch(&mut api, id.as_deref(), as_json).await?,
         Command::Cancel { id } => cancel(&mut api, &id, as_json).await?,
         Command::Pause { id } => pause_or_resume(&mut api, &id, true, as_json).await?,
@@ -236,6 +237,97 @@ fn connected_text(s: &pb::Session) -> String {
         "connected to {} ({}) at {}, p2pd {}, {trust}",
         s.peer_name, s.peer_id, s.peer_address, s.peer_version
     )
+}
+
+/// `p2pctl history`: lists the history, or clears it.
+async fn history(
+    api: &mut ControlServiceClient<Channel>,
+    args: &HistoryArgs,
+    as_json: bool,
+) -> Result<()> {
+    if let Some(HistoryAction::Clear) = args.action {
+        let pb::ClearHistoryResponse { removed } =
+            answer(api.clear_history(pb::ClearHistoryRequest {}).await)?;
+        return if as_json {
+            print_json(&json!({ "removed": removed }))
+        } else {
+            stdout_line(&cleared_text(removed))
+        };
+    }
+    let now = table::now_ms();
+    let list = answer(api.list_history(history_request(args, now)).await)?;
+    if as_json {
+        print_json(&Value::Array(
+            list.entries.iter().map(json::history_entry).collect(),
+        ))
+    } else {
+        print!("{}", history_text(&list.entries, args, now));
+        Ok(())
+    }
+}
+
+/// The `ListHistory` request for the flags; `now_ms` turns `--since AGE` into a time.
+fn history_request(args: &HistoryArgs, now_ms: u64) -> pb::ListHistoryRequest {
+    let statuses = [
+        (args.completed, pb::HistoryStatus::Completed),
+        (args.failed, pb::HistoryStatus::Failed),
+        (args.cancelled, pb::HistoryStatus::Cancelled),
+        (args.rejected, pb::HistoryStatus::Rejected),
+    ]
+    .into_iter()
+    .filter(|(wanted, _)| *wanted)
+    .map(|(_, status)| status as i32)
+    .collect();
+    pb::ListHistoryRequest {
+        limit: args.limit,
+        direction: match args.direction {
+            None => pb::Direction::Unspecified,
+            Some(DirectionArg::Send) => pb::Direction::Send,
+            Some(DirectionArg::Receive) => pb::Direction::Receive,
+        } as i32,
+        statuses,
+        peer: args.peer.clone().unwrap_or_default(),
+        // An age older than the epoch is no bound at all (0).
+        since_ms: args.since.map_or(0, |age| {
+            now_ms.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX))
+        }),
+    }
+}
+
+/// The human output of `history`: the table, a line when it is empty, and a hint when the
+/// limit may have cut it.
+fn history_text(list: &[pb::HistoryEntry], args: &HistoryArgs, now_ms: u64) -> String {
+    let filtered = args.direction.is_some()
+        || args.completed
+        || args.failed
+        || args.cancelled
+        || args.rejected
+        || args.peer.is_some()
+        || args.since.is_some();
+    if list.is_empty() {
+        return if filtered {
+            "no transfer in history matches\n".to_owned()
+        } else {
+            "no transfers in history\n".to_owned()
+        };
+    }
+    let mut text = table::history(list, now_ms);
+    if list.len() == args.limit as usize {
+        text.push_str(&format!(
+            "\nthe newest {} shown; `p2pctl history -n N` shows up to N\n",
+            list.len()
+        ));
+    }
+    text
+}
+
+/// `history cleared: 3 transfers removed`.
+fn cleared_text(removed: u64) -> String {
+    match removed {
+        0 => "history was already empty".to_owned(),
+        1 => "history cleared: 1 transfer removed".to_owned(),
+        n => format!("history cleared: {n} transfers removed"),
+    }
 }
 
 async fn cancel(api: &mut ControlServiceClient<Channel>, given: &str, as_json: bool) -> Result<()> {
@@ -453,6 +545,79 @@ mod tests {
             ),
             "{pending}"
         );
+    }
+
+    fn history_args(argv: &[&str]) -> HistoryArgs {
+        let cli = <Cli as clap::Parser>::try_parse_from(argv).unwrap();
+        let Command::History(args) = cli.command else {
+            panic!("not history: {argv:?}");
+        };
+        args
+    }
+
+    #[test]
+    fn history_requests_carry_the_filters() {
+        let now = 1_700_000_000_000;
+        assert_eq!(
+            history_request(&history_args(&["p2pctl", "history"]), now),
+            pb::ListHistoryRequest {
+                limit: 20,
+                ..Default::default()
+            }
+        );
+        let args = history_args(&[
+            "p2pctl",
+            "history",
+            "-n",
+            "3",
+            "--direction",
+            "send",
+            "--completed",
+            "--rejected",
+            "--peer",
+            "P56IOI7",
+            "--since",
+            "1h",
+        ]);
+        assert_eq!(
+            history_request(&args, now),
+            pb::ListHistoryRequest {
+                limit: 3,
+                direction: pb::Direction::Send as i32,
+                statuses: vec![
+                    pb::HistoryStatus::Completed as i32,
+                    pb::HistoryStatus::Rejected as i32
+                ],
+                peer: "P56IOI7".to_owned(),
+                since_ms: now - 3_600_000,
+            }
+        );
+        let args = history_args(&["p2pctl", "history", "--since", "9999w"]);
+        assert_eq!(history_request(&args, 5).since_ms, 0);
+    }
+
+    #[test]
+    fn history_text_says_when_empty_and_when_cut() {
+        let now = 1_700_000_200_000;
+        let plain = history_args(&["p2pctl", "history"]);
+        assert_eq!(history_text(&[], &plain, now), "no transfers in history\n");
+        let failed = history_args(&["p2pctl", "history", "--failed"]);
+        assert_eq!(
+            history_text(&[], &failed, now),
+            "no transfer in history matches\n"
+        );
+        let one = history_args(&["p2pctl", "history", "-n", "1"]);
+        let entry = crate::json::tests::sample_history_entry();
+        let text = history_text(std::slice::from_ref(&entry), &one, now);
+        assert!(text.starts_with("ID  "), "{text}");
+        assert!(
+            text.ends_with("\nthe newest 1 shown; `p2pctl history -n N` shows up to N\n"),
+            "{text}"
+        );
+        assert!(!history_text(&[entry], &plain, now).contains("newest"));
+        assert_eq!(cleared_text(0), "history was already empty");
+        assert_eq!(cleared_text(1), "history cleared: 1 transfer removed");
+        assert_eq!(cleared_text(7), "history cleared: 7 transfers removed");
     }
 
     #[test]

@@ -35,6 +35,19 @@ pub(crate) fn state_word(state: i32) -> &'static str {
     }
 }
 
+/// How a transfer in history ended: `"completed"`, `"failed"`, `"cancelled"`, `"rejected"`;
+/// `"unknown"` for a value this p2pctl does not know.
+pub(crate) fn history_status_word(status: i32) -> &'static str {
+    match pb::HistoryStatus::try_from(status) {
+        Ok(pb::HistoryStatus::Unspecified) => "unspecified",
+        Ok(pb::HistoryStatus::Completed) => "completed",
+        Ok(pb::HistoryStatus::Failed) => "failed",
+        Ok(pb::HistoryStatus::Cancelled) => "cancelled",
+        Ok(pb::HistoryStatus::Rejected) => "rejected",
+        Err(_) => "unknown",
+    }
+}
+
 /// A device's receiving rule: `"default"`, `"auto"`, `"ask"`, `"reject"`; `"unknown"` for a
 /// value this p2pctl does not know.
 pub(crate) fn accept_word(accept: i32) -> &'static str {
@@ -124,6 +137,48 @@ pub(crate) fn transfer(t: &pb::Transfer) -> Value {
         "attempt": attempt,
         "next_attempt_at_ms": next_attempt_at_ms,
         "resumed_bytes": resumed_bytes,
+    })
+}
+
+/// A history entry as JSON, every field of the proto message.
+pub(crate) fn history_entry(e: &pb::HistoryEntry) -> Value {
+    let pb::HistoryEntry {
+        id,
+        direction,
+        status,
+        reason,
+        peer_id,
+        peer_name,
+        peer_address,
+        roots,
+        root_count,
+        total_files,
+        files_done,
+        total_bytes,
+        bytes_done,
+        started_at_ms,
+        finished_at_ms,
+        duration_ms,
+        bytes_per_second,
+    } = e;
+    json!({
+        "id": id,
+        "direction": direction_word(*direction),
+        "status": history_status_word(*status),
+        "reason": reason,
+        "peer_id": peer_id,
+        "peer_name": peer_name,
+        "peer_address": peer_address,
+        "roots": roots,
+        "root_count": root_count,
+        "total_files": total_files,
+        "files_done": files_done,
+        "total_bytes": total_bytes,
+        "bytes_done": bytes_done,
+        "started_at_ms": started_at_ms,
+        "finished_at_ms": finished_at_ms,
+        "duration_ms": duration_ms,
+        "bytes_per_second": bytes_per_second,
     })
 }
 
@@ -311,6 +366,29 @@ pub(crate) mod tests {
         }
     }
 
+    /// A failed receive in history, shared by the rendering tests of other modules.
+    pub(crate) fn sample_history_entry() -> pb::HistoryEntry {
+        pb::HistoryEntry {
+            id: "fedcba9876543210".to_owned(),
+            direction: pb::Direction::Receive as i32,
+            status: pb::HistoryStatus::Failed as i32,
+            reason: "cannot prepare destination /srv/in: Not a directory".to_owned(),
+            peer_id: DEVICE_ID.to_owned(),
+            peer_name: "kitchen-pc".to_owned(),
+            peer_address: "192.0.2.7:14567".to_owned(),
+            roots: vec!["photos".to_owned()],
+            root_count: 1,
+            total_files: 4,
+            files_done: 1,
+            total_bytes: 4 << 20,
+            bytes_done: 1 << 20,
+            started_at_ms: 1_700_000_000_000,
+            finished_at_ms: 1_700_000_002_000,
+            duration_ms: 2000,
+            bytes_per_second: 524_288,
+        }
+    }
+
     /// A running two-file transfer, shared by the rendering tests of other modules.
     pub(crate) fn sample_transfer() -> pb::Transfer {
         pb::Transfer {
@@ -379,6 +457,46 @@ pub(crate) mod tests {
             })["transfer"]["state"],
             "running"
         );
+    }
+
+    #[test]
+    fn a_history_entry_renders_every_field_with_words_for_enums() {
+        assert_eq!(
+            history_entry(&sample_history_entry()),
+            json!({
+                "id": "fedcba9876543210",
+                "direction": "receive",
+                "status": "failed",
+                "reason": "cannot prepare destination /srv/in: Not a directory",
+                "peer_id": DEVICE_ID,
+                "peer_name": "kitchen-pc",
+                "peer_address": "192.0.2.7:14567",
+                "roots": ["photos"],
+                "root_count": 1,
+                "total_files": 4,
+                "files_done": 1,
+                "total_bytes": 4_194_304,
+                "bytes_done": 1_048_576,
+                "started_at_ms": 1_700_000_000_000_u64,
+                "finished_at_ms": 1_700_000_002_000_u64,
+                "duration_ms": 2000,
+                "bytes_per_second": 524_288,
+            })
+        );
+        assert_eq!(
+            history_status_word(pb::HistoryStatus::Completed as i32),
+            "completed"
+        );
+        assert_eq!(
+            history_status_word(pb::HistoryStatus::Cancelled as i32),
+            "cancelled"
+        );
+        assert_eq!(
+            history_status_word(pb::HistoryStatus::Rejected as i32),
+            "rejected"
+        );
+        assert_eq!(history_status_word(0), "unspecified");
+        assert_eq!(history_status_word(12), "unknown");
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! - [`watch`]: following transfers over `WatchTransfers` (`watch`, and `send`'s progress).
 //! - [`peers`]: `p2pctl peers` — the peers discovery found, listed or followed (`--watch`).
 //! - [`progress`]: progress bars, the plain line fallback, and the one-line texts.
-//! - [`table`]: the human tables of `transfers`, `incoming`, `sessions`, `devices`, `pending`
-//!   and `peers`.
+//! - [`table`]: the human tables of `transfers`, `history`, `incoming`, `sessions`, `devices`,
+//!   `pending` and `peers`.
 //! - [`json`]: `--json` rendering of the control API's messages.
 //! - [`units`]: human sizes, speeds, durations and percentages; parsing sizes.
 

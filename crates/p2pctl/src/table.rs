@@ -1,4 +1,5 @@
-//! The human tables of `transfers`, `incoming`, `sessions`, `devices`, `pending` and `peers`:
+//! The human tables of `transfers`, `history`, `incoming`, `sessions`, `devices`, `pending` and
+//! `peers`:
 //! left-aligned columns separated by two spaces, a header line in capitals.
 
 use std::time::Duration;
@@ -88,6 +89,92 @@ pub(crate) fn transfers(list: &[pb::Transfer]) -> String {
         &["ID", "DIR", "STATE", "PEER", "PROGRESS", "SPEED", "ROOTS"],
         &rows,
     )
+}
+
+/// Widest roots cell of the history table, in characters; longer lists end in `…`.
+const HISTORY_ROOTS_WIDTH: usize = 40;
+
+/// The `p2pctl history` table (without a line for an empty list), newest first as the daemon
+/// sends it; `now_ms` is the current time for the ended column.
+pub(crate) fn history(list: &[pb::HistoryEntry], now_ms: u64) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|e| {
+            vec![
+                short_id(&e.id).to_owned(),
+                if e.finished_at_ms == 0 {
+                    "-".to_owned()
+                } else {
+                    units::ago(Duration::from_millis(
+                        now_ms.saturating_sub(e.finished_at_ms),
+                    ))
+                },
+                direction_short(e.direction).to_owned(),
+                json::history_status_word(e.status).to_owned(),
+                if e.peer_name.is_empty() {
+                    or_dash(&e.peer_address)
+                } else {
+                    e.peer_name.clone()
+                },
+                format!("{}/{}", e.files_done, e.total_files),
+                if e.bytes_done == e.total_bytes {
+                    units::bytes(e.total_bytes)
+                } else {
+                    format!(
+                        "{}/{}",
+                        units::bytes(e.bytes_done),
+                        units::bytes(e.total_bytes)
+                    )
+                },
+                units::duration(Duration::from_millis(e.duration_ms)),
+                if e.bytes_per_second > 0 {
+                    units::speed(e.bytes_per_second)
+                } else {
+                    "-".to_owned()
+                },
+                history_roots(e),
+                or_dash(&e.reason),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "ID", "ENDED", "DIR", "STATUS", "PEER", "FILES", "SIZE", "TIME", "SPEED", "ROOTS",
+            "REASON",
+        ],
+        &rows,
+    )
+}
+
+/// `photos, notes.txt`, or as many names as fit in [`HISTORY_ROOTS_WIDTH`] characters and
+/// how many more there were: `a.txt, b.txt (+18 more)`; `-` for none.
+fn history_roots(e: &pb::HistoryEntry) -> String {
+    let total = e.root_count.max(e.roots.len() as u64);
+    let more = |hidden: u64| {
+        if hidden == 0 {
+            String::new()
+        } else {
+            format!(" (+{hidden} more)")
+        }
+    };
+    let mut text = String::new();
+    let mut shown: u64 = 0;
+    for name in &e.roots {
+        let sep = if shown == 0 { "" } else { ", " };
+        let width = text.chars().count() + sep.len() + name.chars().count();
+        if shown > 0 && width + more(total - shown - 1).len() > HISTORY_ROOTS_WIDTH {
+            break;
+        }
+        text.push_str(sep);
+        text.push_str(name);
+        shown += 1;
+    }
+    if text.chars().count() > HISTORY_ROOTS_WIDTH {
+        text = text.chars().take(HISTORY_ROOTS_WIDTH - 1).collect();
+        text.push('…');
+    }
+    text.push_str(&more(total - shown));
+    or_dash(&text)
 }
 
 /// The `p2pctl incoming` table; `now_ms` is the current time for the expiry column.
@@ -272,7 +359,9 @@ fn last_seen(d: &pb::Device, now_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::json::tests::{DEVICE_ID, sample_device, sample_peer, sample_transfer};
+    use crate::json::tests::{
+        DEVICE_ID, sample_device, sample_history_entry, sample_peer, sample_transfer,
+    };
 
     #[test]
     fn columns_line_up() {
@@ -304,6 +393,70 @@ mod tests {
             assert!(row.contains(part), "{part} in {row}");
         }
         assert_eq!(transfers(&[]), "no transfers\n");
+    }
+
+    #[test]
+    fn the_history_table_shows_outcome_size_time_and_reason() {
+        let now = 1_700_000_002_000 + 180_000; // three minutes after the sample ended
+        let done = pb::HistoryEntry {
+            id: "0123456789abcdef".into(),
+            direction: pb::Direction::Send as i32,
+            status: pb::HistoryStatus::Completed as i32,
+            reason: String::new(),
+            files_done: 4,
+            bytes_done: 4 << 20,
+            bytes_per_second: 2 << 20,
+            roots: (0..20).map(|i| format!("file-{i:02}.txt")).collect(),
+            root_count: 25,
+            ..sample_history_entry()
+        };
+        let text = history(&[done, sample_history_entry()], now);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(
+            lines[0],
+            "ID        ENDED   DIR   STATUS     PEER        FILES  SIZE             TIME   \
+             SPEED        ROOTS                                REASON"
+        );
+        for part in [
+            "01234567  3m ago  send  completed  kitchen-pc  4/4    4.0 MiB",
+            "2.0 s",
+            "2.0 MiB/s",
+            "file-00.txt, file-01.txt (+23 more)  -",
+        ] {
+            assert!(lines[1].contains(part), "{part} in {}", lines[1]);
+        }
+        for part in [
+            "fedcba98  3m ago  recv  failed",
+            "1/4",
+            "1.0 MiB/4.0 MiB",
+            "512.0 KiB/s",
+            "photos",
+            "cannot prepare destination /srv/in: Not a directory",
+        ] {
+            assert!(lines[2].contains(part), "{part} in {}", lines[2]);
+        }
+        let few = pb::HistoryEntry {
+            roots: vec!["a".into(), "b".into()],
+            root_count: 5,
+            ..sample_history_entry()
+        };
+        assert_eq!(history_roots(&few), "a, b (+3 more)");
+        let none = pb::HistoryEntry {
+            roots: vec![],
+            root_count: 0,
+            ..sample_history_entry()
+        };
+        assert_eq!(history_roots(&none), "-");
+        let long = pb::HistoryEntry {
+            roots: vec!["x".repeat(50), "y".into()],
+            root_count: 2,
+            ..sample_history_entry()
+        };
+        assert_eq!(
+            history_roots(&long),
+            format!("{}… (+1 more)", "x".repeat(HISTORY_ROOTS_WIDTH - 1))
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use p2p_core::discovery::{Peer, PeerEvent};
 use p2p_core::store::DeviceAccept;
 use p2p_core::{
-    DeviceView, Direction, IncomingOffer, Node, NodeError, SendOptions, SessionInfo,
-    TransferSnapshot, TransferState,
+    DeviceView, Direction, HistoryEntry, HistoryFilter, HistoryStatus, IncomingOffer, Node,
+    NodeError, SendOptions, SessionInfo, TransferSnapshot, TransferState,
 };
 use p2p_proto::control::v1 as pb;
 use p2p_proto::control::v1::control_service_server::ControlService;
@@ -104,10 +104,7 @@ fn state_pb(s: TransferState) -> pb::TransferState {
 fn transfer_pb(t: TransferSnapshot) -> pb::Transfer {
     pb::Transfer {
         id: t.id,
-        direction: match t.direction {
-            Direction::Send => pb::Direction::Send,
-            Direction::Receive => pb::Direction::Receive,
-        } as i32,
+        direction: direction_pb(t.direction) as i32,
         state: state_pb(t.state) as i32,
         peer_id: t.peer_id,
         peer_name: t.peer_name,
@@ -131,6 +128,77 @@ fn transfer_pb(t: TransferSnapshot) -> pb::Transfer {
         next_attempt_at_ms: t.next_attempt_at_ms,
         resumed_bytes: t.resumed_bytes,
     }
+}
+
+fn direction_pb(d: Direction) -> pb::Direction {
+    match d {
+        Direction::Send => pb::Direction::Send,
+        Direction::Receive => pb::Direction::Receive,
+    }
+}
+
+fn history_pb(e: HistoryEntry) -> pb::HistoryEntry {
+    pb::HistoryEntry {
+        duration_ms: e.duration_ms(),
+        bytes_per_second: e.bytes_per_second(),
+        id: e.id,
+        direction: direction_pb(e.direction) as i32,
+        status: match e.status {
+            HistoryStatus::Completed => pb::HistoryStatus::Completed,
+            HistoryStatus::Failed => pb::HistoryStatus::Failed,
+            HistoryStatus::Cancelled => pb::HistoryStatus::Cancelled,
+            HistoryStatus::Rejected => pb::HistoryStatus::Rejected,
+        } as i32,
+        reason: e.reason,
+        peer_id: e.peer_id,
+        peer_name: e.peer_name,
+        peer_address: e.peer_address,
+        roots: e.roots,
+        root_count: e.root_count,
+        total_files: e.total_files,
+        files_done: e.files_done,
+        total_bytes: e.total_bytes,
+        bytes_done: e.bytes_done,
+        started_at_ms: e.started_at_ms,
+        finished_at_ms: e.finished_at_ms,
+    }
+}
+
+/// The core filter of a `ListHistory` request; unknown enum values are `INVALID_ARGUMENT`
+/// (the ranges of the other values are checked by the node).
+#[allow(clippy::result_large_err)]
+fn history_filter(r: pb::ListHistoryRequest) -> Result<HistoryFilter, Status> {
+    let direction = match pb::Direction::try_from(r.direction) {
+        Ok(pb::Direction::Unspecified) => None,
+        Ok(pb::Direction::Send) => Some(Direction::Send),
+        Ok(pb::Direction::Receive) => Some(Direction::Receive),
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown direction {} (1 = send, 2 = receive, 0 = both)",
+                r.direction
+            )));
+        }
+    };
+    let statuses = r
+        .statuses
+        .iter()
+        .map(|&s| match pb::HistoryStatus::try_from(s) {
+            Ok(pb::HistoryStatus::Completed) => Ok(HistoryStatus::Completed),
+            Ok(pb::HistoryStatus::Failed) => Ok(HistoryStatus::Failed),
+            Ok(pb::HistoryStatus::Cancelled) => Ok(HistoryStatus::Cancelled),
+            Ok(pb::HistoryStatus::Rejected) => Ok(HistoryStatus::Rejected),
+            Ok(pb::HistoryStatus::Unspecified) | Err(_) => Err(Status::invalid_argument(format!(
+                "unknown history status {s} (1 = completed, 2 = failed, 3 = cancelled, 4 = rejected)"
+            ))),
+        })
+        .collect::<Result<Vec<_>, Status>>()?;
+    Ok(HistoryFilter {
+        limit: usize::try_from(r.limit).unwrap_or(usize::MAX),
+        direction,
+        statuses,
+        peer: (!r.peer.is_empty()).then_some(r.peer),
+        since_ms: (r.since_ms != 0).then_some(r.since_ms),
+    })
 }
 
 fn offer_pb(o: IncomingOffer) -> pb::IncomingOffer {
@@ -383,6 +451,29 @@ impl ControlService for ControlApi {
         Ok(Response::new(transfer_pb(t)))
     }
 
+    async fn list_history(
+        &self,
+        request: Request<pb::ListHistoryRequest>,
+    ) -> Result<Response<pb::ListHistoryResponse>, Status> {
+        let filter = history_filter(request.into_inner())?;
+        let entries = self
+            .node
+            .history(&filter)
+            .map_err(status_of)?
+            .into_iter()
+            .map(history_pb)
+            .collect();
+        Ok(Response::new(pb::ListHistoryResponse { entries }))
+    }
+
+    async fn clear_history(
+        &self,
+        _request: Request<pb::ClearHistoryRequest>,
+    ) -> Result<Response<pb::ClearHistoryResponse>, Status> {
+        let removed = self.node.clear_history().map_err(status_of)?;
+        Ok(Response::new(pb::ClearHistoryResponse { removed }))
+    }
+
     async fn list_incoming(
         &self,
         _request: Request<pb::ListIncomingRequest>,
@@ -577,5 +668,55 @@ impl ControlService for ControlApi {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_filters_map_and_unknown_values_are_invalid_arguments() {
+        let f = history_filter(pb::ListHistoryRequest {
+            limit: 5,
+            direction: pb::Direction::Receive as i32,
+            statuses: vec![
+                pb::HistoryStatus::Failed as i32,
+                pb::HistoryStatus::Rejected as i32,
+            ],
+            peer: "beta".into(),
+            since_ms: 42,
+        })
+        .unwrap();
+        assert_eq!(
+            f,
+            HistoryFilter {
+                limit: 5,
+                direction: Some(Direction::Receive),
+                statuses: vec![HistoryStatus::Failed, HistoryStatus::Rejected],
+                peer: Some("beta".into()),
+                since_ms: Some(42),
+            }
+        );
+        assert_eq!(
+            history_filter(pb::ListHistoryRequest::default()).unwrap(),
+            HistoryFilter::default()
+        );
+        let bad_direction = history_filter(pb::ListHistoryRequest {
+            direction: 7,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(bad_direction.code(), tonic::Code::InvalidArgument);
+        assert!(bad_direction.message().contains("direction 7"));
+        for s in [0, 9] {
+            let err = history_filter(pb::ListHistoryRequest {
+                statuses: vec![s],
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(err.message().contains("history status"), "{err}");
+        }
     }
 }

@@ -171,8 +171,8 @@ impl Node {
         };
         let (dest, start) = match prepared {
             Ok(Ok(x)) => x,
-            Ok(Err(reason)) => {
-                entry.set_state(TransferState::Rejected, reason.clone());
+            Ok(Err((outcome, reason))) => {
+                entry.set_state(outcome, reason.clone());
                 self.forget_incoming(&id).await;
                 send_reject(reason).await;
                 self.unregister_receive(&id);
@@ -422,13 +422,16 @@ impl Node {
 
 /// Prepares the destination and the starting point (blocking): a fresh transfer reserves
 /// its names, is recorded, and starts from nothing; a resumed one finds its names and files
-/// again. Either way the free space must hold what is still to come.
+/// again. Either way the free space must hold what is still to come. An offer that does not
+/// fit is `Rejected`; one that cannot be set up `Failed`.
 fn prepare(
     info: &wire::TransferInfo,
     plan: Plan,
     store: &crate::store::Store,
     peer_id: &str,
-) -> Result<(Destination, receiver::Start), String> {
+) -> Result<(Destination, receiver::Start), (TransferState, String)> {
+    let failed = |e: String| (TransferState::Failed, e);
+    let rejected = |e: String| (TransferState::Rejected, e);
     let total: u64 = info
         .files
         .iter()
@@ -436,8 +439,8 @@ fn prepare(
         .fold(0, u64::saturating_add);
     match plan {
         Plan::Fresh(dir) => {
-            check_space(&dir, total)?;
-            let dest = receiver::prepare(&dir, info).map_err(|e| e.to_string())?;
+            check_space(&dir, total).map_err(rejected)?;
+            let dest = receiver::prepare(&dir, info).map_err(|e| failed(e.to_string()))?;
             let record = IncomingRecord {
                 id: info.transfer_id.clone(),
                 peer_id: peer_id.to_owned(),
@@ -446,28 +449,31 @@ fn prepare(
                 roots: dest.roots.clone(),
                 started_ms: now_ms(),
             };
-            store
-                .save_incoming(&record)
-                .map_err(|e| format!("receiver cannot record the transfer: {}", error_chain(&e)))?;
+            store.save_incoming(&record).map_err(|e| {
+                failed(format!(
+                    "receiver cannot record the transfer: {}",
+                    error_chain(&e)
+                ))
+            })?;
             Ok((dest, receiver::fresh(info)))
         }
         Plan::Resume(record) => {
             let dest = Destination::restore(&record.dest_dir, record.roots.clone(), info)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| failed(e.to_string()))?;
             let recorded = store
                 .chunk_maps(&info.transfer_id, Direction::Receive)
                 .map_err(|e| {
-                    format!(
+                    failed(format!(
                         "receiver cannot read the transfer's progress: {}",
                         error_chain(&e)
-                    )
+                    ))
                 })?;
             let start = receiver::resume(info, &dest, &recorded, store);
             if let Err(e) = check_space(&dest.dir, total.saturating_sub(start.have_bytes)) {
                 // The transfer ends here: what it had goes too.
                 drop(start);
                 receiver::remove_temps(&dest, info);
-                return Err(e);
+                return Err(rejected(e));
             }
             Ok((dest, start))
         }
