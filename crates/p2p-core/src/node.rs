@@ -96,6 +96,8 @@ pub struct NodeSettings {
     pub accept: AcceptPolicy,
     /// What to do with offers from devices that are not trusted.
     pub accept_untrusted: UntrustedPolicy,
+    /// Global speed limit of all outgoing transfers together, bytes per second; 0 = none.
+    pub max_speed: u64,
 }
 
 /// What to do with offers from devices that are not trusted.
@@ -151,6 +153,8 @@ pub struct Status {
     pub state_dir: PathBuf,
     /// The default download directory.
     pub download_dir: PathBuf,
+    /// The global speed limit of outgoing transfers, bytes per second (0 = none).
+    pub max_speed: u64,
 }
 
 /// An offer waiting for a local decision.
@@ -350,6 +354,7 @@ impl Node {
             tls::server_config(&identity).map_err(|e| NodeError::Setup(error_chain(&e)))?,
         );
         tracing::info!(%listen_addr, device_id = %identity.device_id, name = %settings.name, "node started");
+        let global_max_speed = settings.max_speed;
         let node = Node {
             inner: Arc::new(Inner {
                 discovery: std::sync::OnceLock::new(),
@@ -364,7 +369,7 @@ impl Node {
                 listen_addr,
                 sessions: Mutex::new(HashMap::new()),
                 dial: tokio::sync::Mutex::new(()),
-                transfers: Transfers::new(),
+                transfers: Transfers::with_max_speed(global_max_speed),
                 offers: Mutex::new(HashMap::new()),
                 shutdown,
                 tasks: TaskTracker::new(),
@@ -399,6 +404,7 @@ impl Node {
         if let Some(d) = self.inner.discovery.get() {
             d.set_name(&new.name);
         }
+        self.inner.transfers.set_max_speed(new.max_speed);
         std::mem::replace(&mut *guard, new)
     }
 
@@ -420,6 +426,7 @@ impl Node {
             active_transfer_count: self.inner.transfers.active_count(),
             state_dir: self.inner.state_dir.clone(),
             download_dir: settings.download_dir,
+            max_speed: self.inner.transfers.max_speed(),
         }
     }
 
@@ -736,6 +743,7 @@ impl Node {
             },
             compress: opts.compress && session.limits.compress,
             level: opts.level,
+            max_speed: opts.max_speed,
         };
         let id = uuid::Uuid::new_v4().to_string();
         let entry = self.inner.transfers.insert(
@@ -750,6 +758,7 @@ impl Node {
                 total_files: manifest.files.len() as u64,
                 total_bytes: manifest.total_bytes,
                 destination: String::new(),
+                max_speed: opts.max_speed,
             },
             self.inner.shutdown.child_token(),
         );
@@ -837,6 +846,7 @@ impl Node {
             total_files: info.files.len() as u64,
             total_bytes,
             destination: String::new(),
+            max_speed: 0,
         };
         let token = if verdict.is_ok() {
             self.inner.shutdown.child_token()
@@ -1107,6 +1117,38 @@ impl Node {
         }
         lock(&self.inner.offers).remove(id);
         Ok(())
+    }
+
+    /// Changes the speed limit of an outgoing transfer (bytes per second, 0 = none), effective
+    /// at once. Returns the transfer with its new limit.
+    ///
+    /// # Errors
+    /// `NotFound`; `InvalidArgument` for a limit below the minimum; `FailedPrecondition` if the
+    /// transfer has ended or is an incoming one (limits apply on the sending daemon).
+    pub fn set_transfer_limit(
+        &self,
+        id: &str,
+        max_speed: u64,
+    ) -> Result<TransferSnapshot, NodeError> {
+        let entry = self
+            .inner
+            .transfers
+            .get(id)
+            .ok_or_else(|| NodeError::NotFound(format!("no transfer {id}")))?;
+        if entry.direction == Direction::Receive {
+            return Err(NodeError::FailedPrecondition(format!(
+                "transfer {id} is incoming: speed limits apply on the sending daemon, set it there"
+            )));
+        }
+        let state = entry.state();
+        if state.is_final() {
+            return Err(NodeError::FailedPrecondition(format!(
+                "transfer {id} has already ended ({state:?})"
+            )));
+        }
+        crate::ratelimit::check_rate(max_speed)
+            .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+        Ok(entry.set_max_speed(max_speed))
     }
 
     /// Offers waiting for a decision.
@@ -1519,6 +1561,7 @@ mod tests {
             download_dir: dir.join("dl"),
             accept: AcceptPolicy::Auto,
             accept_untrusted: UntrustedPolicy::Ask,
+            max_speed: 0,
         };
         Node::start(identity, settings, dir, listener, CancellationToken::new()).unwrap()
     }
@@ -1536,9 +1579,11 @@ mod tests {
             download_dir: dir.path().into(),
             accept: AcceptPolicy::Ask,
             accept_untrusted: UntrustedPolicy::Reject,
+            max_speed: 5 << 20,
         });
         assert_eq!(old.name, "n");
         assert_eq!(n.status().device_name, "m");
+        assert_eq!((old.max_speed, n.status().max_speed), (0, 5 << 20));
         assert!(n.shutdown(Duration::from_secs(1)).await);
         assert!(n.shutdown_token().is_cancelled());
     }

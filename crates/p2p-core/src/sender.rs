@@ -369,6 +369,10 @@ fn produce(
                     resends: 0,
                 },
             );
+            // Speed limits count the whole frame as it goes on the wire.
+            entry
+                .throttle(frame.len() as u64, rt, cancel)
+                .map_err(|e| e.to_string())?;
             writer
                 .blocking_send(frame)
                 .map_err(|_| "session to peer lost".to_owned())?;

@@ -91,6 +91,7 @@ pub(crate) fn transfer(t: &pb::Transfer) -> Value {
         error,
         destination,
         chunks_resent,
+        max_speed,
     } = t;
     json!({
         "id": id,
@@ -114,6 +115,7 @@ pub(crate) fn transfer(t: &pb::Transfer) -> Value {
         "error": error,
         "destination": destination,
         "chunks_resent": chunks_resent,
+        "max_speed": max_speed,
     })
 }
 
@@ -248,6 +250,7 @@ pub(crate) fn status(s: &pb::GetStatusResponse) -> Value {
         state_dir,
         download_dir,
         socket_path,
+        max_speed,
     } = s;
     json!({
         "device_id": device_id,
@@ -261,6 +264,7 @@ pub(crate) fn status(s: &pb::GetStatusResponse) -> Value {
         "state_dir": state_dir,
         "download_dir": download_dir,
         "socket_path": socket_path,
+        "max_speed": max_speed,
     })
 }
 
@@ -325,6 +329,7 @@ pub(crate) mod tests {
             error: String::new(),
             destination: String::new(),
             chunks_resent: 2,
+            max_speed: 10 << 20,
         }
     }
 
@@ -355,6 +360,7 @@ pub(crate) mod tests {
                 "error": "",
                 "destination": "",
                 "chunks_resent": 2,
+                "max_speed": 10_485_760,
             })
         );
         assert_eq!(

@@ -55,6 +55,7 @@ fn options(args: &SendArgs) -> pb::SendOptions {
         level: args.level.unwrap_or(0),
         chunk_size: args.chunk_size.unwrap_or(0),
         window: args.window.unwrap_or(0),
+        max_speed: 0,
     }
 }
 
@@ -159,6 +160,7 @@ mod tests {
                 level: 0,
                 chunk_size: 1 << 20,
                 window: 8,
+                max_speed: 0,
             }
         );
     }

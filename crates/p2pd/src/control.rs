@@ -83,6 +83,7 @@ fn send_options(o: Option<pb::SendOptions>) -> SendOptions {
             o.chunk_size
         },
         window: if o.window == 0 { d.window } else { o.window },
+        max_speed: o.max_speed,
     }
 }
 
@@ -124,6 +125,7 @@ fn transfer_pb(t: TransferSnapshot) -> pb::Transfer {
         error: t.error,
         destination: t.destination,
         chunks_resent: t.chunks_resent,
+        max_speed: t.max_speed,
     }
 }
 
@@ -222,6 +224,7 @@ impl ControlService for ControlApi {
             state_dir: s.state_dir.display().to_string(),
             download_dir: s.download_dir.display().to_string(),
             socket_path: self.socket_path.display().to_string(),
+            max_speed: s.max_speed,
         }))
     }
 
@@ -357,6 +360,17 @@ impl ControlService for ControlApi {
         let id = request.into_inner().id;
         self.node.cancel(required(&id, "id")?).map_err(status_of)?;
         Ok(Response::new(pb::CancelTransferResponse {}))
+    }
+
+    async fn set_transfer_limit(
+        &self,
+        request: Request<pb::SetTransferLimitRequest>,
+    ) -> Result<Response<pb::Transfer>, Status> {
+        let r = request.into_inner();
+        self.node
+            .set_transfer_limit(required(&r.id, "id")?, r.max_speed)
+            .map(|t| Response::new(transfer_pb(t)))
+            .map_err(status_of)
     }
 
     async fn list_incoming(

@@ -274,6 +274,7 @@ fn settings_of(config: &Config, identity: &Identity) -> NodeSettings {
         download_dir: config.download_dir.clone(),
         accept: config.accept,
         accept_untrusted: config.accept_untrusted,
+        max_speed: config.max_speed,
     }
 }
 
@@ -315,6 +316,7 @@ fn reload(cli: &Cli, current: Config, node: &Node, log: &LogHandle) -> Config {
         download_dir = %settings.download_dir.display(),
         accept = ?settings.accept,
         accept_untrusted = ?settings.accept_untrusted,
+        max_speed = settings.max_speed,
         log_level = %new.log_level,
         name_changed = old.name != settings.name,
         "SIGHUP: configuration reloaded"
