@@ -540,30 +540,19 @@ mod tests {
         assert!(matches!(cli.command, Command::Limit { id, rate: 0 } if id == "0123"));
         let cli = Cli::try_parse_from(["p2pctl", "limit", "0123", "512K"]).unwrap();
         assert!(matches!(cli.command, Command::Limit { rate: 524_288, .. }));
-        for (rate, reason) in [
-            ("", "not a speed"),
-            ("10X", "unknown unit"),
-            ("-1", "not a speed"),
-            ("1.5.5M", "not a number"),
-            ("99999999999T", "too large"),
-            ("5", "below the minimum"),
+        // Every bad form is in p2p_core::units' tests and the end-to-end tests; here: that a
+        // bad RATE is a validation error naming the argument, a negative one included.
+        for args in [
+            &["p2pctl", "limit", "0123", "-1"][..],
+            &["p2pctl", "send", "a", "--peer", "h:1", "--max-speed", "10X"],
         ] {
-            for args in [
-                &["p2pctl", "limit", "0123", rate][..],
-                &["p2pctl", "send", "a", "--peer", "h:1", "--max-speed", rate],
-            ] {
-                let err = Cli::try_parse_from(args).unwrap_err();
-                assert_eq!(
-                    err.kind(),
-                    clap::error::ErrorKind::ValueValidation,
-                    "{args:?}"
-                );
-                let text = err.to_string();
-                assert!(
-                    text.contains(reason) && text.contains("RATE"),
-                    "{args:?}: {text}"
-                );
-            }
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+            assert!(err.to_string().contains("RATE"), "{args:?}: {err}");
         }
         assert!(Cli::try_parse_from(["p2pctl", "limit", "0123"]).is_err());
         assert!(Cli::try_parse_from(["p2pctl", "limit", "", "5M"]).is_err());
