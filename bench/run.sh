@@ -680,8 +680,8 @@ for r in "${ROWS[@]}"; do
     printf '%-42s %10s %10s %7s %7s  %s\n' "$label" "$p" "$b" "$ratio" "$tgt" "$res"
 done
 echo
-echo "Columns for case 4: p2pd = compression on (default), base = --no-compress."
-echo "Columns for case 5: p2pd = --window 64 (default), base = --window 1."
+((DO_LOOP)) && echo "Columns for case 4: p2pd = compression on (default), base = --no-compress."
+((DO_NET)) && echo "Columns for case 5: p2pd = --window 64 (default), base = --window 1."
 ((DO_THROTTLE)) && echo "Case 7: p2pd = measured rate of the run farthest from the target, base = the target (5 MiB/s), ratio = measured / target (every run in the notes). Case 8: p2pd = --max-speed $HIGH_LIMIT (limiter on the path, never waiting), base = no limit; same 1 GiB random file."
 ((DO_NET)) && echo "Case 6 baselines: tuned = sender SO_SNDBUFFORCE $TUNED_BUF (root; no sysctl changed), default = socat as is, capped = sndbuf=$TUNED_BUF capped by net.core.wmem_max; receivers auto-tune (tcp_rmem max)."
 echo
