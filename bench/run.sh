@@ -386,6 +386,18 @@ run_raw() { # MODE SRC DEST SEND_NS RECV_NS HOST SEND_OPTS RECV_OPTS
     if [[ $mode == tar ]]; then trash "$dest"; else rm -f "$dest"; fi
 }
 
+# Starts daemons A and B, makes them trust each other and opens their session with a tiny
+# untimed transfer, as a resident daemon would have it.
+start_pair() { # A LISTEN_A NETNS_A B LISTEN_B NETNS_B
+    start_daemon "$1" "$2" "$3"
+    start_daemon "$4" "$5" "$6"
+    trust_pair "$1" "$4"
+    local warm=$DATA/warm.txt
+    echo warm-up >"$warm"
+    SRC_DIGEST[$warm]=$(digest "$warm")
+    SEND_TIMEOUT=60 run_p2pd "$1" "$4" "$warm"
+}
+
 # best[KEY] = smallest time over the runs; all[KEY] = every time.
 declare -A BEST ALL NOTES
 record() { # KEY TIME NOTE
@@ -441,13 +453,7 @@ done
 # --- A. loopback -------------------------------------------------------------------------------
 if ((DO_LOOP)); then
     log "A. loopback: two daemons on 127.0.0.1"
-    start_daemon la 127.0.0.1:0 ""
-    start_daemon lb 127.0.0.1:0 ""
-    trust_pair la lb
-    warm=$DATA/warm.txt
-    echo warm-up >"$warm"
-    SRC_DIGEST[$warm]=$(digest "$warm")
-    SEND_TIMEOUT=60 run_p2pd la lb "$warm" # opens the session, as a resident daemon has it
+    start_pair la 127.0.0.1:0 "" lb 127.0.0.1:0 ""
     RAW=$WORK/raw
     m_p2p_random() {
         run_p2pd la lb "$DATA/random.bin"
@@ -565,13 +571,7 @@ if ((DO_NET)); then
     LINK_RTT=$(awk -v s="$(sub "$t0" "$t1")" 'BEGIN { printf "%.1f", s * 1000 }')
     log "link check: TCP connect + close over the emulated link took $LINK_RTT ms (expect a bit over 50)"
 
-    start_daemon na "$ADDR_A:0" "$NS_A"
-    start_daemon nb "$ADDR_B:0" "$NS_B"
-    trust_pair na nb
-    warm=$DATA/warm.txt
-    echo warm-up >"$warm"
-    SRC_DIGEST[$warm]=$(digest "$warm")
-    SEND_TIMEOUT=60 run_p2pd na nb "$warm"
+    start_pair na "$ADDR_A:0" "$NS_A" nb "$ADDR_B:0" "$NS_B"
     RAW=$WORK/raw
     # Tuned: the sender's SO_SNDBUFFORCE (32) of 2 x BDP, which root may set beyond
     # net.core.wmem_max without touching any sysctl (sk_sndbuf = 25 MB). "Capped": a plain
@@ -613,13 +613,7 @@ fi
 THROTTLE_TIMES=()
 if ((DO_THROTTLE)); then
     log "C. speed limits: two daemons on 127.0.0.1"
-    start_daemon ta 127.0.0.1:0 ""
-    start_daemon tb 127.0.0.1:0 ""
-    trust_pair ta tb
-    warm=$DATA/warm.txt
-    echo warm-up >"$warm"
-    SRC_DIGEST[$warm]=$(digest "$warm")
-    SEND_TIMEOUT=60 run_p2pd ta tb "$warm"
+    start_pair ta 127.0.0.1:0 "" tb 127.0.0.1:0 ""
     m_throttle() {
         run_p2pd ta tb "$DATA/throttle.bin" --max-speed 5M
         THROTTLE_TIMES+=("$T")
