@@ -4,16 +4,17 @@
 # it exits non-zero only when something breaks (wrong bytes received, a daemon that does not
 # start, a missing tool). See bench/README.md.
 #
-#   sudo bench/run.sh [--quick] [--only loopback|netns] [--runs N] [--keep]
+#   sudo bench/run.sh [--quick] [--only loopback|netns|throttle] [--runs N] [--keep]
 set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: bench/run.sh [--quick] [--only loopback|netns] [--runs N] [--keep]
+usage: bench/run.sh [--quick] [--only loopback|netns|throttle] [--runs N] [--keep]
 
   --quick        smaller inputs (256 MiB instead of 1 GiB, 2,000 instead of 10,000 files,
                  64 MiB instead of 256 MiB for the window case) for a fast smoke run
-  --only WHAT    run only the loopback cases (1-4) or only the emulated-link cases (5-6)
+  --only WHAT    run only the loopback cases (1-4), only the emulated-link cases (5-6) or only
+                 the speed-limit cases (7-8)
   --runs N       measure every case N times and keep the best (default: 3 on loopback,
                  where this VM's timings vary most; 2 on the emulated link)
   --keep         keep the temporary directory (inputs, logs) instead of deleting it
@@ -33,8 +34,8 @@ while (($#)); do
     --only)
         shift
         ONLY=${1:-}
-        [[ $ONLY == loopback || $ONLY == netns ]] || {
-            echo "bench: --only takes loopback or netns" >&2
+        [[ $ONLY == loopback || $ONLY == netns || $ONLY == throttle ]] || {
+            echo "bench: --only takes loopback, netns or throttle" >&2
             exit 2
         }
         ;;
@@ -77,8 +78,11 @@ fi
 
 DO_LOOP=1
 DO_NET=1
+DO_THROTTLE=1
 [[ $ONLY == netns ]] && DO_LOOP=0
 [[ $ONLY == loopback ]] && DO_NET=0
+[[ $ONLY == loopback || $ONLY == netns ]] && DO_THROTTLE=0
+[[ $ONLY == throttle ]] && DO_LOOP=0 DO_NET=0
 if ((DO_NET)) && ((EUID != 0)); then
     if [[ $ONLY == netns ]]; then
         echo "bench: the emulated-link cases need root (network namespaces, TUN): sudo $0 $*" >&2
@@ -93,6 +97,11 @@ if ((QUICK)); then
 else
     BIG=$((1 << 30)) BIG_NAME="1 GiB" NFILES=10000 WIN=$((256 << 20)) WIN_NAME="256 MiB"
 fi
+# Case 7 follows the issue's definition whatever --quick says: 50 MiB at 5 MiB/s, about 10 s.
+THROTTLE=$((50 << 20)) THROTTLE_RATE=$((5 << 20))
+# Case 8: a limit far above anything this machine moves, so the limiter is on the path of
+# every chunk but never makes it wait.
+HIGH_LIMIT=1T
 SMALL=4096
 LOOP_RUNS=${RUNS:-3}
 NET_RUNS=${RUNS:-2}
@@ -377,6 +386,18 @@ run_raw() { # MODE SRC DEST SEND_NS RECV_NS HOST SEND_OPTS RECV_OPTS
     if [[ $mode == tar ]]; then trash "$dest"; else rm -f "$dest"; fi
 }
 
+# Starts daemons A and B, makes them trust each other and opens their session with a tiny
+# untimed transfer, as a resident daemon would have it.
+start_pair() { # A LISTEN_A NETNS_A B LISTEN_B NETNS_B
+    start_daemon "$1" "$2" "$3"
+    start_daemon "$4" "$5" "$6"
+    trust_pair "$1" "$4"
+    local warm=$DATA/warm.txt
+    echo warm-up >"$warm"
+    SRC_DIGEST[$warm]=$(digest "$warm")
+    SEND_TIMEOUT=60 run_p2pd "$1" "$4" "$warm"
+}
+
 # best[KEY] = smallest time over the runs; all[KEY] = every time.
 declare -A BEST ALL NOTES
 record() { # KEY TIME NOTE
@@ -424,6 +445,7 @@ log "writing inputs"
 ((DO_LOOP)) && "$TOOLS/bench-data" text "$BIG" "$DATA/text.log"
 ((DO_LOOP)) && "$TOOLS/bench-data" files "$NFILES" "$SMALL" "$DATA/small"
 ((DO_NET)) && "$TOOLS/bench-data" random "$WIN" "$DATA/window.bin"
+((DO_THROTTLE)) && "$TOOLS/bench-data" random "$THROTTLE" "$DATA/throttle.bin"
 for f in "$DATA"/*; do
     SRC_DIGEST[$f]=$(digest "$f")
 done
@@ -431,13 +453,7 @@ done
 # --- A. loopback -------------------------------------------------------------------------------
 if ((DO_LOOP)); then
     log "A. loopback: two daemons on 127.0.0.1"
-    start_daemon la 127.0.0.1:0 ""
-    start_daemon lb 127.0.0.1:0 ""
-    trust_pair la lb
-    warm=$DATA/warm.txt
-    echo warm-up >"$warm"
-    SRC_DIGEST[$warm]=$(digest "$warm")
-    SEND_TIMEOUT=60 run_p2pd la lb "$warm" # opens the session, as a resident daemon has it
+    start_pair la 127.0.0.1:0 "" lb 127.0.0.1:0 ""
     RAW=$WORK/raw
     m_p2p_random() {
         run_p2pd la lb "$DATA/random.bin"
@@ -555,13 +571,7 @@ if ((DO_NET)); then
     LINK_RTT=$(awk -v s="$(sub "$t0" "$t1")" 'BEGIN { printf "%.1f", s * 1000 }')
     log "link check: TCP connect + close over the emulated link took $LINK_RTT ms (expect a bit over 50)"
 
-    start_daemon na "$ADDR_A:0" "$NS_A"
-    start_daemon nb "$ADDR_B:0" "$NS_B"
-    trust_pair na nb
-    warm=$DATA/warm.txt
-    echo warm-up >"$warm"
-    SRC_DIGEST[$warm]=$(digest "$warm")
-    SEND_TIMEOUT=60 run_p2pd na nb "$warm"
+    start_pair na "$ADDR_A:0" "$NS_A" nb "$ADDR_B:0" "$NS_B"
     RAW=$WORK/raw
     # Tuned: the sender's SO_SNDBUFFORCE (32) of 2 x BDP, which root may set beyond
     # net.core.wmem_max without touching any sysctl (sk_sndbuf = 25 MB). "Capped": a plain
@@ -595,6 +605,41 @@ if ((DO_NET)); then
     row "  (vs socat sndbuf=2xBDP, capped 8 MiB)" "$BIG" net.p2p net.raw.capped -
 fi
 
+# --- C. speed limits on loopback ----------------------------------------------------------------
+if ((DO_THROTTLE)) && ! grep -q -- --max-speed <<<"$("$BIN/p2pctl" send --help)"; then
+    log "this p2pctl has no --max-speed: skipping the speed-limit cases 7-8"
+    DO_THROTTLE=0
+fi
+THROTTLE_TIMES=()
+if ((DO_THROTTLE)); then
+    log "C. speed limits: two daemons on 127.0.0.1"
+    start_pair ta 127.0.0.1:0 "" tb 127.0.0.1:0 ""
+    m_throttle() {
+        run_p2pd ta tb "$DATA/throttle.bin" --max-speed 5M
+        THROTTLE_TIMES+=("$T")
+        record thr.5m "$T" "$NOTE, measured/target $(awk -v b="$THROTTLE" -v t="$T" -v r="$THROTTLE_RATE" 'BEGIN { printf "%.4f", b / t / r }')"
+    }
+    m_cost_none() {
+        run_p2pd ta tb "$DATA/random.bin"
+        record cost.none "$T" "$NOTE"
+    }
+    m_cost_limited() {
+        run_p2pd ta tb "$DATA/random.bin" --max-speed "$HIGH_LIMIT"
+        record cost.limited "$T" "$NOTE"
+    }
+    log "warm-up (not measured)"
+    run_p2pd ta tb "$DATA/random.bin"
+    for run in $(seq "$LOOP_RUNS"); do
+        log "speed-limit run $run/$LOOP_RUNS"
+        m_throttle
+        rotate "$run" m_cost_none m_cost_limited
+    done
+    stop_daemon ta
+    stop_daemon tb
+    row "7 throttle 50 MiB at --max-speed 5M" "$THROTTLE" thr.5m "rate=$THROTTLE_RATE" 0.95-1.05
+    row "8 limiter path: --max-speed $HIGH_LIMIT / none" "$BIG" cost.limited cost.none 0.95
+fi
+
 # --- report ------------------------------------------------------------------------------------
 echo
 echo "p2pd benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, kernel $(uname -r), best of $LOOP_RUNS (loopback) / $NET_RUNS (link) runs$( ((QUICK)) && echo ", --quick")"
@@ -602,6 +647,18 @@ echo "MB/s = 10^6 bytes/s of file data; ratio = p2pd throughput / baseline throu
 printf '%-42s %10s %10s %7s %7s  %s\n' case "p2pd MB/s" "base MB/s" ratio target result
 for r in "${ROWS[@]}"; do
     IFS=$'\x1f' read -r label bytes pk bk target <<<"$r"
+    if [[ $bk == rate=* ]]; then
+        # Accuracy row: the run farthest from the target, as measured rate / target rate.
+        rate=${bk#rate=}
+        worst=$(printf '%s\n' "${THROTTLE_TIMES[@]}" | awk -v n="$bytes" -v r="$rate" '
+            { q = n / $1 / r; d = q > 1 ? q - 1 : 1 - q; if (NR == 1 || d > wd) { wd = d; w = $1 } }
+            END { print w }')
+        ratio=$(awk -v n="$bytes" -v t="$worst" -v r="$rate" 'BEGIN { printf "%.3f", n / t / r }')
+        res=$(awk -v q="$ratio" -v range="$target" 'BEGIN { split(range, b, "-"); print (q >= b[1] && q <= b[2]) ? "PASS" : "MISS" }')
+        printf '%-42s %10s %10s %7s %7s  %s\n' "$label" "$(mbps "$bytes" "$worst")" \
+            "$(awk -v r="$rate" 'BEGIN { printf "%.1f", r / 1e6 }')" "$ratio" "$target" "$res"
+        continue
+    fi
     pt=${BEST[$pk]}
     bt=${BEST[$bk]}
     p=$(mbps "$bytes" "$pt")
@@ -617,8 +674,9 @@ for r in "${ROWS[@]}"; do
     printf '%-42s %10s %10s %7s %7s  %s\n' "$label" "$p" "$b" "$ratio" "$tgt" "$res"
 done
 echo
-echo "Columns for case 4: p2pd = compression on (default), base = --no-compress."
-echo "Columns for case 5: p2pd = --window 64 (default), base = --window 1."
+((DO_LOOP)) && echo "Columns for case 4: p2pd = compression on (default), base = --no-compress."
+((DO_NET)) && echo "Columns for case 5: p2pd = --window 64 (default), base = --window 1."
+((DO_THROTTLE)) && echo "Case 7: p2pd = measured rate of the run farthest from the target, base = the target (5 MiB/s), ratio = measured / target (every run in the notes). Case 8: p2pd = --max-speed $HIGH_LIMIT (limiter on the path, never waiting), base = no limit; same 1 GiB random file."
 ((DO_NET)) && echo "Case 6 baselines: tuned = sender SO_SNDBUFFORCE $TUNED_BUF (root; no sysctl changed), default = socat as is, capped = sndbuf=$TUNED_BUF capped by net.core.wmem_max; receivers auto-tune (tcp_rmem max)."
 echo
 echo "Times in seconds (every run), notes of the best run:"

@@ -34,9 +34,14 @@ fn options() -> Option<pb::SendOptions> {
         compress: Some(false),
         chunk_size: MIB as u32,
         window: WINDOW,
+        // Slow enough that the kill points land mid-transfer on any machine.
+        max_speed: LIMIT,
         ..Default::default()
     })
 }
+
+/// The tests' speed limit (kept across a restart of the sender).
+const LIMIT: u64 = 40 * MIB;
 
 async fn start(dirs: DaemonDirs, args: Vec<String>) -> Daemon {
     tokio::task::spawn_blocking(move || {
@@ -213,7 +218,11 @@ async fn survive_kills(victim: Victim, payload: Payload, kills: usize) {
             b.stderr()
         );
         match victim {
-            Victim::Sender => a = kill_and_restart(a, Vec::new()).await,
+            Victim::Sender => {
+                a = kill_and_restart(a, Vec::new()).await;
+                let t = wait_for(&a, &id, api::SHORT, |_| true).await;
+                assert_eq!(t.max_speed, LIMIT, "the limit survives the restart: {t:?}");
+            }
             Victim::Receiver => {
                 b = kill_and_restart(b, vec!["--accept".into(), "auto".into()]).await;
             }

@@ -33,6 +33,7 @@ fn opts(chunk_size: u32, window: u32, compress: Option<bool>) -> Option<pb::Send
         level: 0,
         chunk_size,
         window,
+        max_speed: 0,
     })
 }
 

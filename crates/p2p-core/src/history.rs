@@ -738,6 +738,7 @@ mod tests {
             total_bytes: 300,
             destination: String::new(),
             started: None,
+            max_speed: 0,
         }
     }
 

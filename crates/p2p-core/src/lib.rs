@@ -15,7 +15,9 @@
 //! - [`wire`]: framing of the peer wire protocol (length prefix, limits, capability bits).
 //! - [`session`]: peer sessions — handshake, reader and writer tasks, keepalive, routing.
 //! - [`manifest`]: what a transfer carries; validation of a peer's manifest.
-//! - [`transfer`]: the registry of transfers, their state, progress and events.
+//! - [`transfer`]: the registry of transfers, their state, progress, events and speed limits.
+//! - [`ratelimit`]: token buckets with a live-changeable rate (per-transfer and global limits).
+//! - [`units`]: sizes and speeds as people write them (`64K`, `10M`, `unlimited`).
 //! - [`sender`]: the sending side of a transfer (window, adaptive compression, hashing).
 //! - [`receiver`]: the receiving side (verification, temporary files, atomic placement).
 //! - [`node`]: the running node — identity, listener, sessions, transfers, offers, shutdown.
@@ -29,6 +31,7 @@ pub mod identity;
 pub mod manifest;
 pub mod node;
 pub mod paths;
+pub mod ratelimit;
 pub mod receiver;
 pub mod records;
 pub mod sender;
@@ -36,6 +39,7 @@ pub mod session;
 pub mod store;
 pub mod tls;
 pub mod transfer;
+pub mod units;
 pub mod wire;
 
 pub use device_id::DeviceId;

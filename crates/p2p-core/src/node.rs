@@ -102,6 +102,8 @@ pub struct NodeSettings {
     pub accept_untrusted: UntrustedPolicy,
     /// Consecutive failed attempts after which an outgoing transfer gives up; 0 = never.
     pub max_attempts: u32,
+    /// Global speed limit of all outgoing transfers together, bytes per second; 0 = none.
+    pub max_speed: u64,
 }
 
 /// What to do with offers from devices that are not trusted.
@@ -157,6 +159,8 @@ pub struct Status {
     pub state_dir: PathBuf,
     /// The default download directory.
     pub download_dir: PathBuf,
+    /// The global speed limit of outgoing transfers, bytes per second (0 = none).
+    pub max_speed: u64,
 }
 
 /// An offer waiting for a local decision.
@@ -367,6 +371,7 @@ impl Node {
             Arc::new(Store::open(state_dir).map_err(|e| NodeError::Setup(error_chain(&e)))?);
         // Every transfer that ends is recorded in history before its final event goes out.
         let transfers = Transfers::with_final_hook(history::recorder(store.clone()));
+        transfers.set_max_speed(settings.max_speed);
         let tls_acceptor = tokio_rustls::TlsAcceptor::from(
             tls::server_config(&identity).map_err(|e| NodeError::Setup(error_chain(&e)))?,
         );
@@ -424,6 +429,7 @@ impl Node {
         if let Some(d) = self.inner.discovery.get() {
             d.set_name(&new.name);
         }
+        self.inner.transfers.set_max_speed(new.max_speed);
         std::mem::replace(&mut *guard, new)
     }
 
@@ -445,6 +451,7 @@ impl Node {
             active_transfer_count: self.inner.transfers.active_count(),
             state_dir: self.inner.state_dir.clone(),
             download_dir: settings.download_dir,
+            max_speed: self.inner.transfers.max_speed(),
         }
     }
 
@@ -761,6 +768,7 @@ impl Node {
             },
             compress: opts.compress && session.limits.compress,
             level: opts.level,
+            max_speed: opts.max_speed,
         };
         let id = uuid::Uuid::new_v4().to_string();
         // Retries dial the same device at the address that worked (an incoming session's
@@ -805,6 +813,7 @@ impl Node {
                 total_bytes: manifest.total_bytes,
                 destination: String::new(),
                 started: None,
+                max_speed: opts.max_speed,
             },
             CancellationToken::new(),
         );
@@ -899,6 +908,7 @@ impl Node {
             total_bytes,
             destination: String::new(),
             started: None,
+            max_speed: 0,
         };
         let token = CancellationToken::new();
         let entry = match self.inner.transfers.insert_new(new, token) {
@@ -1105,6 +1115,43 @@ impl Node {
             self.discard_incoming(id);
         }
         Ok(())
+    }
+
+    /// Changes the speed limit of an outgoing transfer (bytes per second, 0 = none), effective
+    /// at once. Returns the transfer with its new limit.
+    ///
+    /// # Errors
+    /// `NotFound`; `InvalidArgument` for a limit below the minimum; `FailedPrecondition` if the
+    /// transfer has ended or is an incoming one (limits apply on the sending daemon).
+    pub fn set_transfer_limit(
+        &self,
+        id: &str,
+        max_speed: u64,
+    ) -> Result<TransferSnapshot, NodeError> {
+        let entry = self
+            .inner
+            .transfers
+            .get(id)
+            .ok_or_else(|| NodeError::NotFound(format!("no transfer {id}")))?;
+        if entry.direction == Direction::Receive {
+            return Err(NodeError::FailedPrecondition(format!(
+                "transfer {id} is incoming: speed limits apply on the sending daemon, set it there"
+            )));
+        }
+        let state = entry.state();
+        if state.is_final() {
+            return Err(NodeError::FailedPrecondition(format!(
+                "transfer {id} has already ended ({state:?})"
+            )));
+        }
+        crate::ratelimit::check_rate(max_speed)
+            .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+        // Kept with the transfer's record, so the limit holds after a restart too.
+        self.inner
+            .store
+            .set_outgoing_max_speed(id, max_speed)
+            .map_err(|e| NodeError::Io(error_chain(&e)))?;
+        Ok(entry.set_max_speed(max_speed))
     }
 
     /// Offers waiting for a decision.
@@ -1546,6 +1593,7 @@ mod tests {
             accept: AcceptPolicy::Auto,
             accept_untrusted: UntrustedPolicy::Ask,
             max_attempts: 0,
+            max_speed: 0,
         };
         Node::start(identity, settings, dir, listener, CancellationToken::new()).unwrap()
     }
@@ -1564,9 +1612,11 @@ mod tests {
             accept: AcceptPolicy::Ask,
             accept_untrusted: UntrustedPolicy::Reject,
             max_attempts: 0,
+            max_speed: 5 << 20,
         });
         assert_eq!(old.name, "n");
         assert_eq!(n.status().device_name, "m");
+        assert_eq!((old.max_speed, n.status().max_speed), (0, 5 << 20));
         assert!(n.shutdown(Duration::from_secs(1)).await);
         assert!(n.shutdown_token().is_cancelled());
     }

@@ -36,6 +36,7 @@ pub(crate) const MIGRATION: &str = "
         level INTEGER NOT NULL,
         chunk_size INTEGER NOT NULL,
         window INTEGER NOT NULL,
+        max_speed INTEGER NOT NULL DEFAULT 0,
         paused INTEGER NOT NULL DEFAULT 0,
         started_ms INTEGER NOT NULL
     );
@@ -146,8 +147,8 @@ impl Store {
     pub fn save_outgoing(&self, r: &OutgoingRecord) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
-                "INSERT OR REPLACE INTO outgoing (id, peer_id, dial, info, sources, compress, level, chunk_size, window, paused, started_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT OR REPLACE INTO outgoing (id, peer_id, dial, info, sources, compress, level, chunk_size, window, paused, started_ms, max_speed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     r.id,
                     r.peer_id,
@@ -160,7 +161,22 @@ impl Store {
                     r.options.window,
                     r.paused,
                     r.started_ms as i64,
+                    r.options.max_speed as i64,
                 ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Changes the recorded speed limit of an outgoing transfer (bytes per second, 0 = none).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn set_outgoing_max_speed(&self, id: &str, max_speed: u64) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE outgoing SET max_speed = ?2 WHERE id = ?1",
+                params![id, max_speed as i64],
             )
             .map(|_| ())
         })
@@ -188,18 +204,18 @@ impl Store {
     pub fn outgoing_records(&self) -> Result<Vec<OutgoingRecord>, StoreError> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT id, peer_id, dial, info, sources, compress, level, chunk_size, window, paused, started_ms
+                "SELECT id, peer_id, dial, info, sources, compress, level, chunk_size, window, paused, started_ms, max_speed
                  FROM outgoing ORDER BY started_ms, id",
             )?;
             let rows = st.query_map([], |row| {
                 let id: String = row.get(0)?;
                 let info = decode_info(&row.get::<_, Vec<u8>>(3)?);
                 let sources: Vec<u8> = row.get(4)?;
-                Ok((id, info, sources, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, bool>(5)?, row.get::<_, i32>(6)?, row.get::<_, u32>(7)?, row.get::<_, u32>(8)?, row.get::<_, bool>(9)?, row.get::<_, i64>(10)?))
+                Ok((id, info, sources, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, bool>(5)?, row.get::<_, i32>(6)?, row.get::<_, u32>(7)?, row.get::<_, u32>(8)?, row.get::<_, bool>(9)?, row.get::<_, i64>(10)?, row.get::<_, i64>(11)?))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, info, sources, peer_id, dial, compress, level, chunk_size, window, paused, started) = row?;
+                let (id, info, sources, peer_id, dial, compress, level, chunk_size, window, paused, started, max_speed) = row?;
                 let info = match info {
                     Ok(i) => i,
                     Err(e) => {
@@ -223,6 +239,7 @@ impl Store {
                         level,
                         chunk_size,
                         window,
+                        max_speed: max_speed.max(0) as u64,
                     },
                     paused,
                     started_ms: started.max(0) as u64,

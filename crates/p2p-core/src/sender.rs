@@ -543,6 +543,10 @@ fn produce(
                     resends: 0,
                 },
             );
+            // Speed limits count the whole frame as it goes on the wire.
+            entry
+                .throttle(frame.len() as u64, rt, cancel)
+                .map_err(|_| Produce::Cancelled)?;
             writer.blocking_send(frame).map_err(|_| Produce::Lost)?;
             entry.wire_bytes.fetch_add(wire_len, Ordering::Relaxed);
             done += want as u64;

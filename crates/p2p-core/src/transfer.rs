@@ -7,6 +7,10 @@
 //! A registry may carry a [`FinalHook`]: it is called exactly once per transfer, when the
 //! transfer reaches a final state, after the entry's lock is released and before the final
 //! event is broadcast (the node records history with it).
+//!
+//! Speed limits live here too: each transfer has its own [`RateLimiter`], and the registry owns
+//! the global one that it hands to every transfer. Limits apply on the sending side, where
+//! [`TransferEntry::throttle`] paces each chunk through both.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+
+use crate::ratelimit::{self, Cancelled, RateLimiter};
 
 /// Smallest chunk size accepted.
 pub const MIN_CHUNK: u32 = 4 << 10;
@@ -66,6 +72,9 @@ pub struct SendOptions {
     pub chunk_size: u32,
     /// Chunks in flight.
     pub window: u32,
+    /// This transfer's speed limit in bytes per second on the wire; 0 = unlimited. The
+    /// daemon's global limit applies as well.
+    pub max_speed: u64,
 }
 
 impl Default for SendOptions {
@@ -75,6 +84,7 @@ impl Default for SendOptions {
             level: DEFAULT_LEVEL,
             chunk_size: DEFAULT_CHUNK,
             window: DEFAULT_WINDOW,
+            max_speed: 0,
         }
     }
 }
@@ -111,6 +121,7 @@ impl SendOptions {
                 self.level
             ));
         }
+        ratelimit::check_rate(self.max_speed).map_err(|e| e.to_string())?;
         Ok(())
     }
 }
@@ -211,6 +222,8 @@ pub struct TransferSnapshot {
     pub next_attempt_at_ms: u64,
     /// Payload bytes the receiver already had at the last resume.
     pub resumed_bytes: u64,
+    /// This transfer's own speed limit in bytes per second (0 = none).
+    pub max_speed: u64,
 }
 
 #[derive(Debug)]
@@ -255,6 +268,11 @@ pub struct TransferEntry {
     started_instant: Instant,
     /// Cancelled when the transfer must stop (user cancel, peer cancel, session loss).
     pub cancel: CancellationToken,
+    // This transfer's own speed limit; the sending thread waits on it, the control API changes
+    // it while the transfer runs.
+    limit: RateLimiter,
+    // The daemon-wide limit, shared with every other transfer (owned by the registry).
+    global_limit: Arc<RateLimiter>,
     // Everything that changes together and is read together for a snapshot.
     inner: Mutex<Mutable>,
     events: broadcast::Sender<TransferSnapshot>,
@@ -286,6 +304,8 @@ pub struct NewTransfer {
     pub destination: String,
     /// When it started, if before now (a transfer restored after a restart).
     pub started: Option<SystemTime>,
+    /// Speed limit in bytes per second (sending side; 0 = none).
+    pub max_speed: u64,
 }
 
 fn ms(t: SystemTime) -> u64 {
@@ -349,6 +369,7 @@ impl TransferEntry {
                 _ => 0,
             },
             resumed_bytes: self.resumed_bytes.load(Ordering::Relaxed),
+            max_speed: self.limit.rate(),
         }
     }
 
@@ -417,6 +438,39 @@ impl TransferEntry {
         }
     }
 
+    /// This transfer's own speed limit in bytes per second (0 = none).
+    pub fn max_speed(&self) -> u64 {
+        self.limit.rate()
+    }
+
+    /// Changes this transfer's speed limit (0 = none), effective at once — also for a chunk
+    /// already waiting — and emits an event. Checking that the transfer is an outgoing one that
+    /// has not ended is the caller's business.
+    pub fn set_max_speed(&self, bytes_per_second: u64) -> TransferSnapshot {
+        self.limit.set_rate(bytes_per_second);
+        let mut m = self.lock();
+        m.last_emit = Instant::now();
+        let snap = self.snapshot_locked(&m);
+        drop(m);
+        tracing::info!(transfer = %self.id, max_speed = bytes_per_second, "speed limit changed");
+        let _ = self.events.send(snap.clone());
+        snap
+    }
+
+    /// Waits (on the sending thread) until `bytes` may go on the wire under this transfer's
+    /// limit and the global one. With no limit set this is two atomic loads.
+    ///
+    /// # Errors
+    /// [`Cancelled`] as soon as `cancel` is cancelled.
+    pub fn throttle(
+        &self,
+        bytes: u64,
+        rt: &tokio::runtime::Handle,
+        cancel: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        ratelimit::blocking_acquire(&[&self.limit, &self.global_limit], bytes, rt, cancel)
+    }
+
     /// Sets the destination shown for a receiving transfer.
     pub fn set_destination(&self, dest: String) {
         self.lock().destination = dest;
@@ -448,6 +502,8 @@ pub struct Transfers {
     map: Mutex<HashMap<String, Arc<TransferEntry>>>,
     events: broadcast::Sender<TransferSnapshot>,
     on_final: OnFinal,
+    // The daemon-wide speed limit, handed to every transfer; changed on a config reload.
+    global_limit: Arc<RateLimiter>,
 }
 
 impl Default for Transfers {
@@ -464,6 +520,7 @@ impl Transfers {
             map: Mutex::new(HashMap::new()),
             events,
             on_final: OnFinal::default(),
+            global_limit: Arc::new(RateLimiter::new(0)),
         }
     }
 
@@ -475,6 +532,26 @@ impl Transfers {
         Transfers {
             on_final: OnFinal(Some(hook)),
             ..Self::new()
+        }
+    }
+
+    /// An empty registry with a global speed limit (bytes per second, 0 = none).
+    pub fn with_max_speed(bytes_per_second: u64) -> Self {
+        let t = Self::new();
+        t.set_max_speed(bytes_per_second);
+        t
+    }
+
+    /// The global speed limit shared by every outgoing transfer, bytes per second (0 = none).
+    pub fn max_speed(&self) -> u64 {
+        self.global_limit.rate()
+    }
+
+    /// Changes the global speed limit (0 = none); running transfers follow at once.
+    pub fn set_max_speed(&self, bytes_per_second: u64) {
+        if self.global_limit.rate() != bytes_per_second {
+            tracing::info!(max_speed = bytes_per_second, "global speed limit changed");
+            self.global_limit.set_rate(bytes_per_second);
         }
     }
 
@@ -528,6 +605,8 @@ impl Transfers {
                 .and_then(|age| Instant::now().checked_sub(age))
                 .unwrap_or_else(Instant::now),
             cancel,
+            limit: RateLimiter::new(t.max_speed),
+            global_limit: self.global_limit.clone(),
             inner: Mutex::new(Mutable {
                 state: t.state,
                 error: String::new(),

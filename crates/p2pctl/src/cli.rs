@@ -83,6 +83,24 @@ pub(crate) enum Command {
         #[arg(value_parser = NonEmptyStringValueParser::new())]
         id: String,
     },
+    /// Change the speed limit of a transfer this daemon is sending, at once.
+    ///
+    /// The daemon's global limit (config `max_speed`, shown by `p2pctl status`) applies as well;
+    /// the lower of the two sets the pace. Limits apply on the sending side: for an incoming
+    /// transfer, ask the sender.
+    Limit {
+        /// A transfer id, or a unique beginning of one.
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        id: String,
+        /// Bytes per second on the wire, e.g. 512K, 10M or 1G (K, M, G are binary: 10M is
+        /// 10 MiB/s), at least 1K; or `unlimited`.
+        #[arg(
+            value_name = "RATE",
+            allow_negative_numbers = true,
+            value_parser = p2p_core::units::parse_rate
+        )]
+        rate: u64,
+    },
     /// List offers from peers that wait for your decision (`accept` or `reject`).
     Incoming,
     /// Accept an incoming offer; its files go to the download directory unless --to says
@@ -322,14 +340,26 @@ pub(crate) struct SendArgs {
     /// acknowledgement [default: 64].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(crate) window: Option<u32>,
+
+    /// Speed limit of this transfer in bytes per second on the wire, e.g. 512K, 10M or 1G (K,
+    /// M, G are binary: 10M is 10 MiB/s), at least 1K; or `unlimited` [default: unlimited].
+    /// The daemon's global limit applies as well. Change it later with `p2pctl limit ID RATE`.
+    #[arg(
+        long,
+        value_name = "RATE",
+        allow_negative_numbers = true,
+        value_parser = p2p_core::units::parse_rate
+    )]
+    pub(crate) max_speed: Option<u64>,
 }
 
 /// Smallest and largest chunk size the daemon accepts.
 const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u64> = (4 << 10)..=(16 << 20);
 
-/// A `--chunk-size` value: a size (see [`units::parse_size`]) within 4 KiB ..= 16 MiB.
+/// A `--chunk-size` value: a size (see [`p2p_core::units::parse_size`]) within
+/// 4 KiB ..= 16 MiB.
 fn parse_chunk_size(text: &str) -> Result<u32, String> {
-    let size = units::parse_size(text)?;
+    let size = p2p_core::units::parse_size(text).map_err(|e| e.to_string())?;
     if !CHUNK_SIZE_RANGE.contains(&size) {
         return Err(format!(
             "the chunk size must be between 4K and 16M, not {}",
@@ -703,6 +733,34 @@ mod tests {
                 .unwrap()
                 .json
         );
+    }
+
+    #[test]
+    fn speed_limits_parse_and_bad_ones_are_usage_errors() {
+        let cli =
+            Cli::try_parse_from(["p2pctl", "send", "a", "--peer", "h:1", "--max-speed", "10M"])
+                .unwrap();
+        assert!(matches!(cli.command, Command::Send(a) if a.max_speed == Some(10 << 20)));
+        let cli = Cli::try_parse_from(["p2pctl", "limit", "0123", "unlimited"]).unwrap();
+        assert!(matches!(cli.command, Command::Limit { id, rate: 0 } if id == "0123"));
+        let cli = Cli::try_parse_from(["p2pctl", "limit", "0123", "512K"]).unwrap();
+        assert!(matches!(cli.command, Command::Limit { rate: 524_288, .. }));
+        // Every bad form is in p2p_core::units' tests and the end-to-end tests; here: that a
+        // bad RATE is a validation error naming the argument, a negative one included.
+        for args in [
+            &["p2pctl", "limit", "0123", "-1"][..],
+            &["p2pctl", "send", "a", "--peer", "h:1", "--max-speed", "10X"],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+            assert!(err.to_string().contains("RATE"), "{args:?}: {err}");
+        }
+        assert!(Cli::try_parse_from(["p2pctl", "limit", "0123"]).is_err());
+        assert!(Cli::try_parse_from(["p2pctl", "limit", "", "5M"]).is_err());
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub(crate) async fn run(cli: Cli) -> Result<Finished> {
         Command::Cancel { id } => cancel(&mut api, &id, as_json).await?,
         Command::Pause { id } => pause_or_resume(&mut api, &id, true, as_json).await?,
         Command::Resume { id } => pause_or_resume(&mut api, &id, false, as_json).await?,
+        Command::Limit { id, rate } => limit(&mut api, &id, rate, as_json).await?,
         Command::Incoming => {
             let list = answer(api.list_incoming(pb::ListIncomingRequest {}).await)?;
             if as_json {
@@ -368,6 +369,47 @@ async fn pause_or_resume(
     }
 }
 
+async fn limit(
+    api: &mut ControlServiceClient<Channel>,
+    given: &str,
+    rate: u64,
+    as_json: bool,
+) -> Result<()> {
+    let id = client::resolve_transfer_id(api, given).await?;
+    let request = pb::SetTransferLimitRequest {
+        id,
+        max_speed: rate,
+    };
+    let t = answer(api.set_transfer_limit(request).await)?;
+    if as_json {
+        print_json(&json::transfer(&t))
+    } else {
+        stdout_line(&limit_text(&t))
+    }
+}
+
+/// `transfer 5a26d75f-…: speed limit 5.0 MiB/s` or `…: no speed limit of its own`.
+fn limit_text(t: &pb::Transfer) -> String {
+    if t.max_speed == 0 {
+        format!("transfer {}: no speed limit of its own", t.id)
+    } else {
+        format!(
+            "transfer {}: speed limit {}",
+            t.id,
+            units::speed(t.max_speed)
+        )
+    }
+}
+
+/// The global limit as `status` shows it.
+fn global_limit_text(max_speed: u64) -> String {
+    if max_speed == 0 {
+        "none".to_owned()
+    } else {
+        format!("{} for all outgoing transfers", units::speed(max_speed))
+    }
+}
+
 async fn accept(
     api: &mut ControlServiceClient<Channel>,
     given: &str,
@@ -428,6 +470,7 @@ fn status_text(s: &pb::GetStatusResponse) -> String {
          listening:  {}\n\
          sessions:   {}\n\
          transfers:  {} active\n\
+         limit:      {}\n\
          downloads:  {}\n\
          state:      {}\n\
          socket:     {}\n",
@@ -439,6 +482,7 @@ fn status_text(s: &pb::GetStatusResponse) -> String {
         s.listen_address,
         s.session_count,
         s.active_transfer_count,
+        global_limit_text(s.max_speed),
         s.download_dir,
         s.state_dir,
         s.socket_path,
@@ -464,6 +508,29 @@ mod tests {
         assert!(
             text.contains(&format!("device:     alpha ({DEVICE_ID})")),
             "{text}"
+        );
+        assert!(text.contains("\nlimit:      none\n"), "{text}");
+        let limited = pb::GetStatusResponse {
+            max_speed: 10 << 20,
+            ..s
+        };
+        assert!(
+            status_text(&limited).contains("\nlimit:      10.0 MiB/s for all outgoing transfers\n")
+        );
+    }
+
+    #[test]
+    fn limit_says_the_new_limit() {
+        let t = pb::Transfer {
+            id: "5a26d75f".to_owned(),
+            max_speed: 5 << 20,
+            ..Default::default()
+        };
+        assert_eq!(limit_text(&t), "transfer 5a26d75f: speed limit 5.0 MiB/s");
+        let t = pb::Transfer { max_speed: 0, ..t };
+        assert_eq!(
+            limit_text(&t),
+            "transfer 5a26d75f: no speed limit of its own"
         );
     }
 

@@ -111,6 +111,7 @@ pub(crate) fn transfer(t: &pb::Transfer) -> Value {
         attempt,
         next_attempt_at_ms,
         resumed_bytes,
+        max_speed,
     } = t;
     json!({
         "id": id,
@@ -137,6 +138,7 @@ pub(crate) fn transfer(t: &pb::Transfer) -> Value {
         "attempt": attempt,
         "next_attempt_at_ms": next_attempt_at_ms,
         "resumed_bytes": resumed_bytes,
+        "max_speed": max_speed,
     })
 }
 
@@ -313,6 +315,7 @@ pub(crate) fn status(s: &pb::GetStatusResponse) -> Value {
         state_dir,
         download_dir,
         socket_path,
+        max_speed,
     } = s;
     json!({
         "device_id": device_id,
@@ -326,6 +329,7 @@ pub(crate) fn status(s: &pb::GetStatusResponse) -> Value {
         "state_dir": state_dir,
         "download_dir": download_dir,
         "socket_path": socket_path,
+        "max_speed": max_speed,
     })
 }
 
@@ -416,6 +420,7 @@ pub(crate) mod tests {
             attempt: 1,
             next_attempt_at_ms: 0,
             resumed_bytes: 0,
+            max_speed: 10 << 20,
         }
     }
 
@@ -449,6 +454,7 @@ pub(crate) mod tests {
                 "attempt": 1,
                 "next_attempt_at_ms": 0,
                 "resumed_bytes": 0,
+                "max_speed": 10_485_760,
             })
         );
         assert_eq!(

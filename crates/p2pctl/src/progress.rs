@@ -223,16 +223,27 @@ pub(crate) fn peer(t: &pb::Transfer) -> &str {
     }
 }
 
-/// `3/10 files, 12.0 MiB / 40.0 MiB, 8.2 MiB/s`.
+/// `3/10 files, 12.0 MiB / 40.0 MiB, 8.2 MiB/s`, and ` (limit 10.0 MiB/s)` when the transfer
+/// has a speed limit of its own.
 fn progress_text(t: &pb::Transfer) -> String {
     format!(
-        "{}/{} files, {} / {}, {}",
+        "{}/{} files, {} / {}, {}{}",
         t.files_done,
         t.total_files,
         units::bytes(t.bytes_done),
         units::bytes(t.total_bytes),
         units::speed(t.bytes_per_second),
+        limit_suffix(t),
     )
+}
+
+/// ` (limit 10.0 MiB/s)`, or nothing for a transfer without a limit of its own.
+fn limit_suffix(t: &pb::Transfer) -> String {
+    if t.max_speed == 0 {
+        String::new()
+    } else {
+        format!(" (limit {})", units::speed(t.max_speed))
+    }
 }
 
 /// The plain progress line of `send` (and any one transfer), or `None` once it has ended (the
@@ -406,13 +417,14 @@ pub(crate) fn event_line(t: &pb::Transfer) -> String {
             pause_text(t)
         ),
         _ => format!(
-            "{}/{} files, {} / {} ({}), {}",
+            "{}/{} files, {} / {} ({}), {}{}",
             t.files_done,
             t.total_files,
             units::bytes(t.bytes_done),
             units::bytes(t.total_bytes),
             units::percent(t.bytes_done, t.total_bytes),
             units::speed(t.bytes_per_second),
+            limit_suffix(t),
         ),
     };
     if tail.is_empty() {
@@ -443,6 +455,14 @@ mod tests {
         let t = sample_transfer();
         assert_eq!(
             send_progress_line(&t).as_deref(),
+            Some("sending 3/10 files, 12.0 MiB / 40.0 MiB, 8.2 MiB/s (limit 10.0 MiB/s)")
+        );
+        let unlimited = pb::Transfer {
+            max_speed: 0,
+            ..t.clone()
+        };
+        assert_eq!(
+            send_progress_line(&unlimited).as_deref(),
             Some("sending 3/10 files, 12.0 MiB / 40.0 MiB, 8.2 MiB/s")
         );
         let receiving = pb::Transfer {
@@ -517,7 +537,7 @@ mod tests {
     fn watch_lines() {
         assert_eq!(
             event_line(&sample_transfer()),
-            "01234567 send running kitchen-pc 3/10 files, 12.0 MiB / 40.0 MiB (30%), 8.2 MiB/s"
+            "01234567 send running kitchen-pc 3/10 files, 12.0 MiB / 40.0 MiB (30%), 8.2 MiB/s (limit 10.0 MiB/s)"
         );
         assert_eq!(
             event_line(&ended(pb::TransferState::Completed, "")),

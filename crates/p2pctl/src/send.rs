@@ -55,6 +55,7 @@ fn options(args: &SendArgs) -> pb::SendOptions {
         level: args.level.unwrap_or(0),
         chunk_size: args.chunk_size.unwrap_or(0),
         window: args.window.unwrap_or(0),
+        max_speed: args.max_speed.unwrap_or(0),
     }
 }
 
@@ -148,6 +149,8 @@ mod tests {
             "1M",
             "--window",
             "8",
+            "--max-speed",
+            "512K",
         ]);
         let crate::cli::Command::Send(args) = cli.command else {
             panic!("not send");
@@ -159,6 +162,7 @@ mod tests {
                 level: 0,
                 chunk_size: 1 << 20,
                 window: 8,
+                max_speed: 512 << 10,
             }
         );
     }

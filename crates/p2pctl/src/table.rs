@@ -81,12 +81,19 @@ pub(crate) fn transfers(list: &[pb::Transfer]) -> String {
                 } else {
                     "-".to_owned()
                 },
+                if t.max_speed > 0 {
+                    units::speed(t.max_speed)
+                } else {
+                    "-".to_owned()
+                },
                 t.roots.join(", "),
             ]
         })
         .collect();
     render(
-        &["ID", "DIR", "STATE", "PEER", "PROGRESS", "SPEED", "ROOTS"],
+        &[
+            "ID", "DIR", "STATE", "PEER", "PROGRESS", "SPEED", "LIMIT", "ROOTS",
+        ],
         &rows,
     )
 }
@@ -387,11 +394,15 @@ mod tests {
             "running",
             "kitchen-pc",
             "30% 12.0 MiB/40.0 MiB",
-            "8.2 MiB/s",
-            "photos, notes.txt",
+            "8.2 MiB/s  10.0 MiB/s  photos, notes.txt",
         ] {
             assert!(row.contains(part), "{part} in {row}");
         }
+        let unlimited = pb::Transfer {
+            max_speed: 0,
+            ..sample_transfer()
+        };
+        assert!(transfers(&[unlimited]).contains("8.2 MiB/s  -      photos"));
         assert_eq!(transfers(&[]), "no transfers\n");
     }
 

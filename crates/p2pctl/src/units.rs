@@ -1,9 +1,7 @@
-//! Byte counts, speeds, durations and percentages: human formatting for the output, and
-//! parsing sizes such as `64K` or `1MiB` from the command line.
+//! Byte counts, speeds, durations and percentages: human formatting for the output.
 //!
-//! Sizes are shown in binary units (`KiB`, `MiB`, …) with one decimal. On input, `K`, `M`, `G`
-//! and `T` (with or without `i`/`iB`) are binary too, as in `dd` and `rsync`; only the explicit
-//! decimal `KB`, `MB`, `GB` and `TB` mean powers of 1000.
+//! Sizes are shown in binary units (`KiB`, `MiB`, …) with one decimal. Sizes and speeds on the
+//! command line are parsed by [`p2p_core::units`], where `K`, `M`, `G` and `T` are binary too.
 
 use std::time::Duration;
 
@@ -90,57 +88,6 @@ pub(crate) fn files(n: u64) -> String {
     }
 }
 
-/// Parses a byte size: `4096`, `64K`, `64KiB`, `1M`, `1.5M`, `2 GiB`, `1000KB`.
-///
-/// # Errors
-/// A message for the user when the text is not a size, names an unknown unit, is not a whole
-/// number of bytes or does not fit in 64 bits.
-pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = (&text[..split], text[split..].trim());
-    if number.is_empty() {
-        return Err(format!(
-            "{text:?} is not a size: expected a number with an optional unit, e.g. 4096, 64K, 1M or 1MiB"
-        ));
-    }
-    let factor: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "ki" | "kib" => 1 << 10,
-        "m" | "mi" | "mib" => 1 << 20,
-        "g" | "gi" | "gib" => 1 << 30,
-        "t" | "ti" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?}: use B, K/KiB, M/MiB, G/GiB or T/TiB (KB, MB, GB, TB are powers of 1000)"
-            ));
-        }
-    };
-    let too_big = || format!("{text:?} is too large");
-    if let Ok(whole) = number.parse::<u64>() {
-        return whole.checked_mul(factor).ok_or_else(too_big);
-    }
-    // A fraction such as 1.5M: exact in f64 for every size a chunk or file can have.
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size: {number:?} is not a number"))?;
-    let total = value * factor as f64;
-    if total.fract() != 0.0 {
-        return Err(format!("{text:?} is not a whole number of bytes"));
-    }
-    // `u64::MAX as f64` is 2^64, the first value that does not fit.
-    if !(0.0..u64::MAX as f64).contains(&total) {
-        return Err(too_big());
-    }
-    Ok(total as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,50 +151,5 @@ mod tests {
         assert_eq!(files(0), "0 files");
         assert_eq!(files(1), "1 file");
         assert_eq!(files(10), "10 files");
-    }
-
-    #[test]
-    fn sizes_parse() {
-        for (text, want) in [
-            ("4096", 4096),
-            ("0", 0),
-            ("64K", 64 << 10),
-            ("64k", 64 << 10),
-            ("64KiB", 64 << 10),
-            ("64 KiB", 64 << 10),
-            ("1M", 1 << 20),
-            ("1MiB", 1 << 20),
-            ("1mi", 1 << 20),
-            ("1.5M", 3 << 19),
-            ("2G", 2 << 30),
-            ("1T", 1 << 40),
-            ("512B", 512),
-            ("1000KB", 1_000_000),
-            ("1MB", 1_000_000),
-            ("1GB", 1_000_000_000),
-            (" 16M ", 16 << 20),
-        ] {
-            assert_eq!(parse_size(text), Ok(want), "{text}");
-        }
-    }
-
-    #[test]
-    fn bad_sizes_are_refused_with_a_reason() {
-        for (text, reason) in [
-            ("", "not a size"),
-            ("K", "not a size"),
-            ("abc", "not a size"),
-            ("-1K", "not a size"),
-            ("1X", "unknown unit"),
-            ("1 KiBs", "unknown unit"),
-            ("1.2.3M", "not a number"),
-            ("0.3K", "whole number"),
-            ("1.5", "whole number"),
-            ("99999999999T", "too large"),
-            ("18446744073709551616", "too large"),
-        ] {
-            let err = parse_size(text).expect_err(text);
-            assert!(err.contains(reason), "{text}: {err}");
-        }
     }
 }

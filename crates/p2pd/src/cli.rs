@@ -58,6 +58,17 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "N")]
     pub(crate) max_attempts: Option<u32>,
 
+    /// Global speed limit of all outgoing transfers together, in bytes per second on the wire:
+    /// e.g. 512K, 10M, 1G (K, M, G are binary: 10M is 10 MiB/s), or `unlimited`
+    /// [default: unlimited]. A transfer's own limit (`p2pctl send --max-speed`) applies as well.
+    #[arg(
+        long,
+        value_name = "RATE",
+        allow_negative_numbers = true,
+        value_parser = p2p_core::units::parse_rate
+    )]
+    pub(crate) max_speed: Option<u64>,
+
     /// UDP port of LAN discovery beacons [default: 14566].
     #[arg(long, value_name = "PORT")]
     pub(crate) discovery_port: Option<u16>,

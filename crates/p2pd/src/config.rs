@@ -32,6 +32,8 @@ struct FileConfig {
     discovery_port: Option<u16>,
     peers: Option<Vec<String>>,
     max_attempts: Option<u32>,
+    /// A speed ("10M", "unlimited") or a number of bytes per second.
+    max_speed: Option<toml::Value>,
 }
 
 /// Errors of loading the configuration.
@@ -78,6 +80,8 @@ pub(crate) struct Config {
     pub(crate) peers: Vec<String>,
     /// Consecutive failed attempts before an outgoing transfer gives up; 0 = never.
     pub(crate) max_attempts: u32,
+    /// Global speed limit of outgoing transfers, bytes per second; 0 = none.
+    pub(crate) max_speed: u64,
 }
 
 impl Config {
@@ -200,8 +204,19 @@ impl Config {
             }
         }
 
+        let max_speed = match (cli.max_speed, &file.max_speed) {
+            (Some(rate), _) => rate,
+            (None, Some(value)) => rate_of(value).map_err(|problem| ConfigError::Invalid {
+                key: "max_speed",
+                origin: origin(false),
+                problem,
+            })?,
+            (None, None) => 0,
+        };
+
         Ok(Config {
             max_attempts: cli.max_attempts.or(file.max_attempts).unwrap_or(0),
+            max_speed,
             discovery_port,
             peers,
             accept_untrusted,
@@ -243,6 +258,24 @@ fn non_empty_path(p: PathBuf, key: &'static str, origin: String) -> Result<PathB
 /// `--daemon` changes directory to `/`.
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// A `max_speed` value: a speed as text (`"10M"`, `"unlimited"`, see
+/// [`p2p_core::units::parse_rate`]) or a whole number of bytes per second.
+fn rate_of(value: &toml::Value) -> Result<u64, String> {
+    match value {
+        toml::Value::String(text) => p2p_core::units::parse_rate(text).map_err(|e| e.to_string()),
+        toml::Value::Integer(n) => {
+            let rate = u64::try_from(*n)
+                .map_err(|_| format!("{n} is negative; use 0 or \"unlimited\" for no limit"))?;
+            p2p_core::ratelimit::check_rate(rate).map_err(|e| e.to_string())?;
+            Ok(rate)
+        }
+        other => Err(format!(
+            "expected a speed such as \"10M\", \"512K\" or \"unlimited\", or a whole number of bytes per second, not a {}",
+            other.type_str()
+        )),
+    }
 }
 
 fn validate_name(name: &str) -> Result<(), String> {
@@ -331,6 +364,12 @@ mod tests {
             ("accept_untrusted = \"auto\"", "accept_untrusted"),
             ("peers = [\"nohost\"]", "peers"),
             ("discovery_port = 70000", "discovery_port"),
+            ("max_speed = \"fast\"", "max_speed"),
+            ("max_speed = \"10X\"", "max_speed"),
+            ("max_speed = -1", "max_speed"),
+            ("max_speed = 5", "max_speed"),
+            ("max_speed = 1.5", "max_speed"),
+            ("max_speed = \"1.5.5M\"", "max_speed"),
         ] {
             let f = write(dir.path(), text);
             let err = Config::load(&cli(&["--config", f.to_str().unwrap()]))
@@ -338,6 +377,52 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn max_speed_takes_a_speed_a_number_or_unlimited() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, want) in [
+            ("max_speed = \"10M\"", 10 << 20),
+            ("max_speed = \"512K\"", 512 << 10),
+            ("max_speed = \"1G\"", 1 << 30),
+            ("max_speed = \"unlimited\"", 0),
+            ("max_speed = 1000000", 1_000_000),
+            ("max_speed = 0", 0),
+            ("", 0),
+        ] {
+            let f = write(dir.path(), text);
+            let c = Config::load(&cli(&["--config", f.to_str().unwrap()])).unwrap();
+            assert_eq!(c.max_speed, want, "{text}");
+        }
+        // The flag wins over the file.
+        let f = write(dir.path(), "max_speed = \"10M\"");
+        let c = Config::load(&cli(&[
+            "--config",
+            f.to_str().unwrap(),
+            "--max-speed",
+            "unlimited",
+        ]))
+        .unwrap();
+        assert_eq!(c.max_speed, 0);
+        // A bad value names the file, the key and the problem.
+        let f = write(dir.path(), "max_speed = \"10X\"");
+        let err = Config::load(&cli(&["--config", f.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`max_speed`")
+                && err.contains(f.to_str().unwrap())
+                && err.contains("unknown unit"),
+            "{err}"
+        );
+        let err = Cli::try_parse_from(["p2pd", "--max-speed", "-1"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--max-speed") && err.contains("not a speed"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -83,6 +83,7 @@ fn send_options(o: Option<pb::SendOptions>) -> SendOptions {
             o.chunk_size
         },
         window: if o.window == 0 { d.window } else { o.window },
+        max_speed: o.max_speed,
     }
 }
 
@@ -127,6 +128,7 @@ fn transfer_pb(t: TransferSnapshot) -> pb::Transfer {
         attempt: t.attempt,
         next_attempt_at_ms: t.next_attempt_at_ms,
         resumed_bytes: t.resumed_bytes,
+        max_speed: t.max_speed,
     }
 }
 
@@ -296,6 +298,7 @@ impl ControlService for ControlApi {
             state_dir: s.state_dir.display().to_string(),
             download_dir: s.download_dir.display().to_string(),
             socket_path: self.socket_path.display().to_string(),
+            max_speed: s.max_speed,
         }))
     }
 
@@ -472,6 +475,17 @@ impl ControlService for ControlApi {
     ) -> Result<Response<pb::ClearHistoryResponse>, Status> {
         let removed = self.node.clear_history().map_err(status_of)?;
         Ok(Response::new(pb::ClearHistoryResponse { removed }))
+    }
+
+    async fn set_transfer_limit(
+        &self,
+        request: Request<pb::SetTransferLimitRequest>,
+    ) -> Result<Response<pb::Transfer>, Status> {
+        let r = request.into_inner();
+        self.node
+            .set_transfer_limit(required(&r.id, "id")?, r.max_speed)
+            .map(|t| Response::new(transfer_pb(t)))
+            .map_err(status_of)
     }
 
     async fn list_incoming(

@@ -275,6 +275,7 @@ fn settings_of(config: &Config, identity: &Identity) -> NodeSettings {
         accept: config.accept,
         accept_untrusted: config.accept_untrusted,
         max_attempts: config.max_attempts,
+        max_speed: config.max_speed,
     }
 }
 
@@ -317,6 +318,7 @@ fn reload(cli: &Cli, current: Config, node: &Node, log: &LogHandle) -> Config {
         accept = ?settings.accept,
         accept_untrusted = ?settings.accept_untrusted,
         max_attempts = settings.max_attempts,
+        max_speed = settings.max_speed,
         log_level = %new.log_level,
         name_changed = old.name != settings.name,
         "SIGHUP: configuration reloaded"

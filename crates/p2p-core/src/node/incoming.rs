@@ -337,6 +337,7 @@ impl Node {
                 total_bytes: r.info.files.iter().map(|f| f.size).sum(),
                 destination: r.dest_dir.display().to_string(),
                 started: Some(UNIX_EPOCH + Duration::from_millis(r.started_ms)),
+                max_speed: 0,
             },
             CancellationToken::new(),
         );

@@ -367,6 +367,7 @@ impl Node {
                 total_bytes: manifest.total_bytes,
                 destination: String::new(),
                 started: Some(UNIX_EPOCH + Duration::from_millis(started_ms)),
+                max_speed: options.max_speed,
             },
             CancellationToken::new(),
         );
