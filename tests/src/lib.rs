@@ -84,6 +84,9 @@ pub struct DaemonOptions {
     pub config: Option<String>,
     /// Whether to pass `--listen 127.0.0.1:0` (default true unless the args set --listen).
     pub no_default_listen: bool,
+    /// Run it inside this network namespace (`ip netns exec`, which execs: the pid is the
+    /// daemon's). The control socket is a path, reachable from the test's namespace.
+    pub netns: Option<String>,
 }
 
 /// A directory layout for one daemon: socket, state, downloads, logs.
@@ -274,8 +277,15 @@ pub fn spawn_p2pd(dirs: &DaemonDirs, opts: &DaemonOptions) -> Result<Child> {
         .append(true)
         .open(&dirs.log_file)
         .context("open daemon log")?;
-    Command::new(bin("p2pd"))
-        .args(&args)
+    let mut cmd = match &opts.netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin("p2pd"));
+            c
+        }
+        None => Command::new(bin("p2pd")),
+    };
+    cmd.args(&args)
         .env_remove("P2PD_SOCKET")
         .env_remove("LISTEN_FDS")
         .env_remove("LISTEN_PID")
@@ -380,6 +390,7 @@ impl Drop for PidGuard {
     }
 }
 
+pub mod netns;
 pub mod proxy;
 
 /// Helpers for transfer tests over the control API.

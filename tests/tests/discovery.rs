@@ -31,6 +31,7 @@ use p2p_core::wire::PROTOCOL_VERSION;
 use p2p_proto::control::v1 as pb;
 use p2p_proto::control::v1::control_service_client::ControlServiceClient;
 use p2p_proto::wire::v1::Beacon;
+use p2p_tests::netns::{Namespaces, ip};
 use p2p_tests::{DaemonDirs, START_TIMEOUT, alive, api, bin, ctl, signal};
 use prost::Message;
 use tokio_stream::StreamExt;
@@ -52,29 +53,12 @@ const MAGIC: &[u8] = b"P2PB";
 
 static NETNS_COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Runs `ip ARGS…`; the error carries the command and its stderr.
-fn ip(args: &[&str]) -> Result<Output, String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run `ip {}`: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(out)
-    } else {
-        Err(format!(
-            "`ip {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
 /// A bridge namespace and `n` host namespaces, each with a veth pair into the bridge and the
 /// address 10.X.Y.(i+1)/24 on its `eth0`. Dropping it kills every process left in the
 /// namespaces (by pid) and deletes them.
 struct Netns {
+    // Deletes the namespaces (and kills what runs in them) when the test ends.
+    namespaces: Namespaces,
     bridge: String,
     hosts: Vec<String>,
     addrs: Vec<Ipv4Addr>,
@@ -96,6 +80,7 @@ impl Netns {
         let x = 100 + (k % 100) as u8;
         let y = (pid % 251) as u8;
         let mut ns = Netns {
+            namespaces: Namespaces::default(),
             bridge: format!("p2pt-br-{pid}-{k}"),
             hosts: Vec::new(),
             addrs: Vec::new(),
@@ -112,18 +97,16 @@ impl Netns {
 
     fn build(&mut self, n: usize, x: u8, y: u8) -> Result<(), String> {
         let br = self.bridge.clone();
-        ip(&["netns", "add", &br])?;
-        ip(&["-n", &br, "link", "set", "lo", "up"])?;
+        self.namespaces.add(&br)?;
         ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &br, "link", "set", "br0", "up"])?;
         for i in 0..n {
             let host = format!("{br}-h{i}").replacen("-br-", "-", 1);
-            ip(&["netns", "add", &host])?;
+            self.namespaces.add(&host)?;
             self.hosts.push(host.clone());
             let addr = Ipv4Addr::new(10, x, y, i as u8 + 1);
             self.addrs.push(addr);
             let veth = format!("v{i}");
-            ip(&["-n", &host, "link", "set", "lo", "up"])?;
             ip(&[
                 "-n", &br, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
                 &host,
@@ -171,26 +154,6 @@ impl Netns {
         })
         .join()
         .expect("thread in the namespace")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for ns in self.hosts.iter().chain(std::iter::once(&self.bridge)) {
-            if let Ok(out) = ip(&["netns", "pids", ns]) {
-                for pid in String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .filter_map(|p| p.parse::<u32>().ok())
-                {
-                    signal(pid, libc::SIGKILL);
-                }
-            }
-        }
-        for ns in self.hosts.iter().chain(std::iter::once(&self.bridge)) {
-            if let Err(e) = ip(&["netns", "del", ns]) {
-                eprintln!("cleanup: {e}");
-            }
-        }
     }
 }
 

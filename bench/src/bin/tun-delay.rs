@@ -8,7 +8,10 @@
 //! - through a FIFO bottleneck of `--rate-mbit` (a packet leaves the bottleneck when the one
 //!   before it has been serialised; the link buffer holds at most `--queue-bytes`, packets
 //!   beyond that are tail-dropped like on a switch port),
-//! - then after a fixed one-way `--delay-ms`.
+//! - then after a fixed one-way `--delay-ms`;
+//! - with `--loss-percent P`, each packet is first dropped at random with probability P %
+//!   (independently per packet and direction; `--seed` makes the pattern repeatable), as on
+//!   a lossy radio link — the fault tests use this, the benchmarks do not.
 //!
 //! TCP runs end to end in the two kernels, so window scaling, congestion control, socket
 //! buffer auto-tuning and the bandwidth-delay product behave as on a real path. Each device is
@@ -72,9 +75,42 @@ struct Cli {
     /// Pass GSO packets (virtio_net_hdr, TSO offload) instead of MTU-sized packets.
     #[arg(long)]
     offload: bool,
+    /// Drop each packet at random with this probability, in percent (0..=50).
+    #[arg(long, default_value_t = 0.0, value_parser = loss_percent)]
+    loss_percent: f64,
+    /// Seed of the random drops.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// Print per-direction counters to stderr every N seconds (0 = only at the end).
     #[arg(long, default_value_t = 0)]
     stats: u64,
+}
+
+fn loss_percent(text: &str) -> Result<f64, String> {
+    let p: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if !(0.0..=50.0).contains(&p) {
+        return Err(format!("{p} is outside 0..=50 percent"));
+    }
+    Ok(p)
+}
+
+/// xorshift64*: a small, seedable generator for the random drops (quality is plenty here).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// Uniform in 0..1.
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -147,6 +183,7 @@ struct Counters {
     packets: AtomicU64,
     bytes: AtomicU64,
     dropped: AtomicU64,
+    lost: AtomicU64,
     write_errors: AtomicU64,
     max_queue: AtomicU64,
 }
@@ -179,7 +216,9 @@ fn reader(
     pipe: Arc<Pipe>,
     cfg: Cli,
     counters: Arc<Counters>,
+    mut rng: Rng,
 ) -> Result<(), String> {
+    let loss = cfg.loss_percent / 100.0;
     let delay = Duration::from_secs_f64(cfg.delay_ms / 1000.0);
     let bits_per_sec = cfg.rate_mbit * 1e6;
     let queue_limit = cfg
@@ -202,6 +241,10 @@ fn reader(
             return Ok(());
         }
         let pkt = &buf[..n as usize];
+        if loss > 0.0 && rng.unit() < loss {
+            counters.lost.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let now = Instant::now();
         let deliver_at = if bits_per_sec > 0.0 {
             let start = next_free.max(now);
@@ -271,10 +314,11 @@ fn writer(dst: Arc<File>, pipe: Arc<Pipe>, counters: Arc<Counters>) {
 
 fn report(name: &str, c: &Counters) {
     eprintln!(
-        "tun-delay {name}: {} packets, {} bytes, {} dropped (queue full), {} write errors, max queue {} bytes",
+        "tun-delay {name}: {} packets, {} bytes, {} dropped (queue full), {} lost (random), {} write errors, max queue {} bytes",
         c.packets.load(Ordering::Relaxed),
         c.bytes.load(Ordering::Relaxed),
         c.dropped.load(Ordering::Relaxed),
+        c.lost.load(Ordering::Relaxed),
         c.write_errors.load(Ordering::Relaxed),
         c.max_queue.load(Ordering::Relaxed),
     );
@@ -295,9 +339,9 @@ fn run(cli: Cli) -> Result<(), String> {
     let ab = Arc::new(Counters::default());
     let ba = Arc::new(Counters::default());
     let mut handles = Vec::new();
-    for (src, dst, counters, name) in [
-        (a.clone(), b.clone(), ab.clone(), "a->b"),
-        (b.clone(), a.clone(), ba.clone(), "b->a"),
+    for (src, dst, counters, name, seed) in [
+        (a.clone(), b.clone(), ab.clone(), "a->b", cli.seed),
+        (b.clone(), a.clone(), ba.clone(), "b->a", cli.seed ^ 0x5555),
     ] {
         let pipe = Arc::new(Pipe {
             q: Mutex::new(VecDeque::new()),
@@ -312,7 +356,7 @@ fn run(cli: Cli) -> Result<(), String> {
         handles.push(
             thread::Builder::new()
                 .name(format!("read {name}"))
-                .spawn(move || reader(src, pipe, cfg, counters))
+                .spawn(move || reader(src, pipe, cfg, counters, Rng::new(seed)))
                 .map_err(|e| format!("thread: {e}"))?,
         );
     }
