@@ -494,6 +494,20 @@ async fn a_source_changed_while_paused_fails_clearly() {
         t.error.contains("changed since the transfer began"),
         "{t:?}"
     );
+    // A permanent failure lands in history with its reason, on the first retry-free attempt.
+    let (code, out, err) = ctl(&a, &["history", "--failed", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).expect("history --json");
+    let entry = list
+        .as_array()
+        .and_then(|l| l.iter().find(|e| e["id"] == id.as_str()))
+        .unwrap_or_else(|| panic!("{id} not in history: {out}"));
+    assert!(
+        entry["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("changed since the transfer began")),
+        "{entry}"
+    );
     // The receiver hears of it and removes what it had.
     let tb = wait_done(&b, &id, api::SHORT).await;
     assert!(
