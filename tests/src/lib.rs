@@ -526,6 +526,43 @@ pub mod api {
         }
     }
 
+    /// Waits until transfer `id` on `d` is in `want` (or has ended), at most `timeout`, and
+    /// checks it is `want`.
+    pub async fn wait_state(
+        d: &Daemon,
+        id: &str,
+        want: pb::TransferState,
+        timeout: Duration,
+    ) -> pb::Transfer {
+        let t = wait_for(d, id, timeout, |t| state(t) == want || is_final(t)).await;
+        assert_eq!(state(&t), want, "{t:?}\n--- daemon ---\n{}", d.stderr());
+        t
+    }
+
+    /// Checks that a transfer completed; on failure shows both daemons' logs.
+    pub fn assert_completed(t: &pb::Transfer, a: &Daemon, b: &Daemon) {
+        assert_eq!(
+            state(t),
+            pb::TransferState::Completed,
+            "{t:?}\n--- A ---\n{}\n--- B ---\n{}",
+            a.stderr(),
+            b.stderr()
+        );
+    }
+
+    /// Waits (at most `timeout`) until no temporary part file is left under `dir`.
+    pub async fn wait_no_part_files(dir: &Path, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !part_files(dir).is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "temporary files left: {:?}",
+                part_files(dir)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until an incoming offer is listed on `d`, returns it.
     pub async fn wait_offer(d: &Daemon, timeout: Duration) -> pb::IncomingOffer {
         let mut c = client(d).await;

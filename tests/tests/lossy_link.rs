@@ -16,9 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use p2p_proto::control::v1 as pb;
-use p2p_tests::api::{
-    self, random_file, sha256_file, state, trust_each_other, wait_done, wait_for,
-};
+use p2p_tests::api::{self, random_file, sha256_file, trust_each_other, wait_done, wait_for};
 use p2p_tests::netns::{Namespaces, ip};
 use p2p_tests::{Daemon, DaemonDirs, DaemonOptions, bin, signal};
 
@@ -189,13 +187,7 @@ async fn loss_and_delay_on_the_link_do_not_stop_a_transfer() {
     let (path, sha) = payload(src.path(), 8 * MIB);
     let id = api::send(&a, &[&path], &api::peer_addr(&b), options(0)).await;
     let t = wait_done(&a, &id, LONG).await;
-    assert_eq!(
-        state(&t),
-        pb::TransferState::Completed,
-        "{t:?}\n--- A ---\n{}\n--- B ---\n{}",
-        a.stderr(),
-        b.stderr()
-    );
+    api::assert_completed(&t, &a, &b);
     assert_eq!(sha256_file(&b.dirs.download_dir.join("data.bin")), sha);
     let lost = link.lost();
     assert!(lost > 0, "the relay dropped packets on the way");
@@ -212,20 +204,16 @@ async fn a_stalled_link_is_survived() {
     wait_for(&b, &id, LONG, |t| t.bytes_done >= 4 * MIB).await;
     link.stall(true);
     // Keepalive gives up on the silent session within ~15 s; the sender then waits to retry.
-    let t = wait_for(&a, &id, Duration::from_secs(45), |t| {
-        state(t) == pb::TransferState::Retrying || api::is_final(t)
-    })
+    api::wait_state(
+        &a,
+        &id,
+        pb::TransferState::Retrying,
+        Duration::from_secs(45),
+    )
     .await;
-    assert_eq!(state(&t), pb::TransferState::Retrying, "{t:?}");
     link.stall(false);
     let t = wait_done(&a, &id, LONG).await;
-    assert_eq!(
-        state(&t),
-        pb::TransferState::Completed,
-        "{t:?}\n--- A ---\n{}\n--- B ---\n{}",
-        a.stderr(),
-        b.stderr()
-    );
+    api::assert_completed(&t, &a, &b);
     assert!(t.attempt >= 2, "{t:?}");
     assert!(t.resumed_bytes > 0, "resumed, not restarted: {t:?}");
     assert_eq!(sha256_file(&b.dirs.download_dir.join("data.bin")), sha);

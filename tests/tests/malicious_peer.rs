@@ -418,14 +418,15 @@ impl Peer {
         got
     }
 
-    /// Waits for the daemon's decision on an offer.
+    /// Waits for the daemon's decision on an offer (a resumable Cancel means "try again").
     async fn decision(&mut self, id: &str) -> Body {
         loop {
             match self.recv().await {
-                b @ (Body::Ready(_) | Body::Reject(_)) => {
+                b @ (Body::Ready(_) | Body::Reject(_) | Body::Cancel(_)) => {
                     let got = match &b {
                         Body::Ready(r) => &r.transfer_id,
                         Body::Reject(r) => &r.transfer_id,
+                        Body::Cancel(c) => &c.transfer_id,
                         _ => unreachable!(),
                     };
                     assert_eq!(got, id, "decision for another transfer: {b:?}");
@@ -1280,14 +1281,96 @@ async fn a_peer_that_vanishes_mid_transfer_can_resume_what_it_started() {
     assert!(std::fs::read(dl.join("half.bin")).unwrap() == data);
     assert_no_part_files(&dl, "resumed transfer").await;
 
-    // A resume of a finished transfer is refused.
-    let Body::TransferInfo(mut late) = one_file_offer(id, "half.bin", &data) else {
-        unreachable!()
+    // A sender that did not hear the end (a lost CompleteAck) resumes again: the receiver
+    // says every file is complete and confirms Complete — nothing is received twice.
+    let late_resume = |data: &[u8]| {
+        let Body::TransferInfo(mut late) = one_file_offer(id, "half.bin", data) else {
+            unreachable!()
+        };
+        late.resume = true;
+        Body::TransferInfo(late)
     };
-    late.resume = true;
-    p.send(Body::TransferInfo(late)).await;
-    assert!(matches!(p.decision(id).await, Body::Reject(_)));
+    p.send(late_resume(&data)).await;
+    match p.decision(id).await {
+        Body::Ready(r) => {
+            assert_eq!(r.have.len(), 1, "{r:?}");
+            assert!(r.have[0].complete, "{r:?}");
+        }
+        other => panic!("expected Ready, got {other:?}"),
+    }
+    p.send(Body::Complete(wire::Complete {
+        transfer_id: id.clone(),
+    }))
+    .await;
+    assert!(matches!(p.recv().await, Body::CompleteAck(_)));
+    assert!(!dl.join("half (1).bin").exists(), "{:?}", tree(&dl));
+
+    // The same after the receiver restarted: history remembers.
+    drop(p);
+    let dirs = tokio::task::spawn_blocking(move || d.into_dirs())
+        .await
+        .unwrap();
+    let (d, addr) = daemon_trusting(&m, dirs).await;
+    let (mut p, _) = Peer::handshake(addr, &m).await;
+    p.send(late_resume(&data)).await;
+    assert!(
+        matches!(p.decision(id).await, Body::Ready(r) if r.have.iter().all(|h| h.complete)),
+        "a completed transfer is confirmed after a restart"
+    );
     assert_status_answers(&d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_resume_replaces_the_first_attempt_after_it_stopped() {
+    let m = Mallory::new();
+    let (d, addr) = daemon_trusting(&m, DaemonDirs::new()).await;
+    let dl = d.dirs.download_dir.clone();
+    let id = &tid("twice");
+    let data = pseudo_random(4 * CHUNK as usize, 23);
+    let chunks: Vec<&[u8]> = data.chunks(CHUNK as usize).collect();
+    let (mut p, _) = Peer::handshake(addr, &m).await;
+    p.send(one_file_offer(id, "twice.bin", &data)).await;
+    assert!(matches!(p.decision(id).await, Body::Ready(_)));
+    p.send(chunk(id, 0, 0, chunks[0])).await;
+    expect_ack_ok(&mut p, id, 0).await;
+
+    // A resume on a second session while the first attempt still runs: the first is asked
+    // to stop (it keeps what it has) and the newcomer is told to try again shortly.
+    let resume = || {
+        let Body::TransferInfo(mut again) = one_file_offer(id, "twice.bin", &data) else {
+            unreachable!()
+        };
+        again.resume = true;
+        Body::TransferInfo(again)
+    };
+    let (mut q, _) = Peer::handshake(addr, &m).await;
+    q.send(resume()).await;
+    match q.decision(id).await {
+        Body::Cancel(c) => assert!(c.resumable && c.reason.contains("still stopping"), "{c:?}"),
+        other => panic!("expected a resumable Cancel, got {other:?}"),
+    }
+    match p.recv().await {
+        Body::Cancel(c) => assert!(c.resumable, "the first attempt is told to resume: {c:?}"),
+        other => panic!("expected Cancel, got {other:?}"),
+    }
+    transfer_interrupted(&d, id).await;
+
+    // The newcomer, trying again, takes over from the chunk the first one left.
+    q.send(resume()).await;
+    let have = match q.decision(id).await {
+        Body::Ready(r) => r.have,
+        other => panic!("expected Ready, got {other:?}"),
+    };
+    assert_eq!(have.len(), 1, "{have:?}");
+    for (i, c) in chunks.iter().enumerate().skip(1) {
+        q.send(chunk(id, 0, i as u64, c)).await;
+        expect_ack_ok(&mut q, id, i as u64).await;
+    }
+    finish_file(&mut q, id, &data).await;
+    let t = transfer_final(&d, id).await;
+    assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
+    assert!(std::fs::read(dl.join("twice.bin")).unwrap() == data);
+    assert_no_part_files(&dl, "replaced attempt").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

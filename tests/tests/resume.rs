@@ -321,21 +321,11 @@ async fn cut_connections_and_delay_do_not_stop_a_transfer() {
         }
         proxy.cut();
         // The sender notices and waits to retry.
-        let t = wait_for(&a, &id, LONG, |t| {
-            state(t) == pb::TransferState::Retrying || api::is_final(t)
-        })
-        .await;
-        assert_eq!(state(&t), pb::TransferState::Retrying, "{t:?}");
+        let t = api::wait_state(&a, &id, pb::TransferState::Retrying, LONG).await;
         assert!(t.next_attempt_at_ms > 0 && !t.error.is_empty(), "{t:?}");
     }
     let t = wait_done(&a, &id, LONG).await;
-    assert_eq!(
-        state(&t),
-        pb::TransferState::Completed,
-        "{t:?}\n--- A ---\n{}\n--- B ---\n{}",
-        a.stderr(),
-        b.stderr()
-    );
+    api::assert_completed(&t, &a, &b);
     assert!(t.attempt >= 4, "{t:?}");
     assert!(proxy.connections() >= 4);
     assert_all_received(&b.dirs.download_dir, &payload);
@@ -359,20 +349,16 @@ async fn a_stalled_connection_is_detected_and_the_transfer_resumes() {
     }
     proxy.set_stalled(true);
     // Keepalive gives up on the silent session (15 s); the sender then waits to retry.
-    let t = wait_for(&a, &id, Duration::from_secs(40), |t| {
-        state(t) == pb::TransferState::Retrying || api::is_final(t)
-    })
+    api::wait_state(
+        &a,
+        &id,
+        pb::TransferState::Retrying,
+        Duration::from_secs(40),
+    )
     .await;
-    assert_eq!(state(&t), pb::TransferState::Retrying, "{t:?}");
     proxy.set_stalled(false);
     let t = wait_done(&a, &id, LONG).await;
-    assert_eq!(
-        state(&t),
-        pb::TransferState::Completed,
-        "{t:?}\n--- A ---\n{}\n--- B ---\n{}",
-        a.stderr(),
-        b.stderr()
-    );
+    api::assert_completed(&t, &a, &b);
     assert_all_received(&b.dirs.download_dir, &payload);
 }
 
@@ -416,10 +402,7 @@ async fn pause_survives_a_restart_and_resume_sends_only_the_rest() {
     .await;
     assert_eq!(t.error, "paused by user");
     // The receiver keeps what arrived and waits.
-    let tb = wait_for(&b, &id, api::SHORT, |t| {
-        state(t) == pb::TransferState::Interrupted
-    })
-    .await;
+    let tb = api::wait_state(&b, &id, pb::TransferState::Interrupted, api::SHORT).await;
     assert!(tb.error.contains("paused by sender"), "{tb:?}");
     let (code, _, err) = ctl(&a, &["pause", &id]);
     assert_eq!(code, 1, "pausing twice is refused");
@@ -449,13 +432,7 @@ async fn pause_survives_a_restart_and_resume_sends_only_the_rest() {
     let (code, out, err) = ctl(&a, &["resume", &id]);
     assert_eq!(code, 0, "{out}{err}");
     let t = wait_done(&a, &id, LONG).await;
-    assert_eq!(
-        state(&t),
-        pb::TransferState::Completed,
-        "{t:?}\n--- A ---\n{}\n--- B ---\n{}",
-        a.stderr(),
-        b.stderr()
-    );
+    api::assert_completed(&t, &a, &b);
     assert!(
         t.resumed_bytes >= before.saturating_sub(CHECKPOINT),
         "resumed from the receiver's record: {t:?} (B had {before})"
@@ -480,10 +457,7 @@ async fn a_source_changed_while_paused_fails_clearly() {
     wait_received(&b, &id, 4 * MIB).await;
     let (code, out, err) = ctl(&a, &["pause", &id]);
     assert_eq!(code, 0, "{out}{err}");
-    wait_for(&b, &id, api::SHORT, |t| {
-        state(t) == pb::TransferState::Interrupted
-    })
-    .await;
+    api::wait_state(&b, &id, pb::TransferState::Interrupted, api::SHORT).await;
     // Same size, new content and modification time.
     random_file(&payload.root, payload.total as usize, 99);
     let (code, out, err) = ctl(&a, &["resume", &id]);
@@ -518,11 +492,7 @@ async fn a_source_changed_while_paused_fails_clearly() {
         "{tb:?}"
     );
     assert!(!b.dirs.download_dir.join("big.bin").exists());
-    let deadline = Instant::now() + api::SHORT;
-    while !part_files(&b.dirs.download_dir).is_empty() {
-        assert!(Instant::now() < deadline, "temporary files left");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    api::wait_no_part_files(&b.dirs.download_dir, api::SHORT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -538,21 +508,14 @@ async fn cancelling_an_interrupted_transfer_cleans_up_both_sides() {
     .await;
     wait_received(&b, &id, 4 * MIB).await;
     ctl(&a, &["pause", &id]);
-    wait_for(&b, &id, api::SHORT, |t| {
-        state(t) == pb::TransferState::Interrupted
-    })
-    .await;
+    api::wait_state(&b, &id, pb::TransferState::Interrupted, api::SHORT).await;
     // The receiver had started a temporary file.
     assert!(!part_files(&b.dirs.download_dir).is_empty());
     let (code, out, err) = ctl(&a, &["cancel", &id]);
     assert_eq!(code, 0, "{out}{err}");
     let tb = wait_done(&b, &id, api::SHORT).await;
     assert_eq!(state(&tb), pb::TransferState::Cancelled, "{tb:?}");
-    let deadline = Instant::now() + api::SHORT;
-    while !part_files(&b.dirs.download_dir).is_empty() {
-        assert!(Instant::now() < deadline, "temporary files left");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    api::wait_no_part_files(&b.dirs.download_dir, api::SHORT).await;
 
     // The other way round: the receiver cancels while interrupted; the sender's resume is
     // then refused for good.
@@ -565,17 +528,10 @@ async fn cancelling_an_interrupted_transfer_cleans_up_both_sides() {
     .await;
     wait_received(&b, &id, 4 * MIB).await;
     ctl(&a, &["pause", &id]);
-    wait_for(&b, &id, api::SHORT, |t| {
-        state(t) == pb::TransferState::Interrupted
-    })
-    .await;
+    api::wait_state(&b, &id, pb::TransferState::Interrupted, api::SHORT).await;
     let (code, out, err) = ctl(&b, &["cancel", &id]);
     assert_eq!(code, 0, "{out}{err}");
-    let deadline = Instant::now() + api::SHORT;
-    while !part_files(&b.dirs.download_dir).is_empty() {
-        assert!(Instant::now() < deadline, "temporary files left");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    api::wait_no_part_files(&b.dirs.download_dir, api::SHORT).await;
     ctl(&a, &["resume", &id]);
     let t = wait_done(&a, &id, api::T).await;
     assert_eq!(state(&t), pb::TransferState::Rejected, "{t:?}");
@@ -664,4 +620,131 @@ async fn pause_and_resume_refuse_what_does_not_fit() {
     assert_eq!(code, 1, "{err}");
     let (code, _, err) = ctl(&a, &["pause"]);
     assert_eq!(code, 2, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cuts_while_small_files_finish_neither_fail_nor_duplicate_them() {
+    // Files finish all the time here, so the cuts land between a file's placement and its
+    // report to the sender too.
+    let (a, b, proxy) = through_proxy(
+        ProxyOptions {
+            delay: Duration::from_millis(2),
+            ..Default::default()
+        },
+        &[],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("many");
+    std::fs::create_dir(&root).unwrap();
+    let mut files = Vec::new();
+    for i in 0..1500u64 {
+        let p = root.join(format!("f{i:04}.dat"));
+        random_file(&p, 4096, 5000 + i);
+        files.push((format!("many/f{i:04}.dat"), 4096u64, sha256_file(&p)));
+    }
+    let payload = Payload {
+        total: files.iter().map(|f| f.1).sum(),
+        files,
+        root,
+        _dir: dir,
+    };
+    let id = api::send(
+        &a,
+        &[payload.root.as_path()],
+        &proxy.addr.to_string(),
+        options(),
+    )
+    .await;
+    for cut in 1..=3u64 {
+        let deadline = Instant::now() + LONG;
+        while proxy.forwarded() < cut * payload.total / 5 {
+            assert!(Instant::now() < deadline, "no progress through the proxy");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        proxy.cut();
+    }
+    let t = wait_done(&a, &id, LONG).await;
+    api::assert_completed(&t, &a, &b);
+    assert!(t.attempt >= 2, "{t:?}");
+    assert_all_received(&b.dirs.download_dir, &payload);
+    let names = std::fs::read_dir(b.dirs.download_dir.join("many"))
+        .unwrap()
+        .count();
+    assert_eq!(names, 1500, "no file twice, nothing extra");
+    assert!(!b.dirs.download_dir.join("many (1)").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_waiting_for_accept_survives_a_pause_and_a_sender_restart() {
+    // B asks (the default policy): the offer waits while A pauses, and again after A's
+    // restart; then B accepts and it completes.
+    let (a, b) = tokio::join!(
+        start(DaemonDirs::new(), Vec::new()),
+        start(DaemonDirs::new(), Vec::new())
+    );
+    trust_each_other(&a, &b).await;
+    let payload = one_file(4 * MIB);
+    let id = api::send(
+        &a,
+        &[payload.root.as_path()],
+        &api::peer_addr(&b),
+        options(),
+    )
+    .await;
+    api::wait_offer(&b, api::SHORT).await;
+    let (code, out, err) = ctl(&a, &["pause", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    api::wait_state(&b, &id, pb::TransferState::Interrupted, api::SHORT).await;
+    let (code, out, err) = ctl(&a, &["resume", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    let offer = api::wait_offer(&b, api::T).await;
+    assert_eq!(offer.transfer_id, id);
+
+    // A clean restart of the sender: the offer is withdrawn, then made again.
+    let dirs = tokio::task::spawn_blocking(move || {
+        let mut a = a;
+        a.signal_and_wait(libc::SIGTERM, Duration::from_secs(10))
+            .expect("sender stops");
+        a.into_dirs()
+    })
+    .await
+    .unwrap();
+    api::wait_state(&b, &id, pb::TransferState::Interrupted, api::SHORT).await;
+    let a = start(dirs, Vec::new()).await;
+    let offer = api::wait_offer(&b, api::T).await;
+    assert_eq!(offer.transfer_id, id);
+    let (code, out, err) = ctl(&b, &["accept", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    let t = wait_done(&a, &id, LONG).await;
+    api::assert_completed(&t, &a, &b);
+    assert_all_received(&b.dirs.download_dir, &payload);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusting_a_sender_ends_its_interrupted_transfer_and_removes_what_arrived() {
+    let (a, b, proxy) = through_proxy(slow(), &[]).await;
+    let payload = one_file(30 * MIB);
+    let id = api::send(
+        &a,
+        &[payload.root.as_path()],
+        &proxy.addr.to_string(),
+        options(),
+    )
+    .await;
+    wait_received(&b, &id, 4 * MIB).await;
+    ctl(&a, &["pause", &id]);
+    api::wait_state(&b, &id, pb::TransferState::Interrupted, api::SHORT).await;
+    assert!(!part_files(&b.dirs.download_dir).is_empty());
+    let a_id = api::device_id(&a);
+    let (code, out, err) = ctl(&b, &["untrust", &a_id]);
+    assert_eq!(code, 0, "{out}{err}");
+    let tb = wait_done(&b, &id, api::SHORT).await;
+    assert_eq!(state(&tb), pb::TransferState::Cancelled, "{tb:?}");
+    assert!(tb.error.contains("no longer trusted"), "{tb:?}");
+    api::wait_no_part_files(&b.dirs.download_dir, api::SHORT).await;
+    // The sender's resume is refused for good, with the reason.
+    ctl(&a, &["resume", &id]);
+    let t = wait_done(&a, &id, api::T).await;
+    assert_eq!(state(&t), pb::TransferState::Rejected, "{t:?}");
 }

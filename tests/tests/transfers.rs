@@ -559,10 +559,6 @@ async fn a_killed_sender_leaves_the_receivers_transfer_interrupted_until_cancell
     assert!(out.status.success(), "{out:?}");
     let t = wait_done(&b, &id, SHORT).await;
     assert_eq!(state(&t), pb::TransferState::Cancelled);
-    let deadline = std::time::Instant::now() + SHORT;
-    while !part_files(&b.dirs.download_dir).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "part file left");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    api::wait_no_part_files(&b.dirs.download_dir, SHORT).await;
     assert_eq!(b.status()["active_transfer_count"], 0);
 }

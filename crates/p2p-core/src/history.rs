@@ -20,9 +20,11 @@
 
 use std::sync::Arc;
 
+use rusqlite::OptionalExtension;
 use rusqlite::{ToSql, params};
 
 use crate::device_id::normalize;
+use crate::error_chain;
 use crate::store::{Store, StoreError};
 use crate::transfer::{Direction, FinalHook, TransferSnapshot, TransferState};
 
@@ -306,6 +308,28 @@ impl Store {
         })
     }
 
+    /// How transfer `id` from or to `peer_id` ended in `direction`, if history has it: the
+    /// status and the reason.
+    ///
+    /// # Errors
+    /// [`StoreError`] if SQLite fails.
+    pub fn history_outcome(
+        &self,
+        id: &str,
+        direction: Direction,
+        peer_id: &str,
+    ) -> Result<Option<(HistoryStatus, String)>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT status, reason FROM history WHERE id = ?1 AND direction = ?2 AND peer_id = ?3",
+                params![id, direction_word(direction), peer_id],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+            )
+            .optional()
+        })
+        .map(|row| row.and_then(|(status, reason)| Some((status.parse().ok()?, reason))))
+    }
+
     /// Records matching `filter`, newest first (in the order they were recorded).
     ///
     /// # Errors
@@ -425,17 +449,6 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

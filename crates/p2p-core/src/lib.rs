@@ -51,5 +51,17 @@ pub use node::{
 };
 pub use transfer::{Direction, SendOptions, TransferSnapshot, TransferState};
 
+/// An error and its sources, outermost first, joined by `: ` — the one-line form users see.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// Version of this crate (and of the p2pd release it belongs to).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::device_id::DeviceId;
 use crate::discovery::{Discovery, DiscoveryConfig, Peer, PeerEvent};
+use crate::error_chain;
 use crate::history::{self, HistoryEntry, HistoryFilter};
 use crate::identity::Identity;
 use crate::manifest::{self, LocalManifest, ManifestError};
@@ -278,9 +279,9 @@ struct Inner {
     store: Arc<Store>,
     // Control of each outgoing transfer's supervisor (pause, resume, wake), by transfer id.
     outgoing: Mutex<HashMap<String, Arc<outgoing::Control>>>,
-    // Receives running now, by transfer id: how to stop one (a resume on a new session
-    // replaces it) and a token cancelled once it has stopped.
-    receiving: Mutex<HashMap<String, (CancellationToken, CancellationToken)>>,
+    // Receives running now, by transfer id: at most one attempt per transfer, and how to
+    // stop it (shutdown, or a resume on a new session that replaces it).
+    receiving: Mutex<HashMap<String, incoming::Claim>>,
     // LAN discovery, once started (it needs the runtime and may be disabled).
     discovery: std::sync::OnceLock<Arc<Discovery>>,
     // Static peers by the address the user gave, with what their last session told us.
@@ -398,11 +399,12 @@ impl Node {
                 tasks: TaskTracker::new(),
             }),
         };
+        // Restored before the listener runs, so that a sender resuming at once finds them.
+        node.restore_incoming();
         let n = node.clone();
         node.inner
             .tasks
             .spawn(async move { n.accept_loop(listener).await });
-        node.restore_incoming();
         node.restore_outgoing();
         Ok(node)
     }
@@ -840,21 +842,12 @@ impl Node {
         frames: mpsc::Receiver<Body>,
     ) {
         let id = info.transfer_id.clone();
-        let reject = |reason: String| {
-            let session = session.clone();
-            let id = id.clone();
-            async move {
-                let _ = session
-                    .send(Body::Reject(wire::Reject {
-                        transfer_id: id,
-                        reason,
-                    }))
-                    .await;
-            }
-        };
-        // Ids are UUIDs: short, printable, and never equal to a short id the user types.
-        if uuid::Uuid::parse_str(&id).is_err() {
-            reject("the transfer id is not a UUID".into()).await;
+        let reject = |reason: String| session.reject(&id, reason);
+        // Ids are UUIDs in their canonical form (lowercase, hyphenated): short, printable,
+        // never equal to a short id the user types, and one spelling per transfer (temporary
+        // file names carry it).
+        if !uuid::Uuid::parse_str(&id).is_ok_and(|u| u.hyphenated().to_string() == id) {
+            reject("the transfer id is not a UUID in its canonical form".into()).await;
             return;
         }
         let active = self.inner.transfers.active_receives();
@@ -913,26 +906,53 @@ impl Node {
         let token = CancellationToken::new();
         let entry = match self.inner.transfers.insert_new(new, token) {
             Some(e) => e,
-            // Offered before, interrupted before anyone accepted it: it waits again.
-            None => match self.inner.transfers.get(&id).filter(|e| {
-                verdict.is_ok()
-                    && e.direction == Direction::Receive
-                    && e.state() == TransferState::Interrupted
-                    && e.snapshot().peer_id == session.peer.device_id
-            }) {
-                Some(e) => {
-                    e.set_state(TransferState::WaitingAccept, "");
-                    e
-                }
-                None => {
-                    let reason = match self.inner.transfers.get(&id).map(|e| e.snapshot()) {
-                        Some(s) if s.state == TransferState::Cancelled => s.error,
-                        _ => "a transfer with this id already exists".into(),
+            None => {
+                let existing = self.inner.transfers.get(&id).filter(|e| {
+                    e.direction == Direction::Receive
+                        && e.snapshot().peer_id == session.peer.device_id
+                });
+                let Some(e) = existing.filter(|_| verdict.is_ok()) else {
+                    let reason = match &verdict {
+                        Err(v) => v.to_string(),
+                        Ok(()) => "a transfer with this id already exists".into(),
                     };
                     reject(reason).await;
                     return;
+                };
+                match e.state() {
+                    // Offered before, interrupted before anyone accepted it: it waits again.
+                    TransferState::Interrupted => {
+                        e.set_state(TransferState::WaitingAccept, "");
+                        e
+                    }
+                    s if s.is_final() => {
+                        let error = e.snapshot().error;
+                        reject(if error.is_empty() {
+                            format!("the transfer already ended here ({s:?})")
+                        } else {
+                            error
+                        })
+                        .await;
+                        return;
+                    }
+                    // Still waiting or running on a session this side has not seen end yet
+                    // (the sender noticed first): withdraw it, and let the sender come back.
+                    _ => {
+                        lock(&self.inner.offers).remove(&id);
+                        if let Some(c) = lock(&self.inner.receiving).get(&id) {
+                            c.stop_now();
+                        }
+                        session
+                            .cancel(
+                                &id,
+                                "the previous attempt of this transfer is still stopping",
+                                true,
+                            )
+                            .await;
+                        return;
+                    }
                 }
-            },
+            }
         };
         if let Err(e) = verdict {
             tracing::warn!(transfer = %id, peer = %session.peer.device_id, cause = %e, "rejected an unsafe offer");
@@ -949,6 +969,53 @@ impl Node {
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The receiving rule for offers of device `peer`: its own rule, else the daemon's
+    /// policy (untrusted devices never get `auto`); its download dir; whether it is trusted.
+    fn rule_for(&self, peer: &DeviceId) -> (DeviceAccept, Option<PathBuf>, bool) {
+        let settings = self.settings();
+        let device = self
+            .inner
+            .store
+            .get(peer)
+            .ok()
+            .flatten()
+            .filter(|d| d.trusted);
+        match &device {
+            Some(d) => (
+                d.accept.unwrap_or(match settings.accept {
+                    AcceptPolicy::Auto => DeviceAccept::Auto,
+                    AcceptPolicy::Ask => DeviceAccept::Ask,
+                }),
+                d.download_dir.clone(),
+                true,
+            ),
+            None => match settings.accept_untrusted {
+                UntrustedPolicy::Ask => (DeviceAccept::Ask, None, false),
+                UntrustedPolicy::Reject => (DeviceAccept::Reject, None, false),
+            },
+        }
+    }
+
+    fn refusal_text(&self, trusted: bool) -> String {
+        if trusted {
+            format!(
+                "device {} refuses transfers from this device",
+                self.inner.identity.device_id
+            )
+        } else {
+            format!(
+                "device {} does not accept transfers from untrusted devices",
+                self.inner.identity.device_id
+            )
+        }
+    }
+
+    /// Why offers of device `peer` are refused now, if they are.
+    fn refusal(&self, peer: &DeviceId) -> Option<String> {
+        let (rule, _, trusted) = self.rule_for(peer);
+        (rule == DeviceAccept::Reject).then(|| self.refusal_text(trusted))
+    }
+
     async fn receive(
         &self,
         session: &Arc<Session>,
@@ -957,50 +1024,11 @@ impl Node {
         mut route_rx: mpsc::Receiver<Body>,
     ) {
         let id = info.transfer_id.clone();
-        let send_reject = |reason: String| async {
-            let _ = session
-                .send(Body::Reject(wire::Reject {
-                    transfer_id: id.clone(),
-                    reason,
-                }))
-                .await;
-        };
-        let settings = self.settings();
-        let device = self
-            .inner
-            .store
-            .get(&session.peer.id)
-            .ok()
-            .flatten()
-            .filter(|d| d.trusted);
-        let trusted = device.is_some();
-        let (rule, device_dir) = match &device {
-            Some(d) => (
-                d.accept.unwrap_or(match settings.accept {
-                    AcceptPolicy::Auto => DeviceAccept::Auto,
-                    AcceptPolicy::Ask => DeviceAccept::Ask,
-                }),
-                d.download_dir.clone(),
-            ),
-            // Untrusted devices never get `auto`, whatever --accept says.
-            None => match settings.accept_untrusted {
-                UntrustedPolicy::Ask => (DeviceAccept::Ask, None),
-                UntrustedPolicy::Reject => (DeviceAccept::Reject, None),
-            },
-        };
+        let send_reject = |reason: String| session.reject(&id, reason);
+        let (rule, device_dir, trusted) = self.rule_for(&session.peer.id);
         let decision = match rule {
             DeviceAccept::Auto => Decision::Accept(device_dir.clone()),
-            DeviceAccept::Reject => Decision::Reject(if trusted {
-                format!(
-                    "device {} refuses transfers from this device",
-                    self.inner.identity.device_id
-                )
-            } else {
-                format!(
-                    "device {} does not accept transfers from untrusted devices",
-                    self.inner.identity.device_id
-                )
-            }),
+            DeviceAccept::Reject => Decision::Reject(self.refusal_text(trusted)),
             DeviceAccept::Ask if lock(&self.inner.offers).len() >= MAX_WAITING_OFFERS => {
                 Decision::Reject(format!(
                     "receiver busy: {MAX_WAITING_OFFERS} offers already wait for a decision"
@@ -1030,7 +1058,14 @@ impl Node {
                     f = route_rx.recv() => match f {
                         Some(Body::Cancel(c)) => {
                             lock(&self.inner.offers).remove(&id);
-                            entry.set_state(TransferState::Cancelled, c.reason);
+                            // A pause or a restart of the sender withdraws the offer for now:
+                            // when it comes back, the offer waits again.
+                            let state = if c.resumable {
+                                TransferState::Interrupted
+                            } else {
+                                TransferState::Cancelled
+                            };
+                            entry.set_state(state, c.reason);
                             return;
                         }
                         _ => None,
@@ -1057,12 +1092,27 @@ impl Node {
                 .or(device_dir)
                 .unwrap_or_else(|| self.settings().download_dir),
         };
+        let Some(claim) = self.try_claim(&id) else {
+            entry.set_state(
+                TransferState::Interrupted,
+                "another attempt is still stopping",
+            );
+            session
+                .cancel(
+                    &id,
+                    "another attempt of this transfer is still stopping",
+                    true,
+                )
+                .await;
+            return;
+        };
         self.run_receive(
             session,
             entry,
             info,
             route_rx,
             incoming::Plan::Fresh(dest_dir),
+            claim,
         )
         .await;
     }
@@ -1094,13 +1144,17 @@ impl Node {
     /// # Errors
     /// `NotFound`, or `FailedPrecondition` if it already ended.
     pub fn cancel(&self, id: &str) -> Result<(), NodeError> {
+        self.cancel_because(id, "cancelled by user")
+    }
+
+    fn cancel_because(&self, id: &str, reason: &str) -> Result<(), NodeError> {
         let entry = self
             .inner
             .transfers
             .get(id)
             .ok_or_else(|| NodeError::NotFound(format!("no transfer {id}")))?;
         let was = entry.state();
-        if !entry.set_state(TransferState::Cancelled, "cancelled by user") {
+        if !entry.set_state(TransferState::Cancelled, reason) {
             return Err(NodeError::FailedPrecondition(format!(
                 "transfer {id} has already ended ({:?})",
                 entry.state()
@@ -1128,16 +1182,8 @@ impl Node {
         id: &str,
         max_speed: u64,
     ) -> Result<TransferSnapshot, NodeError> {
-        let entry = self
-            .inner
-            .transfers
-            .get(id)
-            .ok_or_else(|| NodeError::NotFound(format!("no transfer {id}")))?;
-        if entry.direction == Direction::Receive {
-            return Err(NodeError::FailedPrecondition(format!(
-                "transfer {id} is incoming: speed limits apply on the sending daemon, set it there"
-            )));
-        }
+        let entry =
+            self.outgoing_entry(id, "speed limits apply on the sending daemon, set it there")?;
         let state = entry.state();
         if state.is_final() {
             return Err(NodeError::FailedPrecondition(format!(
@@ -1324,6 +1370,14 @@ impl Node {
             .map_err(|e| NodeError::Io(error_chain(&e)))?
         {
             return Err(NodeError::NotFound(format!("device {id} is not known")));
+        }
+        // What it was sending here ends: a device no longer trusted does not get to resume
+        // into the download dir.
+        let device = id.to_string();
+        for t in self.inner.transfers.list() {
+            if t.direction == Direction::Receive && t.peer_id == device && !t.state.is_final() {
+                let _ = self.cancel_because(&t.id, "the sending device is no longer trusted");
+            }
         }
         for s in lock(&self.inner.sessions)
             .values()
@@ -1567,17 +1621,6 @@ fn tune(stream: &TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(cause = %e, "cannot set TCP_NODELAY");
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

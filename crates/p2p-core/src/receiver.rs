@@ -96,8 +96,8 @@ pub fn prepare(dir: &Path, info: &wire::TransferInfo) -> Result<Destination, Des
 
 impl Destination {
     /// The destination of a resumed transfer: the directory and root names chosen when it
-    /// was accepted. Directories that went missing are created again (never through a
-    /// symlink).
+    /// was accepted. The directory must exist; directories below it that went missing are
+    /// created again (never through a symlink).
     ///
     /// # Errors
     /// [`DestinationError`] naming the path that could not be created.
@@ -110,10 +110,17 @@ impl Destination {
             dir: dir.to_path_buf(),
             roots,
         };
-        fs::create_dir_all(dir).map_err(|source| DestinationError {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        // The destination itself must still be there: if it went (an unmounted disk), the
+        // transfer must not quietly start again somewhere else.
+        if !dir.is_dir() {
+            return Err(DestinationError {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the destination directory is gone",
+                ),
+            });
+        }
         for d in &info.dirs {
             let path = dest.path_of(d);
             make_dir_no_follow(&dest.dir, &path).map_err(|source| DestinationError {
@@ -231,12 +238,12 @@ pub(crate) struct Start {
 fn temp_path(dest: &Destination, info: &wire::TransferInfo, fi: usize) -> Option<PathBuf> {
     let entry = info.files.get(fi)?;
     let final_path = dest.path_of(&entry.path);
-    let short: String = info.transfer_id.chars().take(8).collect();
-    // Not derived from the file's name, so that a name near the 255-byte limit still fits.
+    // Not derived from the file's name, so that a name near the 255-byte limit still fits;
+    // the whole (canonical UUID) id, so that no other transfer's offer can name it.
     Some(
         final_path
             .parent()?
-            .join(format!(".{short}-{fi}.p2pd-part")),
+            .join(format!(".{}-{fi}.p2pd-part", info.transfer_id)),
     )
 }
 
@@ -286,11 +293,13 @@ pub(crate) fn resume(
             || (fs::symlink_metadata(&temp).is_ok()
                 && placed(&temp, &dest.path_of(&entry.path), !entry.path.contains('/')));
         if complete {
-            if !record.is_some_and(|r| r.complete) {
-                // Placed just before a crash, before it was recorded.
-                newly_complete.push(fi as u32);
+            if record.is_some_and(|r| r.complete) {
+                let _ = fs::remove_file(&temp);
+            } else {
+                // Placed just before a crash, before it was recorded: its temporary name goes
+                // only once the record is saved.
+                newly_complete.push((fi as u32, temp));
             }
-            let _ = fs::remove_file(&temp);
             start.files.done[fi] = true;
             start.complete += 1;
             start.have_bytes += entry.size;
@@ -333,10 +342,17 @@ pub(crate) fn resume(
         let empty = ChunkMap::default();
         let rows: Vec<(u32, bool, &ChunkMap)> = newly_complete
             .iter()
-            .map(|fi| (*fi, true, &empty))
+            .map(|(fi, _)| (*fi, true, &empty))
             .collect();
-        if let Err(e) = store.save_chunk_maps(&info.transfer_id, Direction::Receive, &rows) {
-            tracing::warn!(transfer = %info.transfer_id, cause = %e, "cannot record placed files");
+        match store.save_chunk_maps(&info.transfer_id, Direction::Receive, &rows) {
+            Ok(()) => {
+                for (_, temp) in &newly_complete {
+                    let _ = fs::remove_file(temp);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(transfer = %info.transfer_id, cause = %e, "cannot record placed files; keeping their temporary names");
+            }
         }
     }
     start
@@ -354,13 +370,7 @@ fn placed(temp: &Path, wanted: &Path, numbered_names: bool) -> bool {
     if !numbered_names {
         return same(wanted);
     }
-    let dir = wanted.parent().unwrap_or(Path::new("."));
-    let name = wanted
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    for n in 0..MAX_RENAMES {
-        let candidate = dir.join(numbered(&name, n, true));
+    for candidate in file_names(wanted) {
         if fs::symlink_metadata(&candidate).is_err() {
             return false;
         }
@@ -369,6 +379,16 @@ fn placed(temp: &Path, wanted: &Path, numbered_names: bool) -> bool {
         }
     }
     false
+}
+
+/// `wanted`, then `name (1).ext`, `name (2).ext`, … beside it (at most `MAX_RENAMES`).
+fn file_names(wanted: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    let dir = wanted.parent().unwrap_or(Path::new("."));
+    let name = wanted
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (0..MAX_RENAMES).map(move |n| dir.join(numbered(&name, n, true)))
 }
 
 /// Opens a kept temporary file to continue after `prefix` chunks: it must be a regular file
@@ -382,7 +402,12 @@ fn reopen_temp(temp: &Path, prefix: u64, chunk_size: u32, size: u64) -> Option<F
         .open(temp)
         .ok()?;
     let meta = file.metadata().ok()?;
-    if !meta.file_type().is_file() || meta.nlink() != 1 || meta.len() < keep {
+    // Ours, a plain file with no other name, holding at least the recorded bytes.
+    if !meta.file_type().is_file()
+        || meta.nlink() != 1
+        || meta.uid() != rustix::process::geteuid().as_raw()
+        || meta.len() < keep
+    {
         return None;
     }
     file.set_len(keep).ok()?;
@@ -424,8 +449,11 @@ impl Files {
 /// thread tells an interruption from a failure).
 const SESSION_LOST: &str = "session to peer lost";
 
-/// How long the receiver waits for the sender's next frame before giving up.
-pub const TRANSFER_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long the receiver waits for the sender's next frame of a transfer before it counts the
+/// transfer as interrupted. A dead session is noticed sooner (keepalive); this catches a
+/// live session whose sender stopped sending this transfer. Generous, because a speed limit
+/// shared by many transfers can space their chunks out.
+pub const TRANSFER_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 /// A checkpoint (sync the temporary files, record their chunks) is taken after this many
 /// payload bytes …
 pub const CHECKPOINT_BYTES: u64 = 16 << 20;
@@ -590,13 +618,16 @@ impl Receiver<'_> {
     fn checkpoint(&mut self, files: &mut Files) -> Result<(), String> {
         let mut maps = Vec::new();
         for (fi, state) in files.active.iter_mut() {
+            // Without a temporary file there is nothing unrecorded: never written, or placed
+            // (and recorded complete).
+            let Some((path, file)) = &state.temp else {
+                continue;
+            };
             if !state.dirty {
                 continue;
             }
-            if let Some((path, file)) = &state.temp {
-                file.sync_data()
-                    .map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
-            }
+            file.sync_data()
+                .map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
             state.dirty = false;
             let size = self.info.files.get(*fi).map_or(0, |f| f.size);
             let mut map = ChunkMap::new(chunk_count(size, self.info.chunk_size));
@@ -722,8 +753,7 @@ impl Receiver<'_> {
         self.entry
             .progress(Some((&entry.path, state.written, entry.size)));
         if state.expected_sha.is_some() && state.written == entry.size {
-            self.finish(fi, state)?;
-            files.finished(fi);
+            self.finish(files, fi)?;
         }
         Ok(())
     }
@@ -779,19 +809,28 @@ impl Receiver<'_> {
         }
         state.expected_sha = Some(d.sha256);
         if state.written == entry.size {
-            self.finish(fi, state)?;
-            files.finished(fi);
+            self.finish(files, fi)?;
         }
         Ok(())
     }
 
-    /// Verifies a complete file and puts it in place, then reports the result to the sender.
-    fn finish(&mut self, fi: usize, state: &mut FileState) -> Result<(), String> {
+    /// Verifies a complete file and puts it in place, marks it finished in `files`, then
+    /// reports the result to the sender. The file counts as done as soon as it is in place —
+    /// before the report, which may fail with the session — so that nothing later (a final
+    /// checkpoint) records it as partial again.
+    fn finish(&mut self, files: &mut Files, fi: usize) -> Result<(), String> {
         let entry = &self.info.files[fi];
-        let result = self.place(fi, state);
+        let result = self.place(fi, files.state(fi));
         let (ok, error) = match &result {
             Ok(path) => {
                 tracing::debug!(transfer = %self.info.transfer_id, path = %path.display(), "file verified");
+                files.finished(fi);
+                self.files_done += 1;
+                self.entry
+                    .files_done
+                    .store(self.files_done, Ordering::Relaxed);
+                self.entry
+                    .progress(Some((&entry.path, entry.size, entry.size)));
                 (true, String::new())
             }
             Err(e) => (false, e.clone()),
@@ -802,14 +841,7 @@ impl Receiver<'_> {
             ok,
             error,
         }))?;
-        result.map(|_| {
-            self.files_done += 1;
-            self.entry
-                .files_done
-                .store(self.files_done, Ordering::Relaxed);
-            self.entry
-                .progress(Some((&entry.path, entry.size, entry.size)));
-        })
+        result.map(|_| ())
     }
 
     fn place(&self, fi: usize, state: &mut FileState) -> Result<PathBuf, String> {
@@ -870,13 +902,7 @@ impl Receiver<'_> {
 /// Links `temp` under `wanted`, or `wanted (1)`, … — the first name that is free. A hard link
 /// fails instead of replacing, so an existing file is never overwritten.
 fn link_free_name(temp: &Path, wanted: &Path) -> std::io::Result<PathBuf> {
-    let dir = wanted.parent().unwrap_or(Path::new("."));
-    let name = wanted
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    for n in 0..MAX_RENAMES {
-        let candidate = dir.join(numbered(&name, n, true));
+    for candidate in file_names(wanted) {
         match fs::hard_link(temp, &candidate) {
             Ok(()) => return Ok(candidate),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,

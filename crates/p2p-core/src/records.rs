@@ -351,8 +351,13 @@ impl Store {
         self.with(|c| {
             let tx = c.unchecked_transaction()?;
             {
+                // A file recorded complete stays complete: a late partial record of it (a
+                // checkpoint racing its placement) must not undo that.
                 let mut st = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO chunk_maps (id, side, file_index, complete, chunks) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO chunk_maps (id, side, file_index, complete, chunks) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (id, side, file_index) DO UPDATE
+                     SET complete = excluded.complete, chunks = excluded.chunks
+                     WHERE chunk_maps.complete = 0",
                 )?;
                 for (fi, complete, map) in files {
                     // A complete file needs no bitmap.
@@ -483,6 +488,10 @@ mod tests {
         assert!(maps[&1].complete);
         assert!(ChunkMap::from_bytes(3, &maps[&0].chunks).get(1));
         assert!(s.chunk_maps("t", Direction::Send).unwrap().is_empty());
+        // A complete file is never recorded partial again.
+        s.save_chunk_maps("t", Direction::Receive, &[(1, false, &ChunkMap::new(3))])
+            .unwrap();
+        assert!(s.chunk_maps("t", Direction::Receive).unwrap()[&1].complete);
         s.forget_transfer("t", Direction::Receive).unwrap();
         assert!(s.incoming_record("t").unwrap().is_none());
         assert!(s.chunk_maps("t", Direction::Receive).unwrap().is_empty());

@@ -75,6 +75,8 @@ pub(crate) enum AttemptEnd {
     /// A permanent failure: trying again cannot help (source changed or unreadable, receiver
     /// could not store a file, protocol violation).
     Failed(String),
+    /// The receiver failed (it could not store the data): permanent; it knows.
+    PeerFailed(String),
     /// A transient failure: session lost, receiver paused or restarting. Try again later.
     Transient(String),
     /// Stopped here by `stop` (pause or shutdown); the receiver was told it may resume.
@@ -127,33 +129,19 @@ pub(crate) async fn attempt(
     save_acked(&store, &entry, &mut acked);
     session.unroute(&entry.id);
     session.active.fetch_sub(1, Ordering::Relaxed);
-    let tell = |reason: String, resumable: bool| {
-        let session = session.clone();
-        let id = entry.id.clone();
-        async move {
-            let _ = session
-                .send(Body::Cancel(wire::Cancel {
-                    transfer_id: id,
-                    reason,
-                    resumable,
-                }))
-                .await;
-        }
-    };
+    let tell = |reason: String, resumable: bool| session.cancel(&entry.id, reason, resumable);
+    // The peer hears of an end decided here; the others it decided itself, or it is gone.
     match outcome {
         Ok(()) => AttemptEnd::Completed,
-        Err(Outcome::Rejected(r)) => AttemptEnd::Rejected(r),
-        Err(Outcome::Cancelled(r)) => AttemptEnd::Cancelled(r),
-        Err(Outcome::Transient(r)) => AttemptEnd::Transient(r),
-        Err(Outcome::Failed(reason)) => {
-            tell(reason.clone(), false).await;
+        Err(AttemptEnd::Failed(reason)) => {
+            session.fail(&entry.id, reason.clone()).await;
             AttemptEnd::Failed(reason)
         }
-        Err(Outcome::LocalCancel) => {
+        Err(AttemptEnd::LocalCancel) => {
             tell("cancelled by sender".into(), false).await;
             AttemptEnd::LocalCancel
         }
-        Err(Outcome::Stopped) => {
+        Err(AttemptEnd::Stopped) => {
             tell(
                 if entry.state() == TransferState::Paused {
                     "paused by sender".into()
@@ -165,6 +153,7 @@ pub(crate) async fn attempt(
             .await;
             AttemptEnd::Stopped
         }
+        Err(other) => other,
     }
 }
 
@@ -186,17 +175,6 @@ fn save_acked(store: &Store, entry: &TransferEntry, acked: &mut Acked) {
     acked.dirty = false;
 }
 
-/// How a transfer ended, if not completed.
-enum Outcome {
-    Rejected(String),
-    Cancelled(String),
-    Failed(String),
-    Transient(String),
-    Stopped,
-    /// Cancelled here: the entry already says so; the peer must be told.
-    LocalCancel,
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     session: &Arc<Session>,
@@ -208,7 +186,9 @@ async fn drive(
     mut route: mpsc::Receiver<Body>,
     store: &Store,
     acked: &mut Acked,
-) -> Result<(), Outcome> {
+) -> Result<(), AttemptEnd> {
+    // A peer without the capability would take a resume for a new offer.
+    let resume = resume && session.caps & crate::wire::caps::RESUME != 0;
     let info = manifest.offer(&entry.id, opts, resume);
     session
         .send(Body::TransferInfo(info))
@@ -218,17 +198,18 @@ async fn drive(
     // Wait for the receiver's decision (a person may be asked: no time limit here; the
     // receiver expires its offers).
     let frame = tokio::select! {
-        _ = entry.cancel.cancelled() => return Err(Outcome::LocalCancel),
-        _ = stop.cancelled() => return Err(Outcome::Stopped),
+        _ = entry.cancel.cancelled() => return Err(AttemptEnd::LocalCancel),
+        _ = stop.cancelled() => return Err(AttemptEnd::Stopped),
         f = route.recv() => f.ok_or_else(lost)?,
     };
     let have = match frame {
         Body::Ready(r) => have_of(&manifest, opts.chunk_size, r.have),
-        Body::Reject(r) => return Err(Outcome::Rejected(r.reason)),
-        Body::Cancel(c) if c.resumable => return Err(Outcome::Transient(c.reason)),
-        Body::Cancel(c) => return Err(Outcome::Cancelled(c.reason)),
+        Body::Reject(r) => return Err(AttemptEnd::Rejected(r.reason)),
+        Body::Cancel(c) if c.resumable => return Err(AttemptEnd::Transient(c.reason)),
+        Body::Cancel(c) if c.failed => return Err(AttemptEnd::PeerFailed(c.reason)),
+        Body::Cancel(c) => return Err(AttemptEnd::Cancelled(c.reason)),
         other => {
-            return Err(Outcome::Failed(format!(
+            return Err(AttemptEnd::Failed(format!(
                 "peer sent {} before Ready",
                 codec::body_name(&other)
             )));
@@ -296,8 +277,8 @@ async fn drive(
             complete_sent = true;
         }
         tokio::select! {
-            _ = entry.cancel.cancelled() => return Err(Outcome::LocalCancel),
-            _ = stop.cancelled() => return Err(Outcome::Stopped),
+            _ = entry.cancel.cancelled() => return Err(AttemptEnd::LocalCancel),
+            _ = stop.cancelled() => return Err(AttemptEnd::Stopped),
             _ = save.tick() => save_acked(store, entry, acked),
             done = async {
                 match producer.as_mut() {
@@ -308,25 +289,26 @@ async fn drive(
                 producer = None;
                 match done {
                     Ok(Ok(())) => {}
-                    Ok(Err(Produce::Failed(e))) => return Err(Outcome::Failed(e)),
+                    Ok(Err(Produce::Failed(e))) => return Err(AttemptEnd::Failed(e)),
                     Ok(Err(Produce::Lost)) => return Err(lost()),
-                    Ok(Err(Produce::Cancelled)) if entry.cancel.is_cancelled() => return Err(Outcome::LocalCancel),
-                    Ok(Err(Produce::Cancelled)) => return Err(Outcome::Stopped),
-                    Err(join) => return Err(Outcome::Failed(format!("sender thread failed: {join}"))),
+                    Ok(Err(Produce::Cancelled)) if entry.cancel.is_cancelled() => return Err(AttemptEnd::LocalCancel),
+                    Ok(Err(Produce::Cancelled)) => return Err(AttemptEnd::Stopped),
+                    Err(join) => return Err(AttemptEnd::Failed(format!("sender thread failed: {join}"))),
                 }
             }
             frame = route.recv() => {
                 match frame.ok_or_else(lost)? {
                     Body::ChunkAck(ack) => {
-                        if ack.status == ChunkStatus::Ok as i32 {
-                            let size = manifest.files.get(ack.file_index as usize).map_or(0, |f| f.entry.size);
+                        let (fi, ci) = (ack.file_index, ack.chunk_index);
+                        // Only acknowledgements of chunks really in flight are recorded.
+                        if on_ack(session, entry, &window, ack).await? {
+                            let size = manifest.files.get(fi as usize).map_or(0, |f| f.entry.size);
                             acked.chunks
-                                .entry(ack.file_index)
+                                .entry(fi)
                                 .or_insert_with(|| ChunkMap::new(chunk_count(size, opts.chunk_size)))
-                                .set(ack.chunk_index);
+                                .set(ci);
                             acked.dirty = true;
                         }
-                        on_ack(session, entry, &window, ack).await?
                     }
                     Body::FileResult(r) if r.ok => {
                         // FileDone took a window permit: the receiver has answered it.
@@ -339,12 +321,14 @@ async fn drive(
                         entry.progress(None);
                     }
                     Body::FileResult(r) => {
-                        return Err(Outcome::Failed(format!("receiver could not store file #{}: {}", r.file_index, r.error)));
+                        let name = manifest.files.get(r.file_index as usize).map_or("?", |f| f.entry.path.as_str());
+                        return Err(AttemptEnd::PeerFailed(format!("receiver could not store {name}: {}", r.error)));
                     }
                     Body::CompleteAck(_) if complete_sent => return Ok(()),
-                    Body::Cancel(c) if c.resumable => return Err(Outcome::Transient(c.reason)),
-                    Body::Cancel(c) => return Err(Outcome::Cancelled(c.reason)),
-                    other => return Err(Outcome::Failed(format!("unexpected {} from receiver", codec::body_name(&other)))),
+                    Body::Cancel(c) if c.resumable => return Err(AttemptEnd::Transient(c.reason)),
+                    Body::Cancel(c) if c.failed => return Err(AttemptEnd::PeerFailed(c.reason)),
+                    Body::Cancel(c) => return Err(AttemptEnd::Cancelled(c.reason)),
+                    other => return Err(AttemptEnd::Failed(format!("unexpected {} from receiver", codec::body_name(&other)))),
                 }
             }
         }
@@ -373,8 +357,8 @@ fn have_of(manifest: &LocalManifest, chunk_size: u32, list: Vec<wire::FileHave>)
     have
 }
 
-fn lost() -> Outcome {
-    Outcome::Transient("session to peer lost".into())
+fn lost() -> AttemptEnd {
+    AttemptEnd::Transient("session to peer lost".into())
 }
 
 /// Why the producer stopped early.
@@ -387,21 +371,22 @@ enum Produce {
     Cancelled,
 }
 
+/// Handles an acknowledgement; returns whether it confirmed a chunk in flight.
 async fn on_ack(
     session: &Session,
     entry: &TransferEntry,
     window: &Window,
     ack: wire::ChunkAck,
-) -> Result<(), Outcome> {
+) -> Result<bool, AttemptEnd> {
     let key = (ack.file_index, ack.chunk_index);
     if ack.status == ChunkStatus::Ok as i32 {
         let removed = window.lock().remove(&key);
-        if let Some(f) = removed {
+        if let Some(f) = &removed {
             entry.bytes_done.fetch_add(f.raw_len, Ordering::Relaxed);
             window.permits.add_permits(1);
             entry.progress(None);
         }
-        return Ok(());
+        return Ok(removed.is_some());
     }
     // CRC mismatch on the receiver: send the kept frame again, a bounded number of times.
     let resend = {
@@ -412,16 +397,21 @@ async fn on_ack(
                 Some(f.frame.clone())
             }
             Some(_) => None,
-            None => return Ok(()),
+            None => return Ok(false),
         }
     };
     match resend {
         Some(frame) => {
             tracing::warn!(transfer = %entry.id, file = ack.file_index, chunk = ack.chunk_index, "receiver reported a corrupt chunk; re-sending");
             entry.chunks_resent.fetch_add(1, Ordering::Relaxed);
-            session.writer().send(frame).await.map_err(|_| lost())
+            session
+                .writer()
+                .send(frame)
+                .await
+                .map(|()| false)
+                .map_err(|_| lost())
         }
-        None => Err(Outcome::Failed(format!(
+        None => Err(AttemptEnd::Failed(format!(
             "chunk {} of file #{} arrived corrupt {} times",
             ack.chunk_index,
             ack.file_index,
@@ -485,11 +475,18 @@ fn produce(
         let mut chunk_index: u64 = 0;
         let mut compress_file = compressor.is_some();
         let mut incompressible = 0u32;
+        // Chunks sampled so far (a resumed file samples the first chunks it sends).
+        let mut sampled = 0u32;
         while done < size {
             let want = (size - done).min(chunk_size as u64) as usize;
             f.read_exact(&mut buf[..want]).map_err(|e| {
+                let hint = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    " (it shrank while being sent)"
+                } else {
+                    ""
+                };
                 Produce::Failed(format!(
-                    "cannot read {} at byte {done} (did it shrink while sending?): {e}",
+                    "cannot read {} at byte {done}{hint}: {e}",
                     file.source.display()
                 ))
             })?;
@@ -506,13 +503,12 @@ fn produce(
                     let packed = c
                         .compress(raw)
                         .map_err(|e| Produce::Failed(format!("zstd failed: {e}")))?;
-                    if chunk_index < u64::from(SAMPLE_CHUNKS) {
+                    if sampled < SAMPLE_CHUNKS {
+                        sampled += 1;
                         if packed.len() as f64 > raw.len() as f64 * INCOMPRESSIBLE_RATIO {
                             incompressible += 1;
                         }
-                        if chunk_index + 1 == u64::from(SAMPLE_CHUNKS)
-                            && incompressible == SAMPLE_CHUNKS
-                        {
+                        if sampled == SAMPLE_CHUNKS && incompressible == SAMPLE_CHUNKS {
                             compress_file = false;
                         }
                     }

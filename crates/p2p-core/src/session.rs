@@ -130,6 +130,42 @@ impl Session {
             .map_err(|_| SessionError::Closed)
     }
 
+    /// Refuses an offer. Best effort: a session that ended has no one left to tell.
+    pub async fn reject(&self, transfer_id: &str, reason: impl Into<String>) {
+        let _ = self
+            .send(Body::Reject(wire::Reject {
+                transfer_id: transfer_id.to_owned(),
+                reason: reason.into(),
+            }))
+            .await;
+    }
+
+    /// Tells the peer that a transfer stops — for good, or `resumable` (it may be offered
+    /// again). Best effort, as [`Session::reject`].
+    pub async fn cancel(&self, transfer_id: &str, reason: impl Into<String>, resumable: bool) {
+        let _ = self
+            .send(Body::Cancel(wire::Cancel {
+                transfer_id: transfer_id.to_owned(),
+                reason: reason.into(),
+                resumable,
+                failed: false,
+            }))
+            .await;
+    }
+
+    /// Tells the peer that a transfer failed here, for good. Best effort, as
+    /// [`Session::reject`].
+    pub async fn fail(&self, transfer_id: &str, reason: impl Into<String>) {
+        let _ = self
+            .send(Body::Cancel(wire::Cancel {
+                transfer_id: transfer_id.to_owned(),
+                reason: reason.into(),
+                resumable: false,
+                failed: true,
+            }))
+            .await;
+    }
+
     /// A handle to the writer queue, for blocking producers.
     pub fn writer(&self) -> mpsc::Sender<Bytes> {
         self.tx.clone()
@@ -577,12 +613,23 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     let mut routes = session.lock_routes();
                     if routes.contains_key(&id) {
                         drop(routes);
-                        let _ = session
-                            .tx
-                            .try_send(codec::encode(Body::Reject(wire::Reject {
+                        // A resume while the previous attempt is still being wound down here
+                        // (a quick pause and resume): the sender may try again shortly.
+                        let reply = if info.resume {
+                            Body::Cancel(wire::Cancel {
+                                transfer_id: id,
+                                reason: "the previous attempt of this transfer is still stopping"
+                                    .into(),
+                                resumable: true,
+                                failed: false,
+                            })
+                        } else {
+                            Body::Reject(wire::Reject {
                                 transfer_id: id,
                                 reason: "a transfer with this id is already running".into(),
-                            })));
+                            })
+                        };
+                        let _ = session.tx.try_send(codec::encode(reply));
                         continue;
                     }
                     // Routed before the offer is handled, so that an early Cancel is not lost.
@@ -615,6 +662,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                                         transfer_id: id,
                                         reason: "too many frames in flight".into(),
                                         resumable: false,
+                                        failed: true,
                                     })));
                         }
                     },

@@ -122,9 +122,22 @@ impl SendOptions {
             ));
         }
         ratelimit::check_rate(self.max_speed).map_err(|e| e.to_string())?;
+        // A chunk must reach the receiver well within its idle limit.
+        if self.max_speed > 0
+            && u64::from(self.chunk_size) > self.max_speed.saturating_mul(MAX_SECONDS_PER_CHUNK)
+        {
+            return Err(format!(
+                "speed limit {} bytes/s is too low for chunks of {} bytes (one chunk would take over {MAX_SECONDS_PER_CHUNK} s); use a smaller chunk size",
+                self.max_speed, self.chunk_size
+            ));
+        }
         Ok(())
     }
 }
+
+/// Longest a single chunk may take at a transfer's own speed limit (the receiver gives up
+/// on a transfer after `receiver::TRANSFER_IDLE` without data).
+pub const MAX_SECONDS_PER_CHUNK: u64 = 60;
 
 /// Which way the bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

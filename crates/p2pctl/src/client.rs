@@ -47,21 +47,11 @@ pub(crate) async fn connect(path: &Path) -> Result<ControlServiceClient<Channel>
                 }
                 _ => ConnectError::Other {
                     path: path.to_path_buf(),
-                    message: error_chain(&e),
+                    message: p2p_core::error_chain(&e),
                 },
             },
         ),
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        parts.push(c.to_string());
-        cur = c.source();
-    }
-    parts.join(": ")
 }
 
 /// A control RPC answered with an error status. Shown as the code in words and the daemon's

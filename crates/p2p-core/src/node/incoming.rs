@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use p2p_proto::wire::v1::frame::Body;
@@ -12,15 +12,64 @@ use p2p_proto::wire::v1::{self as wire};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Node, error_chain, lock, now_ms};
+use super::{Node, lock, now_ms};
 use crate::chunkmap::{ChunkMap, chunk_count};
+use crate::error_chain;
+use crate::history::HistoryStatus;
 use crate::receiver::{self, Destination, ReceiveEnd};
 use crate::records::IncomingRecord;
 use crate::session::Session;
 use crate::transfer::{Direction, NewTransfer, TransferEntry, TransferState};
 
-/// How long a resume waits for the previous attempt of the same transfer to stop.
-const REPLACE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Gives a claim back when the attempt ends, whichever way.
+struct Release<'a>(&'a Node, &'a str, &'a Claim);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1, self.2);
+    }
+}
+
+/// An interrupted incoming transfer whose sender has not come back within this long (from
+/// its start) is removed at the next start of the daemon.
+pub(super) const INTERRUPTED_TTL: Duration = Duration::from_secs(30 * 86_400);
+
+/// How long a sender that resumes a completed transfer has to send `Complete`.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Answers the resume of a transfer that completed here: `Ready` with every file complete,
+/// then `CompleteAck` to its `Complete`.
+async fn already_complete(
+    session: &Session,
+    info: &wire::TransferInfo,
+    mut frames: mpsc::Receiver<Body>,
+) {
+    let have = (0..info.files.len() as u32)
+        .map(|i| wire::FileHave {
+            file_index: i,
+            complete: true,
+            chunks: bytes::Bytes::new(),
+        })
+        .collect();
+    if session
+        .send(Body::Ready(wire::Ready {
+            transfer_id: info.transfer_id.clone(),
+            have,
+        }))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    if let Ok(Some(Body::Complete(_))) = tokio::time::timeout(CONFIRM_TIMEOUT, frames.recv()).await
+    {
+        let _ = session
+            .send(Body::CompleteAck(wire::CompleteAck {
+                transfer_id: info.transfer_id.clone(),
+            }))
+            .await;
+    }
+}
 
 /// Where an accepted receive starts.
 pub(super) enum Plan {
@@ -59,70 +108,134 @@ fn check_space(dir: &Path, need: u64) -> Result<(), String> {
     }
 }
 
+/// Numbers the receive attempts, so that an attempt releases only its own claim.
+static NEXT_CLAIM: AtomicU64 = AtomicU64::new(1);
+
+/// The right to run the receive of one transfer: at most one attempt holds it at a time.
+#[derive(Debug, Clone)]
+pub(super) struct Claim {
+    seq: u64,
+    /// Cancelled to stop the attempt (shutdown, or a newer attempt wants the transfer).
+    stop: CancellationToken,
+}
+
+/// The message of a resume that comes while the previous attempt still runs; the sender
+/// tries again a little later.
+const STILL_STOPPING: &str = "the previous attempt of this transfer is still stopping";
+
+impl Claim {
+    /// Asks the attempt holding this claim to stop (it keeps what it has).
+    pub(super) fn stop_now(&self) {
+        self.stop.cancel();
+    }
+}
+
 impl Node {
+    /// Claims the receive of transfer `id` for a new attempt. If another attempt holds it,
+    /// that one is asked to stop and `None` comes back: the caller tells the sender to try
+    /// again (`Cancel{resumable}`), by when the other has stopped.
+    pub(super) fn try_claim(&self, id: &str) -> Option<Claim> {
+        let mut map = lock(&self.inner.receiving);
+        if let Some(previous) = map.get(id) {
+            previous.stop.cancel();
+            return None;
+        }
+        let claim = Claim {
+            seq: NEXT_CLAIM.fetch_add(1, Ordering::Relaxed),
+            stop: self.inner.shutdown.child_token(),
+        };
+        map.insert(id.to_owned(), claim.clone());
+        Some(claim)
+    }
+
+    /// Gives a claim back (only if it is still the one held).
+    pub(super) fn release(&self, id: &str, claim: &Claim) {
+        let mut map = lock(&self.inner.receiving);
+        if map.get(id).is_some_and(|c| c.seq == claim.seq) {
+            map.remove(id);
+        }
+    }
+
     /// Handles an offer marked `resume`: when this node holds a record of that transfer from
-    /// that device, it continues it without asking again. Gives the offer back otherwise (it
-    /// is then a new offer).
+    /// that device, it continues it without asking again; when history says it already ended
+    /// here, the sender hears how. Gives the offer back otherwise (it is then a new offer).
     pub(super) async fn resume_offer(
         &self,
         session: &Arc<Session>,
         info: wire::TransferInfo,
         frames: mpsc::Receiver<Body>,
     ) -> Result<(), (wire::TransferInfo, mpsc::Receiver<Body>)> {
-        let record = match self.inner.store.incoming_record(&info.transfer_id) {
-            Ok(Some(r)) if r.peer_id == session.peer.device_id => r,
-            Ok(_) => return Err((info, frames)),
+        let id = info.transfer_id.clone();
+        let peer = session.peer.device_id.clone();
+        let record = match self.inner.store.incoming_record(&id) {
+            Ok(Some(r)) if r.peer_id == peer => r,
+            Ok(Some(_)) => return Err((info, frames)),
+            Ok(None) => {
+                let ended = self
+                    .inner
+                    .store
+                    .history_outcome(&id, Direction::Receive, &peer);
+                return match ended {
+                    Ok(Some((HistoryStatus::Completed, _))) => {
+                        // Everything arrived, the sender did not hear so (a lost CompleteAck,
+                        // or it stopped just then): let it finish.
+                        tracing::info!(transfer = %id, peer = %peer, "resume of a completed transfer; confirming");
+                        already_complete(session, &info, frames).await;
+                        Ok(())
+                    }
+                    Ok(Some((_, reason))) => {
+                        session.reject(&id, reason).await;
+                        Ok(())
+                    }
+                    _ => Err((info, frames)),
+                };
+            }
             Err(e) => {
                 tracing::warn!(cause = %error_chain(&e), "cannot read the transfer's record; treating the resume as a new offer");
                 return Err((info, frames));
             }
         };
-        let id = info.transfer_id.clone();
         let same = record.info.files == info.files
             && record.info.dirs == info.dirs
             && record.info.roots == info.roots
             && record.info.chunk_size == info.chunk_size;
         if !same {
-            let _ = session
-                .send(Body::Reject(wire::Reject {
-                    transfer_id: id,
-                    reason: "the resumed transfer does not match the one accepted".into(),
-                }))
+            session
+                .reject(&id, "the resumed transfer does not match the one accepted")
                 .await;
             return Ok(());
         }
-        // A previous attempt may still run on a session that has not noticed its end yet.
-        let previous = lock(&self.inner.receiving).get(&id).cloned();
-        if let Some((stop, stopped)) = previous {
-            stop.cancel();
-            if tokio::time::timeout(REPLACE_TIMEOUT, stopped.cancelled())
-                .await
-                .is_err()
-            {
-                let _ = session
-                    .send(Body::Cancel(wire::Cancel {
-                        transfer_id: id,
-                        reason: "the previous attempt of this transfer is still stopping".into(),
-                        resumable: true,
-                    }))
-                    .await;
-                return Ok(());
+        // The device's rule may have changed since it was accepted.
+        if let Some(reason) = self.refusal(&session.peer.id) {
+            tracing::info!(transfer = %id, peer = %peer, "resume refused by the device's current rule");
+            if let Some(e) = self.inner.transfers.get(&id) {
+                e.set_state(TransferState::Rejected, reason.clone());
             }
+            self.discard_incoming(&id);
+            session.reject(&id, reason).await;
+            return Ok(());
         }
+        // A previous attempt may still run on a session that has not noticed its end yet.
+        let Some(claim) = self.try_claim(&id) else {
+            session.cancel(&id, STILL_STOPPING, true).await;
+            return Ok(());
+        };
         let entry = match self.inner.transfers.get(&id) {
             Some(e) if e.state() == TransferState::Interrupted => e,
-            Some(e) => {
-                let _ = session
-                    .send(Body::Reject(wire::Reject {
-                        transfer_id: id,
-                        reason: format!("the transfer cannot resume: it is {:?} here", e.state()),
-                    }))
-                    .await;
+            Some(e) if e.state().is_final() => {
+                self.release(&id, &claim);
+                let reason = format!("the transfer already ended here: {}", e.snapshot().error);
+                session.reject(&id, reason).await;
+                return Ok(());
+            }
+            Some(_) => {
+                self.release(&id, &claim);
+                session.cancel(&id, STILL_STOPPING, true).await;
                 return Ok(());
             }
             None => self.restored_entry(&record),
         };
-        tracing::info!(transfer = %id, peer = %session.peer.device_id, "sender resumes the transfer");
+        tracing::info!(transfer = %id, peer = %peer, "sender resumes the transfer");
         session
             .active
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -132,6 +245,7 @@ impl Node {
             info,
             frames,
             Plan::Resume(Box::new(record)),
+            claim,
         )
         .await;
         session
@@ -140,7 +254,7 @@ impl Node {
         Ok(())
     }
 
-    /// Runs an accepted receive to its end (or interruption).
+    /// Runs an accepted receive to its end (or interruption), holding `claim`.
     pub(super) async fn run_receive(
         &self,
         session: &Arc<Session>,
@@ -148,20 +262,12 @@ impl Node {
         info: wire::TransferInfo,
         route_rx: mpsc::Receiver<Body>,
         plan: Plan,
+        claim: Claim,
     ) {
         let id = info.transfer_id.clone();
-        let stop = self.inner.shutdown.child_token();
-        let stopped = CancellationToken::new();
-        lock(&self.inner.receiving).insert(id.clone(), (stop.clone(), stopped.clone()));
-        let _stopped = stopped.drop_guard();
-        let send_reject = |reason: String| async {
-            let _ = session
-                .send(Body::Reject(wire::Reject {
-                    transfer_id: id.clone(),
-                    reason,
-                }))
-                .await;
-        };
+        let stop = claim.stop.clone();
+        let _release = Release(self, &id, &claim);
+        let send_reject = |reason: String| session.reject(&id, reason);
         let info = Arc::new(info);
         let prepared = {
             let info = info.clone();
@@ -173,9 +279,9 @@ impl Node {
             Ok(Ok(x)) => x,
             Ok(Err((outcome, reason))) => {
                 entry.set_state(outcome, reason.clone());
-                self.forget_incoming(&id).await;
+                // What a resumed attempt had goes with the record.
+                self.discard_incoming(&id);
                 send_reject(reason).await;
-                self.unregister_receive(&id);
                 return;
             }
             Err(e) => {
@@ -185,7 +291,6 @@ impl Node {
                 );
                 self.forget_incoming(&id).await;
                 send_reject("receiver error".into()).await;
-                self.unregister_receive(&id);
                 return;
             }
         };
@@ -205,7 +310,6 @@ impl Node {
             .is_err()
         {
             entry.set_state(TransferState::Interrupted, "session to peer lost");
-            self.unregister_receive(&id);
             return;
         }
         let mut worker = {
@@ -236,15 +340,7 @@ impl Node {
                 }
             }
         };
-        let tell_peer = |reason: String, resumable: bool| async move {
-            let _ = session
-                .send(Body::Cancel(wire::Cancel {
-                    transfer_id: id.clone(),
-                    reason,
-                    resumable,
-                }))
-                .await;
-        };
+        let tell_peer = |reason: String, resumable: bool| session.cancel(&id, reason, resumable);
         match end {
             Ok(ReceiveEnd::Completed) => {
                 entry.set_state(TransferState::Completed, "");
@@ -273,7 +369,7 @@ impl Node {
                 entry.set_state(TransferState::Failed, reason.clone());
                 self.forget_incoming(&entry.id).await;
                 if tell || local_cancel {
-                    tell_peer(reason, false).await;
+                    session.fail(&id, reason).await;
                 }
             }
             Ok(ReceiveEnd::Interrupted {
@@ -298,16 +394,9 @@ impl Node {
                     format!("receiver thread failed: {e}"),
                 );
                 self.forget_incoming(&entry.id).await;
-                tell_peer("receiver error".into(), false).await;
+                session.fail(&id, "receiver error").await;
             }
         }
-        self.unregister_receive(&entry.id);
-    }
-
-    // A newer attempt registers only after this one signalled that it stopped, which
-    // happens after this removal: the entry removed is always this attempt's own.
-    fn unregister_receive(&self, id: &str) {
-        lock(&self.inner.receiving).remove(id);
     }
 
     async fn forget_incoming(&self, id: &str) {
@@ -367,9 +456,32 @@ impl Node {
         match self.inner.store.incoming_records() {
             Ok(records) => {
                 for r in records {
-                    if self.inner.transfers.get(&r.id).is_none() {
+                    if self.inner.transfers.get(&r.id).is_some() {
+                        continue;
+                    }
+                    let entry = self.restored_entry(&r);
+                    let snap = entry.snapshot();
+                    if snap.files_done == snap.total_files {
+                        // Every file was in place; the end was not recorded (killed just then).
+                        entry.set_state(TransferState::Completed, "");
+                        if let Err(e) = self.inner.store.forget_transfer(&r.id, Direction::Receive)
+                        {
+                            tracing::warn!(transfer = %r.id, cause = %error_chain(&e), "cannot remove a finished transfer's record");
+                        }
+                    } else if now_ms().saturating_sub(r.started_ms)
+                        > INTERRUPTED_TTL.as_millis() as u64
+                    {
+                        tracing::info!(transfer = %r.id, "an interrupted incoming transfer expired; removing what arrived");
+                        entry.set_state(
+                            TransferState::Failed,
+                            format!(
+                                "expired: not resumed within {} days",
+                                INTERRUPTED_TTL.as_secs() / 86_400
+                            ),
+                        );
+                        self.discard_incoming(&r.id);
+                    } else {
                         tracing::info!(transfer = %r.id, "an interrupted incoming transfer waits for its sender");
-                        self.restored_entry(&r);
                     }
                 }
             }
@@ -440,6 +552,18 @@ fn prepare(
         .fold(0, u64::saturating_add);
     match plan {
         Plan::Fresh(dir) => {
+            // A record left from an earlier offer of the same id (accepted, then offered
+            // anew) goes first, with its temporary files: nothing of it may count now.
+            if let Ok(Some(old)) = store.incoming_record(&info.transfer_id) {
+                let old_dest = Destination {
+                    dir: old.dest_dir.clone(),
+                    roots: old.roots.clone(),
+                };
+                receiver::remove_temps(&old_dest, &old.info);
+                store
+                    .forget_transfer(&info.transfer_id, Direction::Receive)
+                    .map_err(|e| failed(error_chain(&e)))?;
+            }
             check_space(&dir, total).map_err(rejected)?;
             let dest = receiver::prepare(&dir, info).map_err(|e| failed(e.to_string()))?;
             let record = IncomingRecord {

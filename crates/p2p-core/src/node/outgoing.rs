@@ -15,8 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Node, NodeError, error_chain, lock};
+use super::{Node, NodeError, lock};
 use crate::chunkmap::{ChunkMap, chunk_count};
+use crate::error_chain;
 use crate::manifest::LocalManifest;
 use crate::records::OutgoingRecord;
 use crate::sender::{self, AttemptEnd};
@@ -145,7 +146,7 @@ impl Node {
                     entry.set_state(TransferState::Cancelled, r);
                     break self.outgoing_ended(entry, dial, false).await;
                 }
-                AttemptEnd::Failed(r) => {
+                AttemptEnd::Failed(r) | AttemptEnd::PeerFailed(r) => {
                     entry.set_state(TransferState::Failed, r);
                     break self.outgoing_ended(entry, dial, false).await;
                 }
@@ -226,15 +227,7 @@ impl Node {
         let reason = entry.snapshot().error;
         let reach = tokio::time::timeout(Duration::from_secs(10), self.connect(dial)).await;
         if let Ok(Ok(s)) = reach {
-            let _ = s
-                .send(p2p_proto::wire::v1::frame::Body::Cancel(
-                    p2p_proto::wire::v1::Cancel {
-                        transfer_id: entry.id.clone(),
-                        reason,
-                        resumable: false,
-                    },
-                ))
-                .await;
+            s.cancel(&entry.id, reason, false).await;
         }
     }
 
@@ -297,16 +290,7 @@ impl Node {
     }
 
     fn outgoing_control(&self, id: &str) -> Result<(Arc<TransferEntry>, Arc<Control>), NodeError> {
-        let entry = self
-            .inner
-            .transfers
-            .get(id)
-            .ok_or_else(|| NodeError::NotFound(format!("no transfer {id}")))?;
-        if entry.direction == Direction::Receive {
-            return Err(NodeError::FailedPrecondition(format!(
-                "transfer {id} is a receiving transfer: pause and resume it on the sending device"
-            )));
-        }
+        let entry = self.outgoing_entry(id, "pause and resume it on the sending device")?;
         let control = lock(&self.inner.outgoing).get(id).cloned().ok_or_else(|| {
             NodeError::FailedPrecondition(format!(
                 "transfer {id} has already ended ({:?})",
@@ -314,6 +298,26 @@ impl Node {
             ))
         })?;
         Ok((entry, control))
+    }
+
+    /// The outgoing transfer `id`; `NotFound`, or `FailedPrecondition` saying `what_instead`
+    /// for a receiving one.
+    pub(super) fn outgoing_entry(
+        &self,
+        id: &str,
+        what_instead: &str,
+    ) -> Result<Arc<TransferEntry>, NodeError> {
+        let entry = self
+            .inner
+            .transfers
+            .get(id)
+            .ok_or_else(|| NodeError::NotFound(format!("no transfer {id}")))?;
+        if entry.direction == Direction::Receive {
+            return Err(NodeError::FailedPrecondition(format!(
+                "transfer {id} is incoming: {what_instead}"
+            )));
+        }
+        Ok(entry)
     }
 
     /// Outgoing transfers recorded before a restart carry on: paused ones stay paused, the
