@@ -550,6 +550,17 @@ pub mod api {
         );
     }
 
+    /// Checks that a transfer completed; on failure shows its state and error.
+    pub fn expect_completed(t: &pb::Transfer) {
+        assert_eq!(
+            state(t),
+            pb::TransferState::Completed,
+            "transfer ended {:?}: {}",
+            state(t),
+            t.error
+        );
+    }
+
     /// Waits (at most `timeout`) until no temporary part file is left under `dir`.
     pub async fn wait_no_part_files(dir: &Path, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;

@@ -53,16 +53,6 @@ fn least_time(wire_bytes: u64, rate: u64) -> Duration {
     Duration::from_secs_f64((wire_bytes as f64 - burst).max(0.0) / rate as f64)
 }
 
-fn assert_completed(t: &pb::Transfer) {
-    assert_eq!(
-        state(t),
-        pb::TransferState::Completed,
-        "transfer ended {:?}: {}",
-        state(t),
-        t.error
-    );
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -104,7 +94,7 @@ async fn a_50_mib_file_at_5m_arrives_intact_and_takes_at_least_the_limited_time(
     assert_eq!(running.max_speed, rate, "the Transfer shows its limit");
     let t = wait_done(&a, &id, T).await;
     let elapsed = started.elapsed();
-    assert_completed(&t);
+    api::expect_completed(&t);
     assert_eq!(t.max_speed, rate);
     assert_same_file(&b.dirs.download_dir.join("big.bin"), &src);
     let floor = least_time(t.wire_bytes, rate);
@@ -188,7 +178,7 @@ async fn p2pctl_limit_changes_a_running_transfer_and_unlimited_lets_it_finish() 
     // The chunk that was waiting goes at once: the transfer finishes long before the four
     // minutes the old limit needed.
     let t = wait_done(&a, &id, T).await;
-    assert_completed(&t);
+    api::expect_completed(&t);
     assert_eq!(t.max_speed, 0, "the Transfer shows the new limit");
     assert_same_file(&b.dirs.download_dir.join("slow.bin"), &src);
 
@@ -245,7 +235,7 @@ async fn the_global_config_limit_throttles_and_sighup_changes_it_live() {
     let id = api::send(&a, &[&src], &peer_addr(&b), None).await;
     let t = wait_done(&a, &id, T).await;
     let elapsed = started.elapsed();
-    assert_completed(&t);
+    api::expect_completed(&t);
     assert_eq!(t.max_speed, 0, "the transfer has no limit of its own");
     assert_same_file(&b.dirs.download_dir.join("global.bin"), &src);
     let floor = least_time(t.wire_bytes, rate);
@@ -292,7 +282,7 @@ async fn the_global_config_limit_throttles_and_sighup_changes_it_live() {
         a.stderr()
     );
     let t = wait_done(&a, &id2, T).await;
-    assert_completed(&t);
+    api::expect_completed(&t);
     assert_same_file(&b.dirs.download_dir.join("reloaded.bin"), &src2);
 }
 

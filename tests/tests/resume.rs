@@ -380,6 +380,40 @@ fn slow() -> ProxyOptions {
     }
 }
 
+/// A 30 MiB transfer from A to B through a slow proxy, paused by A once B holds 4 MiB: B's
+/// side is interrupted, with a temporary file.
+struct Paused {
+    a: Daemon,
+    b: Daemon,
+    proxy: Proxy,
+    payload: Payload,
+    id: String,
+}
+
+async fn paused_midway() -> Paused {
+    let (a, b, proxy) = through_proxy(slow(), &[]).await;
+    let payload = one_file(30 * MIB);
+    let id = api::send(
+        &a,
+        &[payload.root.as_path()],
+        &proxy.addr.to_string(),
+        options(),
+    )
+    .await;
+    wait_received(&b, &id, 4 * MIB).await;
+    let (code, out, err) = ctl(&a, &["pause", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    api::wait_state(&b, &id, pb::TransferState::Interrupted, api::SHORT).await;
+    assert!(!part_files(&b.dirs.download_dir).is_empty());
+    Paused {
+        a,
+        b,
+        proxy,
+        payload,
+        id,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_survives_a_restart_and_resume_sends_only_the_rest() {
     let (a, b, proxy) = through_proxy(slow(), &[]).await;
@@ -445,19 +479,13 @@ async fn pause_survives_a_restart_and_resume_sends_only_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_changed_while_paused_fails_clearly() {
-    let (a, b, proxy) = through_proxy(slow(), &[]).await;
-    let payload = one_file(30 * MIB);
-    let id = api::send(
-        &a,
-        &[payload.root.as_path()],
-        &proxy.addr.to_string(),
-        options(),
-    )
-    .await;
-    wait_received(&b, &id, 4 * MIB).await;
-    let (code, out, err) = ctl(&a, &["pause", &id]);
-    assert_eq!(code, 0, "{out}{err}");
-    api::wait_state(&b, &id, pb::TransferState::Interrupted, api::SHORT).await;
+    let Paused {
+        a,
+        b,
+        proxy: _proxy,
+        payload,
+        id,
+    } = paused_midway().await;
     // Same size, new content and modification time.
     random_file(&payload.root, payload.total as usize, 99);
     let (code, out, err) = ctl(&a, &["resume", &id]);
@@ -497,20 +525,13 @@ async fn a_source_changed_while_paused_fails_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_an_interrupted_transfer_cleans_up_both_sides() {
-    let (a, b, proxy) = through_proxy(slow(), &[]).await;
-    let payload = one_file(30 * MIB);
-    let id = api::send(
-        &a,
-        &[payload.root.as_path()],
-        &proxy.addr.to_string(),
-        options(),
-    )
-    .await;
-    wait_received(&b, &id, 4 * MIB).await;
-    ctl(&a, &["pause", &id]);
-    api::wait_state(&b, &id, pb::TransferState::Interrupted, api::SHORT).await;
-    // The receiver had started a temporary file.
-    assert!(!part_files(&b.dirs.download_dir).is_empty());
+    let Paused {
+        a,
+        b,
+        proxy,
+        payload,
+        id,
+    } = paused_midway().await;
     let (code, out, err) = ctl(&a, &["cancel", &id]);
     assert_eq!(code, 0, "{out}{err}");
     let tb = wait_done(&b, &id, api::SHORT).await;
@@ -723,19 +744,13 @@ async fn an_offer_waiting_for_accept_survives_a_pause_and_a_sender_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusting_a_sender_ends_its_interrupted_transfer_and_removes_what_arrived() {
-    let (a, b, proxy) = through_proxy(slow(), &[]).await;
-    let payload = one_file(30 * MIB);
-    let id = api::send(
-        &a,
-        &[payload.root.as_path()],
-        &proxy.addr.to_string(),
-        options(),
-    )
-    .await;
-    wait_received(&b, &id, 4 * MIB).await;
-    ctl(&a, &["pause", &id]);
-    api::wait_state(&b, &id, pb::TransferState::Interrupted, api::SHORT).await;
-    assert!(!part_files(&b.dirs.download_dir).is_empty());
+    let Paused {
+        a,
+        b,
+        proxy: _proxy,
+        payload: _payload,
+        id,
+    } = paused_midway().await;
     let a_id = api::device_id(&a);
     let (code, out, err) = ctl(&b, &["untrust", &a_id]);
     assert_eq!(code, 0, "{out}{err}");

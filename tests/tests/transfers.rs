@@ -37,16 +37,6 @@ fn opts(chunk_size: u32, window: u32, compress: Option<bool>) -> Option<pb::Send
     })
 }
 
-fn assert_completed(t: &pb::Transfer) {
-    assert_eq!(
-        state(t),
-        pb::TransferState::Completed,
-        "transfer ended {:?}: {}",
-        state(t),
-        t.error
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunk_boundary_sizes_arrive_intact_with_mode_and_mtime() {
     let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
@@ -69,7 +59,7 @@ async fn chunk_boundary_sizes_arrive_intact_with_mode_and_mtime() {
     let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
     let id = api::send(&a, &refs, &peer_addr(&b), opts(chunk as u32, 0, None)).await;
     let t = wait_done(&a, &id, T).await;
-    assert_completed(&t);
+    api::expect_completed(&t);
     assert_eq!(t.total_files, sizes.len() as u64);
     assert_eq!(t.files_done, sizes.len() as u64);
     assert_eq!(t.bytes_done, sizes.iter().sum::<usize>() as u64);
@@ -95,7 +85,7 @@ async fn chunk_boundary_sizes_arrive_intact_with_mode_and_mtime() {
     }
     // The receiver's record agrees.
     let rt = wait_done(&b, &id, SHORT).await;
-    assert_completed(&rt);
+    api::expect_completed(&rt);
     assert_eq!(rt.destination, b.dirs.download_dir.display().to_string());
     assert!(part_files(&b.dirs.download_dir).is_empty());
 }
@@ -108,7 +98,7 @@ async fn a_100_mib_random_file_is_verified() {
     random_file(&src, 100 << 20, 42);
     let id = api::send(&a, &[&src], &peer_addr(&b), None).await;
     let t = wait_done(&a, &id, Duration::from_secs(120)).await;
-    assert_completed(&t);
+    api::expect_completed(&t);
     assert_eq!(
         sha256_file(&b.dirs.download_dir.join("big.bin")),
         sha256_file(&src)
@@ -138,7 +128,7 @@ async fn compressible_data_is_compressed_on_the_wire() {
     std::fs::write(&src, line.repeat((20 << 20) / line.len())).unwrap();
     let id = api::send(&a, &[&src], &peer_addr(&b), None).await;
     let t = wait_done(&a, &id, T).await;
-    assert_completed(&t);
+    api::expect_completed(&t);
     assert!(
         t.wire_bytes * 4 < t.total_bytes,
         "compression should shrink text: wire {} of {}",
@@ -153,7 +143,7 @@ async fn compressible_data_is_compressed_on_the_wire() {
     // With compression off, the bytes go as they are.
     let id = api::send(&a, &[&src], &peer_addr(&b), opts(0, 0, Some(false))).await;
     let t = wait_done(&a, &id, T).await;
-    assert_completed(&t);
+    api::expect_completed(&t);
     assert_eq!(t.wire_bytes, t.total_bytes);
     assert_eq!(
         sha256_file(&b.dirs.download_dir.join("log (1).txt")),
@@ -215,7 +205,7 @@ async fn a_folder_tree_with_10000_small_files_keeps_its_structure() {
     }
     let id = api::send(&a, &[&root], &peer_addr(&b), None).await;
     let t = wait_done(&a, &id, Duration::from_secs(180)).await;
-    assert_completed(&t);
+    api::expect_completed(&t);
     assert_eq!(t.total_files, 10_003);
     let got = b.dirs.download_dir.join("Fotos 2026 ✓");
     let mut want = tree(&root);
@@ -225,7 +215,7 @@ async fn a_folder_tree_with_10000_small_files_keeps_its_structure() {
 
     // Sending the same folder again does not merge into the first copy.
     let id = api::send(&a, &[&root], &peer_addr(&b), None).await;
-    assert_completed(&wait_done(&a, &id, Duration::from_secs(180)).await);
+    api::expect_completed(&wait_done(&a, &id, Duration::from_secs(180)).await);
     assert!(
         b.dirs
             .download_dir
@@ -249,7 +239,7 @@ async fn both_directions_and_concurrent_transfers_share_one_session() {
 
     // First contact opens the session from A.
     let first = api::send(&a, &[&files[0]], &peer_addr(&b), None).await;
-    assert_completed(&wait_done(&a, &first, T).await);
+    api::expect_completed(&wait_done(&a, &first, T).await);
 
     let (to_b, to_a) = (peer_addr(&b), peer_addr(&a));
     let (f1, f2): (&Path, &Path) = (&files[1], &files[2]);
@@ -260,7 +250,7 @@ async fn both_directions_and_concurrent_transfers_share_one_session() {
         api::send(&b, &s3, &to_a, None),
     );
     for (d, id) in [(&a, &r1), (&a, &r2), (&b, &r3)] {
-        assert_completed(&wait_done(d, id, T).await);
+        api::expect_completed(&wait_done(d, id, T).await);
     }
     for f in &files {
         assert_eq!(
@@ -407,7 +397,7 @@ async fn ask_then_accept_into_another_directory() {
         })
         .await
         .expect("accept");
-    assert_completed(&wait_done(&a, &id, T).await);
+    api::expect_completed(&wait_done(&a, &id, T).await);
     assert_eq!(
         sha256_file(&elsewhere.join("report.pdf")),
         sha256_file(&src)
