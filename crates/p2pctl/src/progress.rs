@@ -451,6 +451,55 @@ mod tests {
     }
 
     #[test]
+    fn a_transfer_that_waits_says_why_and_until_when() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let retrying = pb::Transfer {
+            state: pb::TransferState::Retrying as i32,
+            attempt: 2,
+            next_attempt_at_ms: now + 4_500,
+            error: "session to peer lost".into(),
+            ..sample_transfer()
+        };
+        let text = pause_text(&retrying);
+        assert!(
+            text.starts_with("retrying in 4s (attempt 3): session to peer lost")
+                || text.starts_with("retrying in 3s (attempt 3)"),
+            "{text}"
+        );
+        let line = send_progress_line(&retrying).unwrap();
+        assert!(
+            line.starts_with("sending ") && line.contains("retrying in"),
+            "{line}"
+        );
+        assert!(
+            event_line(&retrying).contains("retrying"),
+            "{}",
+            event_line(&retrying)
+        );
+
+        let paused = pb::Transfer {
+            state: pb::TransferState::Paused as i32,
+            ..sample_transfer()
+        };
+        assert!(pause_text(&paused).contains("p2pctl resume"));
+        let interrupted = pb::Transfer {
+            state: pb::TransferState::Interrupted as i32,
+            direction: pb::Direction::Receive as i32,
+            error: "session to peer lost".into(),
+            ..sample_transfer()
+        };
+        assert_eq!(
+            pause_text(&interrupted),
+            "interrupted: session to peer lost; waiting for the sender"
+        );
+        // Should the daemon stop reporting meanwhile, `send` says in which state.
+        assert!(failure_text(&paused).is_some_and(|t| t.contains("paused")));
+    }
+
+    #[test]
     fn the_fallback_line_tells_files_bytes_and_speed() {
         let t = sample_transfer();
         assert_eq!(
