@@ -29,7 +29,7 @@ use crate::chunkmap::{ChunkMap, chunk_count};
 use crate::records::FileRecord;
 use crate::store::Store;
 use crate::transfer::{Direction, TransferEntry};
-use crate::wire as codec;
+use crate::wire::{self as codec, OutFrame};
 
 /// Most attempts at finding a free `name (n)` before giving up.
 const MAX_RENAMES: u32 = 10_000;
@@ -456,7 +456,7 @@ pub(crate) fn receive(
     dest: &Destination,
     start: Start,
     mut frames: mpsc::Receiver<Body>,
-    writer: &mpsc::Sender<Bytes>,
+    writer: &mpsc::Sender<OutFrame>,
     entry: &Arc<TransferEntry>,
     store: &Store,
 ) -> ReceiveEnd {
@@ -563,7 +563,7 @@ pub(crate) fn receive(
 struct Receiver<'a> {
     info: &'a wire::TransferInfo,
     dest: &'a Destination,
-    writer: &'a mpsc::Sender<Bytes>,
+    writer: &'a mpsc::Sender<OutFrame>,
     entry: &'a Arc<TransferEntry>,
     store: &'a Store,
     files_done: u64,
@@ -615,7 +615,7 @@ impl Receiver<'_> {
 
     fn send(&self, body: Body) -> Result<(), String> {
         self.writer
-            .blocking_send(codec::encode(body))
+            .blocking_send(codec::encode(body).into())
             .map_err(|_| SESSION_LOST.to_owned())
     }
 

@@ -29,7 +29,7 @@ use crate::manifest::{LocalFile, LocalManifest};
 use crate::session::Session;
 use crate::store::Store;
 use crate::transfer::{Direction, SendOptions, TransferEntry, TransferState};
-use crate::wire::{self as codec};
+use crate::wire::{self as codec, OutFrame};
 
 /// How often one chunk may be re-sent after CRC failures before the transfer fails.
 pub const MAX_RESENDS: u8 = 5;
@@ -40,7 +40,7 @@ const INCOMPRESSIBLE_RATIO: f64 = 0.95;
 
 /// A chunk sent but not yet acknowledged.
 struct InFlight {
-    frame: Bytes,
+    frame: OutFrame,
     raw_len: u64,
     resends: u8,
 }
@@ -440,12 +440,11 @@ fn produce(
     opts: SendOptions,
     compress: bool,
     window: &Window,
-    writer: &mpsc::Sender<Bytes>,
+    writer: &mpsc::Sender<OutFrame>,
     entry: &TransferEntry,
     cancel: &CancellationToken,
 ) -> Result<(), Produce> {
     let chunk_size = opts.chunk_size as usize;
-    let mut buf = vec![0u8; chunk_size];
     let mut compressor = if compress {
         Some(
             zstd::bulk::Compressor::new(opts.level)
@@ -487,14 +486,13 @@ fn produce(
         let mut incompressible = 0u32;
         while done < size {
             let want = (size - done).min(chunk_size as u64) as usize;
-            f.read_exact(&mut buf[..want]).map_err(|e| {
+            let raw = read_chunk(&f, want).map_err(|e| {
                 Produce::Failed(format!(
                     "cannot read {} at byte {done} (did it shrink while sending?): {e}",
                     file.source.display()
                 ))
             })?;
-            let raw = &buf[..want];
-            hasher.update(raw);
+            hasher.update(&raw);
             if skip.is_some_and(|m| m.get(chunk_index)) {
                 // The receiver has it: hashed for the end-to-end check, not sent.
                 done += want as u64;
@@ -504,7 +502,7 @@ fn produce(
             let (data, flags) = match (&mut compressor, compress_file) {
                 (Some(c), true) => {
                     let packed = c
-                        .compress(raw)
+                        .compress(&raw)
                         .map_err(|e| Produce::Failed(format!("zstd failed: {e}")))?;
                     if chunk_index < u64::from(SAMPLE_CHUNKS) {
                         if packed.len() as f64 > raw.len() as f64 * INCOMPRESSIBLE_RATIO {
@@ -519,20 +517,14 @@ fn produce(
                     if packed.len() < raw.len() {
                         (Bytes::from(packed), wire::ChunkFlag::Compressed as u32)
                     } else {
-                        (Bytes::copy_from_slice(raw), 0)
+                        (raw, 0)
                     }
                 }
-                _ => (Bytes::copy_from_slice(raw), 0),
+                _ => (raw, 0),
             };
             let wire_len = data.len() as u64;
-            let frame = codec::encode(Body::Chunk(wire::Chunk {
-                transfer_id: entry.id.clone(),
-                file_index,
-                chunk_index,
-                flags,
-                crc32: crc32fast::hash(&data),
-                data,
-            }));
+            let crc = crc32fast::hash(&data);
+            let frame = codec::encode_chunk(&entry.id, file_index, chunk_index, flags, crc, data);
             // One permit per chunk in flight; waiting here is the window at work.
             acquire()?;
             window.lock().insert(
@@ -570,12 +562,37 @@ fn produce(
             file_index,
             sha256: Bytes::copy_from_slice(&sha),
         }));
-        writer.blocking_send(frame).map_err(|_| Produce::Lost)?;
+        writer
+            .blocking_send(frame.into())
+            .map_err(|_| Produce::Lost)?;
         if size == 0 {
             entry.progress(Some((&file.entry.path, 0, 0)));
         }
     }
     Ok(())
+}
+
+/// Reads the next `want` bytes of `f` into a buffer of their own, which then is the chunk's
+/// payload as it is: no zero-filling, no copy into a frame.
+fn read_chunk(f: &std::fs::File, want: usize) -> std::io::Result<Bytes> {
+    let mut v: Vec<u8> = Vec::with_capacity(want);
+    if v.capacity() != want {
+        // Reading into the spare room must not take bytes past `want`; the global allocator
+        // gives exact capacities, but nothing promises it.
+        v.resize(want, 0);
+        let mut r = f;
+        r.read_exact(&mut v)?;
+        return Ok(Bytes::from(v));
+    }
+    while v.len() < want {
+        match rustix::io::read(f, rustix::buffer::spare_capacity(&mut v)) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Bytes::from(v))
 }
 
 /// Opens a source file, refusing one that changed since the transfer began: a resumed

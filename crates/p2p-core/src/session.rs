@@ -11,16 +11,19 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes};
 use p2p_proto::wire::v1::frame::Body;
 use p2p_proto::wire::v1::{self as wire, ErrorCode};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::device_id::DeviceId;
 use crate::transfer::{MAX_CHUNK, MAX_WINDOW};
-use crate::wire::{self as codec, WireError, caps};
+use crate::wire::{self as codec, FrameReader, OutFrame, WireError, caps};
 
 /// Time allowed for the whole handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,7 +112,7 @@ pub struct Session {
     pub caps: u32,
     /// Agreed limits.
     pub limits: wire::Config,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<OutFrame>,
     // Frames of a transfer go to the task that owns it; the reader looks the id up per frame.
     routes: Mutex<HashMap<String, mpsc::Sender<Body>>>,
     /// Cancelled when the session ends.
@@ -125,13 +128,13 @@ impl Session {
     /// [`SessionError::Closed`] if the session ended.
     pub async fn send(&self, body: Body) -> Result<(), SessionError> {
         self.tx
-            .send(codec::encode(body))
+            .send(codec::encode(body).into())
             .await
             .map_err(|_| SessionError::Closed)
     }
 
     /// A handle to the writer queue, for blocking producers.
-    pub fn writer(&self) -> mpsc::Sender<Bytes> {
+    pub fn writer(&self) -> mpsc::Sender<OutFrame> {
         self.tx.clone()
     }
 
@@ -461,15 +464,64 @@ where
     session
 }
 
+/// Most frames the writer hands to one vectored write.
+const WRITE_SLICES: usize = 64;
+
+/// Writes the queued byte strings in order, several per call (`write_vectored`): small frames
+/// share a TLS record and a chunk's payload goes from its own buffer into the record, with no
+/// copy in between.
+async fn write_queue<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    queue: &mut VecDeque<Bytes>,
+) -> std::io::Result<()> {
+    while !queue.is_empty() {
+        let n = {
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+            let mut count = 0;
+            for (slot, b) in slices.iter_mut().zip(queue.iter()) {
+                *slot = IoSlice::new(b);
+                count += 1;
+            }
+            w.write_vectored(&slices[..count]).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = queue.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                queue.pop_front();
+            } else {
+                front.advance(left);
+                left = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn push_frame(queue: &mut VecDeque<Bytes>, f: OutFrame) {
+    if !f.head.is_empty() {
+        queue.push_back(f.head);
+    }
+    if !f.payload.is_empty() {
+        queue.push_back(f.payload);
+    }
+}
+
 async fn write_loop<W: AsyncWrite + Unpin>(
-    wr: W,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut w: W,
+    mut rx: mpsc::Receiver<OutFrame>,
     closed: CancellationToken,
     id: u64,
 ) {
-    let mut w = BufWriter::with_capacity(256 << 10, wr);
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut nonce = 0u64;
+    let mut queue = VecDeque::new();
     let result: Result<(), std::io::Error> = async {
         loop {
             let first = tokio::select! {
@@ -477,31 +529,33 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     // Whatever was queued before the close (a final Error or Cancel) still
                     // goes out, if the peer takes it within a short time.
                     let _ = tokio::time::timeout(DRAIN_ON_CLOSE, async {
-                        while let Ok(b) = rx.try_recv() {
-                            w.write_all(&b).await?;
+                        while let Ok(f) = rx.try_recv() {
+                            push_frame(&mut queue, f);
                         }
+                        write_queue(&mut w, &mut queue).await?;
                         w.flush().await
                     })
                     .await;
                     break;
                 }
                 msg = rx.recv() => match msg {
-                    Some(b) => b,
+                    Some(f) => f,
                     None => break,
                 },
                 _ = ping.tick() => {
                     nonce += 1;
-                    codec::encode(Body::Ping(wire::Ping { nonce }))
+                    codec::encode(Body::Ping(wire::Ping { nonce })).into()
                 }
             };
             // The writes themselves race the close: a peer that stops reading must not keep
             // this task (and its queued frames) alive after the session has ended.
             let batch = async {
-                w.write_all(&first).await?;
-                // Drain what is already queued before one flush.
-                while let Ok(b) = rx.try_recv() {
-                    w.write_all(&b).await?;
+                push_frame(&mut queue, first);
+                // What is already queued goes out with it, before one flush.
+                while let Ok(f) = rx.try_recv() {
+                    push_frame(&mut queue, f);
                 }
+                write_queue(&mut w, &mut queue).await?;
                 w.flush().await
             };
             tokio::select! {
@@ -533,25 +587,29 @@ pub fn route_capacity(window: u32) -> usize {
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(
-    mut rd: R,
+    rd: R,
     session: Arc<Session>,
     events: Arc<dyn SessionEvents>,
 ) {
     let chunk_max = session.limits.chunk_size as usize + codec::CHUNK_OVERHEAD;
+    let mut rd = FrameReader::new(rd, IDLE_TIMEOUT);
     // The reader never waits on anyone: frames go to bounded per-transfer channels with
     // try_send (a full channel means the peer broke its window), and replies are queued with
     // try_send too. A blocked reader could deadlock the session with the peer's.
     let protocol_error = |msg: String| {
-        let _ = session.tx.try_send(codec::encode(Body::Error(wire::Error {
-            code: ErrorCode::Protocol as i32,
-            message: msg.clone(),
-        })));
+        let _ = session.tx.try_send(
+            codec::encode(Body::Error(wire::Error {
+                code: ErrorCode::Protocol as i32,
+                message: msg.clone(),
+            }))
+            .into(),
+        );
         msg
     };
     let reason = loop {
         let frame = tokio::select! {
             _ = session.closed.cancelled() => break "closed".to_owned(),
-            r = codec::read_frame_idle(&mut rd, chunk_max, codec::CONTROL_MAX_FRAME, IDLE_TIMEOUT) => r,
+            r = rd.next(chunk_max, codec::CONTROL_MAX_FRAME) => r,
         };
         let body = match frame {
             Err(WireError::Idle) => break format!("peer silent for {IDLE_TIMEOUT:?}"),
@@ -567,7 +625,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 // A full queue already carries plenty of proof of life.
                 let _ = session
                     .tx
-                    .try_send(codec::encode(Body::Pong(wire::Pong { nonce: p.nonce })));
+                    .try_send(codec::encode(Body::Pong(wire::Pong { nonce: p.nonce })).into());
             }
             Body::Pong(_) => {}
             Body::TransferInfo(info) => {
@@ -577,12 +635,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     let mut routes = session.lock_routes();
                     if routes.contains_key(&id) {
                         drop(routes);
-                        let _ = session
-                            .tx
-                            .try_send(codec::encode(Body::Reject(wire::Reject {
+                        let _ = session.tx.try_send(
+                            codec::encode(Body::Reject(wire::Reject {
                                 transfer_id: id,
                                 reason: "a transfer with this id is already running".into(),
-                            })));
+                            }))
+                            .into(),
+                        );
                         continue;
                     }
                     // Routed before the offer is handled, so that an early Cancel is not lost.
@@ -608,14 +667,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
                             // Dropping the route ends that transfer; the others go on.
                             tracing::warn!(session = session.id, transfer = %id, "peer exceeded the transfer's window; dropping the transfer");
                             session.unroute(&id);
-                            let _ =
-                                session
-                                    .tx
-                                    .try_send(codec::encode(Body::Cancel(wire::Cancel {
-                                        transfer_id: id,
-                                        reason: "too many frames in flight".into(),
-                                        resumable: false,
-                                    })));
+                            let _ = session.tx.try_send(
+                                codec::encode(Body::Cancel(wire::Cancel {
+                                    transfer_id: id,
+                                    reason: "too many frames in flight".into(),
+                                    resumable: false,
+                                }))
+                                .into(),
+                            );
                         }
                     },
                     None => match &other {
