@@ -537,12 +537,13 @@ impl Node {
                 // One deadline for TLS and the protocol handshake together: a silent or slow
                 // client is dropped within HANDSHAKE_TIMEOUT whatever it stalls on.
                 let handshake = async {
-                    let tls = node
+                    let mut tls = node
                         .inner
                         .tls_acceptor
-                        .accept(stream)
+                        .accept(buffered(stream))
                         .await
                         .map_err(|e| format!("TLS handshake failed: {}", tls_reason(&e)))?;
+                    tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
                     let proven = tls::peer_id(tls.get_ref().1).map_err(|e| e.to_string())?;
                     session::accept(
                         tls,
@@ -643,10 +644,11 @@ impl Node {
                 window_size: MAX_WINDOW,
             };
             let handshake = async {
-                let tls = connector
-                    .connect(tls::server_name(), stream)
+                let mut tls = connector
+                    .connect(tls::server_name(), buffered(stream))
                     .await
                     .map_err(|e| tls_reason(&e))?;
+                tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
                 let proven = tls::peer_id(tls.get_ref().1).map_err(|e| e.to_string())?;
                 session::initiate(
                     tls,
@@ -1560,6 +1562,16 @@ fn tls_reason(e: &std::io::Error) -> String {
         Some(other) => other.to_string(),
         None => e.to_string(),
     }
+}
+
+/// How much encrypted data TLS may hold for the socket: a chunk's worth, so that it goes out
+/// in a few large writes (rustls' default is 64 KiB).
+const TLS_BUFFER: usize = 1 << 20;
+
+/// TLS reads its records a few KiB at a time; a buffer under it turns that into one socket
+/// read per 256 KiB.
+fn buffered(stream: TcpStream) -> tokio::io::BufReader<TcpStream> {
+    tokio::io::BufReader::with_capacity(256 << 10, stream)
 }
 
 /// Send buffer asked for on peer connections: room for the bandwidth-delay product of a fast,
