@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use p2p_proto::wire::v1::frame::Body;
 use p2p_proto::wire::v1::{self as wire, ChunkStatus};
 use sha2::{Digest, Sha256};
@@ -440,6 +440,11 @@ pub const CHECKPOINT_BYTES: u64 = 16 << 20;
 /// window they bound what a crash makes the sender send again.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Acknowledgements held back at most (see `Receiver::ack`) …
+const ACK_BATCH: usize = 64;
+/// … and the most payload they may acknowledge: a large chunk is acknowledged at once.
+const ACK_BYTES: usize = 256 << 10;
+
 /// How the receiving thread ended.
 #[derive(Debug)]
 pub(crate) enum ReceiveEnd {
@@ -504,6 +509,9 @@ pub(crate) fn receive(
             entry,
             jobs: Some(jobs),
             shared: &shared,
+            acks: BytesMut::new(),
+            acks_pending: 0,
+            acks_bytes: 0,
             pending_total: 0,
             unrecorded: 0,
             last_checkpoint: Instant::now(),
@@ -541,6 +549,11 @@ struct Receiver<'a> {
     // The syncer's queue; dropped to end it.
     jobs: Option<std::sync::mpsc::SyncSender<Job>>,
     shared: &'a SyncShared,
+    // Acknowledgements not yet handed to the session's writer, how many, and the payload
+    // bytes they acknowledge (see `ack`).
+    acks: BytesMut,
+    acks_pending: usize,
+    acks_bytes: usize,
     // Chunks held out of order across all files; a sender keeps at most `window` chunks
     // unacknowledged in all, so this stays below `window`.
     pending_total: usize,
@@ -559,6 +572,15 @@ impl Receiver<'_> {
         let info = self.info;
         let entry = self.entry;
         loop {
+            if frames.is_empty() {
+                // Nothing more to do right now: what was acknowledged goes out before waiting.
+                if let Err(reason) = self.flush_acks() {
+                    return ReceiveEnd::Interrupted {
+                        reason,
+                        tell_peer: false,
+                    };
+                }
+            }
             let next = rt.block_on(async {
                 tokio::select! {
                     f = tokio::time::timeout(TRANSFER_IDLE, frames.recv()) => Some(f),
@@ -690,19 +712,54 @@ impl Receiver<'_> {
         }
     }
 
-    fn send(&self, body: Body) -> Result<(), String> {
+    /// Sends a frame, after the acknowledgements held back.
+    fn send(&mut self, body: Body) -> Result<(), String> {
+        self.flush_acks()?;
         self.writer
             .blocking_send(codec::encode(body).into())
             .map_err(|_| SESSION_LOST.to_owned())
     }
 
-    fn ack(&self, file_index: u32, chunk_index: u64, status: ChunkStatus) -> Result<(), String> {
-        self.send(Body::ChunkAck(wire::ChunkAck {
+    /// Acknowledges a chunk (`bytes` of payload written). Acknowledgements of small chunks are
+    /// held back and go out together — when no frame is waiting, every `ACK_BATCH` of them or
+    /// once they cover `ACK_BYTES` — so that many small files do not cost a channel message, a
+    /// wake-up and a TLS record each. The sender counts a file's `FileResult` as the
+    /// acknowledgement of all its chunks, so this may come after it.
+    fn ack(
+        &mut self,
+        file_index: u32,
+        chunk_index: u64,
+        status: ChunkStatus,
+        bytes: usize,
+    ) -> Result<(), String> {
+        let frame = codec::encode(Body::ChunkAck(wire::ChunkAck {
             transfer_id: self.info.transfer_id.clone(),
             file_index,
             chunk_index,
             status: status as i32,
-        }))
+        }));
+        self.acks.put_slice(&frame);
+        self.acks_pending += 1;
+        self.acks_bytes += bytes;
+        if status != ChunkStatus::Ok
+            || self.acks_pending >= ACK_BATCH
+            || self.acks_bytes >= ACK_BYTES
+        {
+            self.flush_acks()?;
+        }
+        Ok(())
+    }
+
+    fn flush_acks(&mut self) -> Result<(), String> {
+        if self.acks_pending == 0 {
+            return Ok(());
+        }
+        let frames = self.acks.split().freeze();
+        self.acks_pending = 0;
+        self.acks_bytes = 0;
+        self.writer
+            .blocking_send(frames.into())
+            .map_err(|_| SESSION_LOST.to_owned())
     }
 
     fn chunk_len(&self, file: &wire::FileEntry, chunk_index: u64) -> Option<usize> {
@@ -732,11 +789,11 @@ impl Receiver<'_> {
         }
         if files.done[fi] {
             // A duplicate (a re-send raced with a late acknowledgement): already written.
-            return self.ack(c.file_index, c.chunk_index, ChunkStatus::Ok);
+            return self.ack(c.file_index, c.chunk_index, ChunkStatus::Ok, 0);
         }
         let state = files.state(fi);
         if c.chunk_index < state.next_chunk {
-            return self.ack(c.file_index, c.chunk_index, ChunkStatus::Ok);
+            return self.ack(c.file_index, c.chunk_index, ChunkStatus::Ok, 0);
         }
         if state.pending.contains_key(&c.chunk_index) {
             // Held already; it is acknowledged when written.
@@ -753,7 +810,7 @@ impl Receiver<'_> {
         }
         if crc32fast::hash(&c.data) != c.crc32 {
             tracing::warn!(transfer = %self.info.transfer_id, file = %entry.path, chunk = c.chunk_index, "CRC mismatch; asking for the chunk again");
-            return self.ack(c.file_index, c.chunk_index, ChunkStatus::CrcMismatch);
+            return self.ack(c.file_index, c.chunk_index, ChunkStatus::CrcMismatch, 0);
         }
         self.entry
             .wire_bytes
@@ -825,7 +882,7 @@ impl Receiver<'_> {
         self.entry
             .bytes_done
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.ack(fi as u32, index, ChunkStatus::Ok)
+        self.ack(fi as u32, index, ChunkStatus::Ok, data.len())
     }
 
     fn open_temp(&self, fi: usize) -> Result<(PathBuf, Arc<File>), String> {

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use p2p_proto::wire::v1::frame::Body;
 use p2p_proto::wire::v1::{self as wire, ChunkStatus};
 use sha2::{Digest, Sha256};
@@ -318,19 +318,25 @@ async fn drive(
             frame = route.recv() => {
                 match frame.ok_or_else(lost)? {
                     Body::ChunkAck(ack) => {
-                        if ack.status == ChunkStatus::Ok as i32 {
-                            let size = manifest.files.get(ack.file_index as usize).map_or(0, |f| f.entry.size);
+                        let (fi, ci) = (ack.file_index, ack.chunk_index);
+                        // Only an acknowledgement that settles a chunk in flight is recorded:
+                        // a late one of a file already complete must not bring it back.
+                        if on_ack(session, entry, &window, ack).await? {
+                            let size = manifest.files.get(fi as usize).map_or(0, |f| f.entry.size);
                             acked.chunks
-                                .entry(ack.file_index)
+                                .entry(fi)
                                 .or_insert_with(|| ChunkMap::new(chunk_count(size, opts.chunk_size)))
-                                .set(ack.chunk_index);
+                                .set(ci);
                             acked.dirty = true;
                         }
-                        on_ack(session, entry, &window, ack).await?
                     }
                     Body::FileResult(r) if r.ok => {
                         // FileDone took a window permit: the receiver has answered it.
                         window.permits.add_permits(1);
+                        // The file is written whole: its chunks are acknowledged, whether or
+                        // not their own acknowledgements arrived yet (the receiver may hold
+                        // them back; a late one then finds nothing).
+                        settle_file(entry, &window, r.file_index);
                         files_ok += 1;
                         acked.chunks.remove(&r.file_index);
                         acked.complete.push(r.file_index);
@@ -387,21 +393,43 @@ enum Produce {
     Cancelled,
 }
 
+/// Counts every chunk of `file_index` still in flight as acknowledged.
+fn settle_file(entry: &TransferEntry, window: &Window, file_index: u32) {
+    let settled: Vec<InFlight> = {
+        let mut map = window.lock();
+        let keys: Vec<(u32, u64)> = map
+            .keys()
+            .filter(|(fi, _)| *fi == file_index)
+            .copied()
+            .collect();
+        keys.iter().filter_map(|k| map.remove(k)).collect()
+    };
+    if settled.is_empty() {
+        return;
+    }
+    let bytes: u64 = settled.iter().map(|f| f.raw_len).sum();
+    entry.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+    window.permits.add_permits(settled.len());
+    entry.progress(None);
+}
+
+/// Handles an acknowledgement; true when an OK one settled a chunk in flight.
 async fn on_ack(
     session: &Session,
     entry: &TransferEntry,
     window: &Window,
     ack: wire::ChunkAck,
-) -> Result<(), Outcome> {
+) -> Result<bool, Outcome> {
     let key = (ack.file_index, ack.chunk_index);
     if ack.status == ChunkStatus::Ok as i32 {
         let removed = window.lock().remove(&key);
+        let settled = removed.is_some();
         if let Some(f) = removed {
             entry.bytes_done.fetch_add(f.raw_len, Ordering::Relaxed);
             window.permits.add_permits(1);
             entry.progress(None);
         }
-        return Ok(());
+        return Ok(settled);
     }
     // CRC mismatch on the receiver: send the kept frame again, a bounded number of times.
     let resend = {
@@ -412,14 +440,15 @@ async fn on_ack(
                 Some(f.frame.clone())
             }
             Some(_) => None,
-            None => return Ok(()),
+            None => return Ok(false),
         }
     };
     match resend {
         Some(frame) => {
             tracing::warn!(transfer = %entry.id, file = ack.file_index, chunk = ack.chunk_index, "receiver reported a corrupt chunk; re-sending");
             entry.chunks_resent.fetch_add(1, Ordering::Relaxed);
-            session.writer().send(frame).await.map_err(|_| lost())
+            session.writer().send(frame).await.map_err(|_| lost())?;
+            Ok(false)
         }
         None => Err(Outcome::Failed(format!(
             "chunk {} of file #{} arrived corrupt {} times",
@@ -453,7 +482,20 @@ fn produce(
     } else {
         None
     };
-    let acquire = || {
+    let mut out = Outbox {
+        writer,
+        batch: BytesMut::new(),
+    };
+    let acquire = |out: &mut Outbox<'_>| {
+        if cancel.is_cancelled() {
+            return Err(Produce::Cancelled);
+        }
+        if let Ok(p) = window.permits.try_acquire() {
+            p.forget();
+            return Ok(());
+        }
+        // Whatever is held back goes out before waiting for the receiver.
+        out.flush()?;
         let permit = rt.block_on(async {
             tokio::select! {
                 p = window.permits.acquire() => p.ok(),
@@ -526,7 +568,7 @@ fn produce(
             let crc = crc32fast::hash(&data);
             let frame = codec::encode_chunk(&entry.id, file_index, chunk_index, flags, crc, data);
             // One permit per chunk in flight; waiting here is the window at work.
-            acquire()?;
+            acquire(&mut out)?;
             window.lock().insert(
                 (file_index, chunk_index),
                 InFlight {
@@ -535,11 +577,15 @@ fn produce(
                     resends: 0,
                 },
             );
-            // Speed limits count the whole frame as it goes on the wire.
+            // Speed limits count the whole frame as it goes on the wire (and a limited
+            // transfer sends each frame as soon as it is let through).
+            if entry.is_limited() {
+                out.flush()?;
+            }
             entry
                 .throttle(frame.len() as u64, rt, cancel)
                 .map_err(|_| Produce::Cancelled)?;
-            writer.blocking_send(frame).map_err(|_| Produce::Lost)?;
+            out.send(frame)?;
             entry.wire_bytes.fetch_add(wire_len, Ordering::Relaxed);
             done += want as u64;
             chunk_index += 1;
@@ -556,20 +602,56 @@ fn produce(
         let sha = hasher.finalize();
         // FileDone takes a permit too (given back by FileResult), so that a folder of empty
         // files cannot put an unbounded number of frames in flight.
-        acquire()?;
+        acquire(&mut out)?;
         let frame = codec::encode(Body::FileDone(wire::FileDone {
             transfer_id: entry.id.clone(),
             file_index,
             sha256: Bytes::copy_from_slice(&sha),
         }));
-        writer
-            .blocking_send(frame.into())
-            .map_err(|_| Produce::Lost)?;
+        out.send(frame.into())?;
         if size == 0 {
             entry.progress(Some((&file.entry.path, 0, 0)));
         }
     }
+    out.flush()?;
     Ok(())
+}
+
+/// Frames at least this long go to the writer on their own; shorter ones are held back and
+/// sent together, up to this many bytes.
+const BATCH_BYTES: usize = 64 << 10;
+
+/// The producer's way to the session writer: small frames (the chunks and `FileDone`s of
+/// small files) are gathered into one message — one channel send, one wake-up of the writer,
+/// one TLS write — and flushed before the producer waits for anything.
+struct Outbox<'a> {
+    writer: &'a mpsc::Sender<OutFrame>,
+    batch: BytesMut,
+}
+
+impl Outbox<'_> {
+    fn send(&mut self, frame: OutFrame) -> Result<(), Produce> {
+        if frame.len() >= BATCH_BYTES {
+            self.flush()?;
+            return self.writer.blocking_send(frame).map_err(|_| Produce::Lost);
+        }
+        self.batch.put_slice(&frame.head);
+        self.batch.put_slice(&frame.payload);
+        if self.batch.len() >= BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Produce> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let frames = self.batch.split().freeze();
+        self.writer
+            .blocking_send(frames.into())
+            .map_err(|_| Produce::Lost)
+    }
 }
 
 /// Reads the next `want` bytes of `f` into a buffer of their own, which then is the chunk's
