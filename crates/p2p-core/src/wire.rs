@@ -301,9 +301,79 @@ impl<R: AsyncRead + Unpin> AsyncRead for IdleReader<'_, R> {
 /// in progress — to be moved when the buffer is renewed — stays small next to a chunk.
 const HEAD_READ: usize = 16 << 10;
 
-/// Reads the frames of one connection through a buffer of its own: few, large reads; a chunk's
+/// Frames longer than this (chunks) are read into a buffer of their own from the pool.
+const LARGE_FRAME: usize = 64 << 10;
+/// Buffers a connection's pool keeps for reuse …
+const POOL_BUFFERS: usize = 4;
+/// … if they are no larger than this (chunk sizes up to 4 MiB): an idle session holds little.
+const POOL_MAX_BUFFER: usize = (4 << 20) + CHUNK_OVERHEAD;
+
+/// The chunk buffers of one connection. A frame's buffer comes back here when the last slice
+/// of it (the chunk's payload, on the receiving thread) is dropped, whichever frame that is:
+/// a steady stream of chunks reuses a few buffers instead of allocating — and faulting in —
+/// fresh memory for each (malloc hands large blocks back to the system and takes them again).
+#[derive(Debug, Default)]
+struct Pool {
+    bufs: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        match self.bufs.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// An empty buffer with room for `size` bytes.
+    fn take(&self, size: usize) -> Vec<u8> {
+        let reused = {
+            let mut bufs = self.lock();
+            bufs.iter()
+                .position(|b| b.capacity() >= size)
+                .map(|i| bufs.swap_remove(i))
+        };
+        match reused {
+            Some(mut b) => {
+                b.clear();
+                b
+            }
+            None => Vec::with_capacity(size),
+        }
+    }
+
+    fn put(&self, buf: Vec<u8>) {
+        if buf.capacity() > POOL_MAX_BUFFER {
+            return;
+        }
+        let mut bufs = self.lock();
+        if bufs.len() < POOL_BUFFERS {
+            bufs.push(buf);
+        }
+    }
+}
+
+/// A frame's bytes in a pooled buffer; back to the pool when dropped.
+struct Pooled {
+    buf: Vec<u8>,
+    pool: std::sync::Arc<Pool>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.pool.put(std::mem::take(&mut self.buf));
+    }
+}
+
+/// Reads the frames of one connection through buffers of its own: few, large reads; a chunk's
 /// bytes are read straight into the buffer its payload is then a slice of (no zero-filling, no
-/// copy); the buffer is reused once the frames handed out from it are dropped.
+/// copy), and that buffer is reused once the payload is dropped.
 ///
 /// Limits as [`read_frame_limited`]: the announced length (and, by the frame's first byte,
 /// whether a chunk's limit applies) is checked before anything sized by it is allocated. A
@@ -311,7 +381,9 @@ const HEAD_READ: usize = 16 << 10;
 /// frame on a slow link is not silence.
 pub struct FrameReader<R> {
     inner: R,
+    // Frame heads and small frames; the start of a large one.
     buf: BytesMut,
+    pool: std::sync::Arc<Pool>,
     idle: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
 }
@@ -322,6 +394,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader {
             inner,
             buf: BytesMut::new(),
+            pool: std::sync::Arc::default(),
             idle,
             sleep: Box::pin(tokio::time::sleep(idle)),
         }
@@ -341,7 +414,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if self.buf.capacity() - self.buf.len() < 5 {
                 self.buf.reserve(HEAD_READ);
             }
-            if self.read(usize::MAX).await? == 0 {
+            let FrameReader {
+                inner,
+                buf,
+                idle,
+                sleep,
+                ..
+            } = self;
+            if read_some(inner, buf, usize::MAX, *idle, sleep).await? == 0 {
                 return Err(if self.buf.len() < 4 {
                     WireError::Closed
                 } else {
@@ -358,22 +438,47 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if len > max {
             return Err(WireError::TooLarge { len, max });
         }
+        // Only now, with the length checked, is room for the whole frame made.
         let total = 4 + len;
-        if self.buf.len() < total {
-            // Only now, with the length checked, is room for the whole frame made.
-            self.buf.reserve(total - self.buf.len());
-            while self.buf.len() < total {
-                let want = total - self.buf.len();
-                if self.read(want).await? == 0 {
+        let mut frame = if total > LARGE_FRAME {
+            let mut body = self.pool.take(total);
+            let held = self.buf.len().min(total);
+            body.extend_from_slice(&self.buf[..held]);
+            self.buf.advance(held);
+            while body.len() < total {
+                let want = total - body.len();
+                let FrameReader {
+                    inner, idle, sleep, ..
+                } = self;
+                if read_some(inner, &mut body, want, *idle, sleep).await? == 0 {
                     return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                 }
             }
-        }
-        let mut frame = self.buf.split_to(total);
+            Bytes::from_owner(Pooled {
+                buf: body,
+                pool: self.pool.clone(),
+            })
+        } else {
+            if self.buf.len() < total {
+                self.buf.reserve(total - self.buf.len());
+            }
+            while self.buf.len() < total {
+                let want = total - self.buf.len();
+                let FrameReader {
+                    inner,
+                    buf,
+                    idle,
+                    sleep,
+                    ..
+                } = self;
+                if read_some(inner, buf, want, *idle, sleep).await? == 0 {
+                    return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+            }
+            self.buf.split_to(total).freeze()
+        };
         frame.advance(4);
-        let body = Frame::decode(frame.freeze())?
-            .body
-            .ok_or(WireError::Empty)?;
+        let body = Frame::decode(frame)?.body.ok_or(WireError::Empty)?;
         // The first byte can lie (protobuf keeps the last oneof field): check the real kind.
         if matches!(body, Body::Chunk(_)) && len > chunk_max {
             return Err(WireError::TooLarge {
@@ -383,33 +488,33 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         Ok(body)
     }
+}
 
-    /// One read of at most `limit` bytes into the buffer's free room; 0 at the end of the
-    /// stream.
-    async fn read(&mut self, limit: usize) -> Result<usize, WireError> {
-        let FrameReader {
-            inner,
-            buf,
-            idle,
-            sleep,
-        } = self;
-        sleep.as_mut().reset(tokio::time::Instant::now() + *idle);
-        let read = async {
-            if limit == usize::MAX {
-                inner.read_buf(buf).await
-            } else {
-                (&mut *inner).take(limit as u64).read_buf(buf).await
-            }
-        };
-        tokio::select! {
-            biased;
-            r = read => r.map_err(|e| if e.kind() == std::io::ErrorKind::TimedOut {
-                WireError::Idle
-            } else {
-                WireError::Io(e)
-            }),
-            () = sleep.as_mut() => Err(WireError::Idle),
+/// One read of at most `limit` bytes into `buf`'s free room; 0 at the end of the stream;
+/// [`WireError::Idle`] if no byte arrives for `idle`.
+async fn read_some<R: AsyncRead + Unpin, B: BufMut>(
+    inner: &mut R,
+    buf: &mut B,
+    limit: usize,
+    idle: Duration,
+    sleep: &mut Pin<Box<tokio::time::Sleep>>,
+) -> Result<usize, WireError> {
+    sleep.as_mut().reset(tokio::time::Instant::now() + idle);
+    let read = async {
+        if limit == usize::MAX {
+            inner.read_buf(buf).await
+        } else {
+            (&mut *inner).take(limit as u64).read_buf(buf).await
         }
+    };
+    tokio::select! {
+        biased;
+        r = read => r.map_err(|e| if e.kind() == std::io::ErrorKind::TimedOut {
+            WireError::Idle
+        } else {
+            WireError::Io(e)
+        }),
+        () = sleep.as_mut() => Err(WireError::Idle),
     }
 }
 
@@ -583,6 +688,39 @@ mod tests {
                 }
             }
             assert!(matches!(r.next(1 << 20, 100).await, Err(WireError::Closed)));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_frame_reader_reuses_buffers_and_never_those_in_use() {
+        let mut stream = Vec::new();
+        for i in 0..40u8 {
+            stream.extend_from_slice(&encode(Body::Chunk(chunk(&vec![i; 100_000]))));
+        }
+        // Payloads dropped as they come: a few buffers go round.
+        let mut r = FrameReader::new(&stream[..], Duration::from_secs(5));
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..40u8 {
+            match r.next(1 << 20, 100).await.unwrap() {
+                Body::Chunk(c) => {
+                    assert_eq!(c.data, vec![i; 100_000]);
+                    seen.insert(c.data.as_ptr() as usize);
+                }
+                other => panic!("{}", body_name(&other)),
+            }
+        }
+        assert!(seen.len() <= 3, "{} buffers for 40 chunks", seen.len());
+        // Payloads kept: nothing is overwritten.
+        let mut r = FrameReader::new(&stream[..], Duration::from_secs(5));
+        let mut kept = Vec::new();
+        for _ in 0..40 {
+            match r.next(1 << 20, 100).await.unwrap() {
+                Body::Chunk(c) => kept.push(c.data),
+                other => panic!("{}", body_name(&other)),
+            }
+        }
+        for (i, data) in kept.iter().enumerate() {
+            assert_eq!(*data, vec![i as u8; 100_000]);
         }
     }
 
