@@ -509,8 +509,7 @@ pub(crate) fn receive(
             entry,
             jobs: Some(jobs),
             shared: &shared,
-            acks: BytesMut::new(),
-            acks_pending: 0,
+            acks: Vec::new(),
             acks_bytes: 0,
             pending_total: 0,
             unrecorded: 0,
@@ -549,10 +548,9 @@ struct Receiver<'a> {
     // The syncer's queue; dropped to end it.
     jobs: Option<std::sync::mpsc::SyncSender<Job>>,
     shared: &'a SyncShared,
-    // Acknowledgements not yet handed to the session's writer, how many, and the payload
-    // bytes they acknowledge (see `ack`).
-    acks: BytesMut,
-    acks_pending: usize,
+    // Acknowledgements (file, chunk, status) not yet handed to the session's writer, and the
+    // payload bytes they acknowledge (see `ack`).
+    acks: Vec<(u32, u64, ChunkStatus)>,
     acks_bytes: usize,
     // Chunks held out of order across all files; a sender keeps at most `window` chunks
     // unacknowledged in all, so this stays below `window`.
@@ -723,8 +721,7 @@ impl Receiver<'_> {
     /// Acknowledges a chunk (`bytes` of payload written). Acknowledgements of small chunks are
     /// held back and go out together — when no frame is waiting, every `ACK_BATCH` of them or
     /// once they cover `ACK_BYTES` — so that many small files do not cost a channel message, a
-    /// wake-up and a TLS record each. The sender counts a file's `FileResult` as the
-    /// acknowledgement of all its chunks, so this may come after it.
+    /// wake-up and a TLS record each.
     fn ack(
         &mut self,
         file_index: u32,
@@ -732,33 +729,39 @@ impl Receiver<'_> {
         status: ChunkStatus,
         bytes: usize,
     ) -> Result<(), String> {
-        let frame = codec::encode(Body::ChunkAck(wire::ChunkAck {
-            transfer_id: self.info.transfer_id.clone(),
-            file_index,
-            chunk_index,
-            status: status as i32,
-        }));
-        self.acks.put_slice(&frame);
-        self.acks_pending += 1;
+        self.acks.push((file_index, chunk_index, status));
         self.acks_bytes += bytes;
-        if status != ChunkStatus::Ok
-            || self.acks_pending >= ACK_BATCH
-            || self.acks_bytes >= ACK_BYTES
+        if status != ChunkStatus::Ok || self.acks.len() >= ACK_BATCH || self.acks_bytes >= ACK_BYTES
         {
             self.flush_acks()?;
         }
         Ok(())
     }
 
+    /// A complete file's acknowledgements still held back are dropped: its `FileResult`
+    /// acknowledges all its chunks. So every chunk gets one answer — its `ChunkAck` (sent
+    /// before the file was handed to the syncer, hence before the `FileResult`) or the
+    /// `FileResult` — and the sender's window bounds the answers it has to take.
+    fn drop_acks_of(&mut self, fi: usize) {
+        self.acks.retain(|&(f, _, _)| f as usize != fi);
+    }
+
     fn flush_acks(&mut self) -> Result<(), String> {
-        if self.acks_pending == 0 {
+        if self.acks.is_empty() {
             return Ok(());
         }
-        let frames = self.acks.split().freeze();
-        self.acks_pending = 0;
+        let mut frames = BytesMut::new();
+        for (file_index, chunk_index, status) in self.acks.drain(..) {
+            frames.put_slice(&codec::encode(Body::ChunkAck(wire::ChunkAck {
+                transfer_id: self.info.transfer_id.clone(),
+                file_index,
+                chunk_index,
+                status: status as i32,
+            })));
+        }
         self.acks_bytes = 0;
         self.writer
-            .blocking_send(frames.into())
+            .blocking_send(frames.freeze().into())
             .map_err(|_| SESSION_LOST.to_owned())
     }
 
@@ -924,7 +927,10 @@ impl Receiver<'_> {
     /// in place and reports it to the sender. A file that fails here is reported at once.
     fn finish(&mut self, fi: usize, state: &mut FileState) -> Result<(), String> {
         match self.verify(fi, state) {
-            Ok(job) => self.queue(Job::Place(job)),
+            Ok(job) => {
+                self.drop_acks_of(fi);
+                self.queue(Job::Place(job))
+            }
             Err(error) => {
                 self.send(Body::FileResult(wire::FileResult {
                     transfer_id: self.info.transfer_id.clone(),
@@ -1301,6 +1307,135 @@ fn link_free_name(temp: &Path, wanted: &Path) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transfer::{NewTransfer, TransferState, Transfers};
+
+    /// Every chunk gets exactly one answer: its ChunkAck, sent before its file is handed to
+    /// the syncer (whose FileResult answers for all the file's chunks), or that FileResult -
+    /// never a ChunkAck after it, which the sender would have to take beyond its window.
+    #[test]
+    fn no_chunk_is_acknowledged_after_its_file_went_to_the_syncer() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
+        let info = wire::TransferInfo {
+            transfer_id: "0123456789".into(),
+            roots: vec!["d".into()],
+            dirs: vec!["d".into()],
+            files: files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| wire::FileEntry {
+                    path: format!("d/f{i}"),
+                    size: f.len() as u64,
+                    mode: 0o644,
+                    ..Default::default()
+                })
+                .collect(),
+            chunk_size: 64,
+            window: 64,
+            ..Default::default()
+        };
+        let dest = prepare(dir.path(), &info).unwrap();
+        let transfers = Transfers::new();
+        let entry = transfers.insert(
+            NewTransfer {
+                id: info.transfer_id.clone(),
+                direction: Direction::Receive,
+                state: TransferState::Running,
+                peer_id: String::new(),
+                peer_name: String::new(),
+                peer_address: String::new(),
+                roots: info.roots.clone(),
+                total_files: files.len() as u64,
+                total_bytes: 0,
+                destination: String::new(),
+                started: None,
+                max_speed: 0,
+            },
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let (writer, mut sent) = mpsc::channel(10_000);
+        let (jobs, queued) = std::sync::mpsc::sync_channel(1000);
+        let shared = SyncShared {
+            failure: Mutex::new(None),
+            failed: tokio::sync::Notify::new(),
+            discard: AtomicBool::new(false),
+            checkpoint_pending: AtomicBool::new(false),
+            files_done: AtomicU64::new(0),
+        };
+        let mut r = Receiver {
+            info: &info,
+            dest: &dest,
+            writer: &writer,
+            entry: &entry,
+            jobs: Some(jobs),
+            shared: &shared,
+            acks: Vec::new(),
+            acks_bytes: 0,
+            pending_total: 0,
+            unrecorded: 0,
+            last_checkpoint: Instant::now(),
+        };
+        let mut state = fresh(&info).files;
+        let mut acked: HashMap<(u32, u64), usize> = HashMap::new();
+        let mut placed = std::collections::HashSet::new();
+        // What the receiving thread sent so far: ChunkAcks must not name a placed file.
+        let mut check = |placed: &std::collections::HashSet<u32>| {
+            while let Ok(out) = sent.try_recv() {
+                let mut bytes = &out.head[..];
+                while !bytes.is_empty() {
+                    let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+                    let frame =
+                        <wire::Frame as prost::Message>::decode(&bytes[4..4 + len]).unwrap();
+                    bytes = &bytes[4 + len..];
+                    if let Some(Body::ChunkAck(a)) = frame.body {
+                        assert!(
+                            !placed.contains(&a.file_index),
+                            "chunk {} of file {} acknowledged after its file went to the syncer",
+                            a.chunk_index,
+                            a.file_index
+                        );
+                        *acked.entry((a.file_index, a.chunk_index)).or_default() += 1;
+                    }
+                }
+            }
+        };
+        for (fi, data) in files.iter().enumerate() {
+            for (ci, piece) in data.chunks(64).enumerate() {
+                let c = wire::Chunk {
+                    transfer_id: info.transfer_id.clone(),
+                    file_index: fi as u32,
+                    chunk_index: ci as u64,
+                    flags: 0,
+                    crc32: crc32fast::hash(piece),
+                    data: Bytes::copy_from_slice(piece),
+                };
+                r.chunk(&mut state, c).unwrap();
+                check(&placed);
+            }
+            r.file_done(
+                &mut state,
+                wire::FileDone {
+                    transfer_id: info.transfer_id.clone(),
+                    file_index: fi as u32,
+                    sha256: Bytes::copy_from_slice(&Sha256::digest(data)),
+                },
+            )
+            .unwrap();
+            check(&placed);
+            while let Ok(job) = queued.try_recv() {
+                if let Job::Place(v) = job {
+                    placed.insert(v.fi as u32);
+                }
+            }
+        }
+        r.flush_acks().unwrap();
+        check(&placed);
+        assert_eq!(placed.len(), files.len(), "every file went to the syncer");
+        assert!(
+            acked.values().all(|n| *n == 1),
+            "no chunk acknowledged twice"
+        );
+    }
 
     #[test]
     fn kernel_versions_compare() {

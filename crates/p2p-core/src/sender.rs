@@ -333,9 +333,8 @@ async fn drive(
                     Body::FileResult(r) if r.ok => {
                         // FileDone took a window permit: the receiver has answered it.
                         window.permits.add_permits(1);
-                        // The file is written whole: its chunks are acknowledged, whether or
-                        // not their own acknowledgements arrived yet (the receiver may hold
-                        // them back; a late one then finds nothing).
+                        // The file is written whole: its chunks are acknowledged. The
+                        // receiver sends no ChunkAck it still held back for them.
                         settle_file(entry, &window, r.file_index);
                         files_ok += 1;
                         acked.chunks.remove(&r.file_index);
