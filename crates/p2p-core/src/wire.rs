@@ -408,8 +408,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn next(&mut self, chunk_max: usize, other_max: usize) -> Result<Body, WireError> {
         // The length prefix and the frame's first byte.
         while self.buf.len() < 5 {
-            if self.buf.len() >= 4 && self.buf[..4] == [0, 0, 0, 0] {
-                return Err(WireError::Empty);
+            if self.buf.len() >= 4 {
+                // A length above both limits is refused before its first byte arrives.
+                let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as usize;
+                let max = chunk_max.max(other_max);
+                if len > max {
+                    return Err(WireError::TooLarge { len, max });
+                }
+                if len == 0 {
+                    return Err(WireError::Empty);
+                }
             }
             if self.buf.capacity() - self.buf.len() < 5 {
                 self.buf.reserve(HEAD_READ);
@@ -738,8 +747,12 @@ mod tests {
             r.next(1 << 20, 2).await,
             Err(WireError::TooLarge { max: 2, .. })
         ));
-        let huge: &[u8] = &[0xff, 0xff, 0xff, 0xff, 0x42];
-        let mut r = FrameReader::new(huge, Duration::from_secs(5));
+        // Refused on its length alone, before any further byte.
+        let (mut tx, rx) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut tx, &[0xff, 0xff, 0xff, 0xf0])
+            .await
+            .unwrap();
+        let mut r = FrameReader::new(rx, Duration::from_secs(5));
         assert!(matches!(
             r.next(1 << 20, 1 << 20).await,
             Err(WireError::TooLarge { .. })
