@@ -1408,6 +1408,7 @@ mod tests {
                     flags: 0,
                     crc32: crc32fast::hash(piece),
                     data: Bytes::copy_from_slice(piece),
+                    attempt: 0,
                 };
                 r.chunk(&mut state, c).unwrap();
                 check(&placed);

@@ -209,7 +209,9 @@ async fn drive(
     store: &Store,
     acked: &mut Acked,
 ) -> Result<(), Outcome> {
-    let info = manifest.offer(&entry.id, opts, resume);
+    let attempt = session.next_attempt();
+    let mut info = manifest.offer(&entry.id, opts, resume);
+    info.attempt = attempt;
     session
         .send(Body::TransferInfo(info))
         .await
@@ -266,7 +268,7 @@ async fn drive(
     let producer_cancel = stop.child_token();
     let producer = {
         let window = window.clone();
-        let writer = session.writer();
+        let lanes = session.lane_writers();
         let entry = entry.clone();
         let cancel = producer_cancel.clone();
         let compress = opts.compress && session.limits.compress;
@@ -274,7 +276,8 @@ async fn drive(
         let manifest = manifest.clone();
         tokio::task::spawn_blocking(move || {
             produce(
-                &handle, &manifest, &have, opts, compress, &window, &writer, &entry, &cancel,
+                &handle, &manifest, &have, opts, compress, attempt, &window, &lanes, &entry,
+                &cancel,
             )
         })
     };
@@ -467,8 +470,9 @@ fn produce(
     have: &Have,
     opts: SendOptions,
     compress: bool,
+    attempt: u32,
     window: &Window,
-    writer: &mpsc::Sender<OutFrame>,
+    lanes: &[mpsc::Sender<OutFrame>],
     entry: &TransferEntry,
     cancel: &CancellationToken,
 ) -> Result<(), Produce> {
@@ -482,7 +486,8 @@ fn produce(
         None
     };
     let mut out = Outbox {
-        writer,
+        lanes,
+        next_lane: 0,
         batch: BytesMut::new(),
     };
     let acquire = |out: &mut Outbox<'_>| {
@@ -565,7 +570,15 @@ fn produce(
             };
             let wire_len = data.len() as u64;
             let crc = crc32fast::hash(&data);
-            let frame = codec::encode_chunk(&entry.id, file_index, chunk_index, flags, crc, data);
+            let frame = codec::encode_chunk(
+                &entry.id,
+                attempt,
+                file_index,
+                chunk_index,
+                flags,
+                crc,
+                data,
+            );
             // One permit per chunk in flight; waiting here is the window at work.
             acquire(&mut out)?;
             window.lock().insert(
@@ -620,11 +633,13 @@ fn produce(
 /// sent together, up to this many bytes.
 const BATCH_BYTES: usize = 64 << 10;
 
-/// The producer's way to the session writer: small frames (the chunks and `FileDone`s of
-/// small files) are gathered into one message — one channel send, one wake-up of the writer,
-/// one TLS write — and flushed before the producer waits for anything.
+/// The producer's way to the session's writers: large chunk frames go to the session's lanes
+/// (connections) in turn; small frames (the chunks and `FileDone`s of small files) are gathered
+/// into one message for the first lane — one channel send, one wake-up of the writer, one TLS
+/// write — flushed before the producer waits for anything.
 struct Outbox<'a> {
-    writer: &'a mpsc::Sender<OutFrame>,
+    lanes: &'a [mpsc::Sender<OutFrame>],
+    next_lane: usize,
     batch: BytesMut,
 }
 
@@ -632,7 +647,9 @@ impl Outbox<'_> {
     fn send(&mut self, frame: OutFrame) -> Result<(), Produce> {
         if frame.len() >= BATCH_BYTES {
             self.flush()?;
-            return self.writer.blocking_send(frame).map_err(|_| Produce::Lost);
+            let lane = &self.lanes[self.next_lane % self.lanes.len()];
+            self.next_lane = self.next_lane.wrapping_add(1);
+            return lane.blocking_send(frame).map_err(|_| Produce::Lost);
         }
         self.batch.put_slice(&frame.head);
         self.batch.put_slice(&frame.payload);
@@ -647,7 +664,7 @@ impl Outbox<'_> {
             return Ok(());
         }
         let frames = self.batch.split().freeze();
-        self.writer
+        self.lanes[0]
             .blocking_send(frames.into())
             .map_err(|_| Produce::Lost)
     }

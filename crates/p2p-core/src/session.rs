@@ -112,9 +112,16 @@ pub struct Session {
     pub caps: u32,
     /// Agreed limits.
     pub limits: wire::Config,
+    /// The secret a further connection presents to join this session as a lane (empty when
+    /// the session has no lanes).
+    pub lane_token: Bytes,
     tx: mpsc::Sender<OutFrame>,
+    // The writers of the lanes after the first (see `add_lane`); read per chunk producer.
+    lanes: Mutex<Vec<mpsc::Sender<OutFrame>>>,
     // Frames of a transfer go to the task that owns it; the reader looks the id up per frame.
-    routes: Mutex<HashMap<String, mpsc::Sender<Body>>>,
+    routes: Mutex<HashMap<String, Route>>,
+    // Numbers the attempts of transfers sent over this session (TransferInfo.attempt).
+    attempts: AtomicU32,
     /// Cancelled when the session ends.
     pub closed: CancellationToken,
     /// Transfers using the session.
@@ -138,9 +145,57 @@ impl Session {
         self.tx.clone()
     }
 
-    /// Routes the frames of `transfer_id` to `tx`.
+    /// The writer queues of every lane, the first lane's first: large chunk frames may go on
+    /// any of them, everything else goes on the first.
+    pub fn lane_writers(&self) -> Vec<mpsc::Sender<OutFrame>> {
+        let lanes = match self.lanes.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        std::iter::once(self.tx.clone())
+            .chain(lanes.iter().cloned())
+            .collect()
+    }
+
+    /// How many connections (lanes) the session runs over.
+    pub fn lane_count(&self) -> usize {
+        match self.lanes.lock() {
+            Ok(g) => g.len() + 1,
+            Err(p) => p.into_inner().len() + 1,
+        }
+    }
+
+    /// Adds a connection that joined the session (its handshake done) as one more lane: its
+    /// frames are routed like the first connection's, frames may be written to it, and when
+    /// it ends the session ends.
+    pub fn add_lane<R, W>(self: &Arc<Self>, rd: R, wr: W, events: Arc<dyn SessionEvents>)
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        {
+            let mut lanes = match self.lanes.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            lanes.push(tx.clone());
+        }
+        tracing::debug!(session = self.id, lanes = self.lane_count(), "lane joined");
+        tokio::spawn(write_loop(wr, rx, self.closed.clone(), self.id));
+        tokio::spawn(read_loop(rd, self.clone(), events, tx, false));
+    }
+
+    /// Routes the frames of `transfer_id` to `tx` (the sending side of a transfer).
     pub fn route(&self, transfer_id: &str, tx: mpsc::Sender<Body>) {
-        self.lock_routes().insert(transfer_id.to_owned(), tx);
+        self.lock_routes()
+            .insert(transfer_id.to_owned(), Route { attempt: 0, tx });
+    }
+
+    /// A number for a new attempt at sending a transfer over this session, distinct from the
+    /// earlier ones (its chunks carry it, so that the receiver can tell stale ones).
+    pub fn next_attempt(&self) -> u32 {
+        self.attempts.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Stops routing `transfer_id`.
@@ -148,7 +203,7 @@ impl Session {
         self.lock_routes().remove(transfer_id);
     }
 
-    fn lock_routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<Body>>> {
+    fn lock_routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Route>> {
         match self.routes.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -161,12 +216,21 @@ impl Session {
     }
 }
 
+/// Where a transfer's frames go, and (receiving side) which attempt's chunks it takes.
+#[derive(Debug, Clone)]
+struct Route {
+    attempt: u32,
+    tx: mpsc::Sender<Body>,
+}
+
 /// Receives what a session's reader cannot route: new offers, and the end of the session.
 pub trait SessionEvents: Send + Sync + 'static {
     /// A peer offers a transfer; its later frames arrive on `frames` (already routed).
     fn offer(&self, session: Arc<Session>, info: wire::TransferInfo, frames: mpsc::Receiver<Body>);
     /// A `Cancel` for a transfer that runs on no session (an interrupted one).
     fn stray_cancel(&self, session: &Arc<Session>, cancel: &wire::Cancel);
+    /// The session `token` names as its lane token, if it is one with `peer`.
+    fn lane_of(&self, token: &[u8], peer: DeviceId) -> Option<Arc<Session>>;
     /// The session ended.
     fn ended(&self, session: &Arc<Session>, reason: &str);
 }
@@ -179,6 +243,7 @@ fn hello(local: &LocalInfo) -> wire::Hello {
         capabilities: caps::SUPPORTED,
         listen_port: u32::from(local.listen_port),
         software_version: crate::VERSION.to_owned(),
+        join_token: Bytes::new(),
     }
 }
 
@@ -255,14 +320,78 @@ where
             version: clean_name(&ack.software_version),
             listen_addr: peer_listen(remote, ack.listen_port)?,
         };
-        Ok((peer, ack.capabilities & caps::SUPPORTED, agreed))
+        let caps = ack.capabilities & caps::SUPPORTED;
+        // Lanes only with the capability and a token of the right size.
+        let token = if caps & caps::LANES != 0 && ack.lane_token.len() == LANE_TOKEN_LEN {
+            ack.lane_token
+        } else {
+            Bytes::new()
+        };
+        Ok((peer, caps, agreed, token))
     };
-    let (peer, caps, limits) = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
+    let (peer, caps, limits, token) = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
         .await
         .map_err(|_| SessionError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
     Ok(start(
-        rd, wr, peer, remote, true, caps, limits, events, parent,
+        rd, wr, peer, remote, true, caps, limits, token, events, parent,
     ))
+}
+
+/// Length of a lane token.
+const LANE_TOKEN_LEN: usize = 16;
+
+/// Joins `session` (one we initiated) with a further connection to the same peer, already
+/// secured by TLS pinned to the same device, as one more lane.
+///
+/// # Errors
+/// [`SessionError`] if the session has no lanes, or the join handshake fails or times out.
+pub async fn join<S>(
+    stream: S,
+    proven: DeviceId,
+    local: &LocalInfo,
+    session: &Arc<Session>,
+    events: Arc<dyn SessionEvents>,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    if session.lane_token.is_empty() || !session.outgoing {
+        return Err(SessionError::Protocol("the session has no lanes".into()));
+    }
+    if proven != session.peer.id {
+        return Err(SessionError::Protocol(format!(
+            "lane peer is device {proven} but the session's is {}",
+            session.peer.id
+        )));
+    }
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let fut = async {
+        let mut h = hello(local);
+        h.join_token = session.lane_token.clone();
+        write_frame(&mut wr, Body::Hello(h)).await?;
+        let ack = match codec::read_frame(&mut rd, codec::HANDSHAKE_MAX_FRAME).await? {
+            Body::HelloAck(a) => a,
+            Body::Error(e) => return Err(SessionError::Remote(e.message)),
+            other => {
+                return Err(SessionError::Protocol(format!(
+                    "expected HelloAck, got {}",
+                    codec::body_name(&other)
+                )));
+            }
+        };
+        if ack.protocol_version != codec::PROTOCOL_VERSION {
+            return Err(SessionError::VersionMismatch {
+                peer: ack.protocol_version,
+                ours: codec::PROTOCOL_VERSION,
+            });
+        }
+        check_claim(&ack.device_id, proven)
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
+        .await
+        .map_err(|_| SessionError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
+    session.add_lane(rd, wr, events);
+    Ok(())
 }
 
 /// Longest peer name kept, in characters.
@@ -307,7 +436,17 @@ fn check_agreed(c: &wire::Config) -> Result<(), SessionError> {
     Ok(())
 }
 
-/// Runs the acceptor's side of the handshake and starts the session's tasks.
+/// What an accepted connection became.
+#[derive(Debug)]
+pub enum Accepted {
+    /// A new session.
+    Session(Arc<Session>),
+    /// One more lane of an existing session.
+    Lane(Arc<Session>),
+}
+
+/// Runs the acceptor's side of the handshake and starts the session's tasks — or, for a
+/// connection that presents a session's lane token, adds it to that session as a lane.
 ///
 /// # Errors
 /// [`SessionError`] if the handshake fails or times out; a version mismatch is reported to
@@ -319,7 +458,7 @@ pub async fn accept<S>(
     local: &LocalInfo,
     events: Arc<dyn SessionEvents>,
     parent: &CancellationToken,
-) -> Result<Arc<Session>, SessionError>
+) -> Result<Accepted, SessionError>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -363,6 +502,41 @@ where
         let caps = h.capabilities & caps::SUPPORTED;
         let mut ack = hello(local);
         ack.capabilities = caps;
+        if !h.join_token.is_empty() {
+            // A further connection of a session of this peer: the token must name one, and
+            // the connection must prove the same device.
+            let Some(session) = events.lane_of(&h.join_token, proven) else {
+                let err = SessionError::Protocol("no such session to join".into());
+                let _ = write_frame(
+                    &mut wr,
+                    Body::Error(wire::Error {
+                        code: ErrorCode::Protocol as i32,
+                        message: err.to_string(),
+                    }),
+                )
+                .await;
+                return Err(err);
+            };
+            write_frame(
+                &mut wr,
+                Body::HelloAck(wire::HelloAck {
+                    device_id: ack.device_id,
+                    name: ack.name,
+                    protocol_version: ack.protocol_version,
+                    capabilities: session.caps,
+                    listen_port: ack.listen_port,
+                    software_version: ack.software_version,
+                    lane_token: Bytes::new(),
+                }),
+            )
+            .await?;
+            return Ok(Handshake::Join(session));
+        }
+        let token = if caps & caps::LANES != 0 {
+            Bytes::copy_from_slice(uuid::Uuid::new_v4().as_bytes())
+        } else {
+            Bytes::new()
+        };
         write_frame(
             &mut wr,
             Body::HelloAck(wire::HelloAck {
@@ -372,6 +546,7 @@ where
                 capabilities: ack.capabilities,
                 listen_port: ack.listen_port,
                 software_version: ack.software_version,
+                lane_token: token.clone(),
             }),
         )
         .await?;
@@ -411,14 +586,26 @@ where
             version: clean_name(&h.software_version),
             listen_addr: peer_listen(remote, h.listen_port)?,
         };
-        Ok((peer, caps, agreed))
+        Ok(Handshake::New(peer, caps, agreed, token))
     };
-    let (peer, caps, limits) = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
+    let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
         .await
         .map_err(|_| SessionError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
-    Ok(start(
-        rd, wr, peer, remote, false, caps, limits, events, parent,
-    ))
+    Ok(match done {
+        Handshake::New(peer, caps, limits, token) => Accepted::Session(start(
+            rd, wr, peer, remote, false, caps, limits, token, events, parent,
+        )),
+        Handshake::Join(session) => {
+            session.add_lane(rd, wr, events);
+            Accepted::Lane(session)
+        }
+    })
+}
+
+/// How the acceptor's handshake ended.
+enum Handshake {
+    New(PeerInfo, u32, wire::Config, Bytes),
+    Join(Arc<Session>),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -430,6 +617,7 @@ fn start<R, W>(
     outgoing: bool,
     caps: u32,
     limits: wire::Config,
+    lane_token: Bytes,
     events: Arc<dyn SessionEvents>,
     parent: &CancellationToken,
 ) -> Arc<Session>
@@ -446,8 +634,11 @@ where
         established: SystemTime::now(),
         caps,
         limits,
-        tx,
+        lane_token,
+        tx: tx.clone(),
+        lanes: Mutex::new(Vec::new()),
         routes: Mutex::new(HashMap::new()),
+        attempts: AtomicU32::new(0),
         closed: parent.child_token(),
         active: AtomicU32::new(0),
     });
@@ -460,7 +651,7 @@ where
         "session established"
     );
     tokio::spawn(write_loop(wr, rx, session.closed.clone(), session.id));
-    tokio::spawn(read_loop(rd, session.clone(), events));
+    tokio::spawn(read_loop(rd, session.clone(), events, tx, true));
     session
 }
 
@@ -586,10 +777,16 @@ pub fn route_capacity(window: u32) -> usize {
     (window.clamp(1, MAX_WINDOW) as usize) + ROUTE_SLACK
 }
 
+/// Reads one connection of the session: `first` for the connection the session was made
+/// on (its end ends the session and is reported), else a lane (its end closes the session,
+/// which ends the first one's reader). Pongs go back on the same connection (`reply`), so that
+/// every connection shows signs of life.
 async fn read_loop<R: AsyncRead + Unpin>(
     rd: R,
     session: Arc<Session>,
     events: Arc<dyn SessionEvents>,
+    reply: mpsc::Sender<OutFrame>,
+    first: bool,
 ) {
     let chunk_max = session.limits.chunk_size as usize + codec::CHUNK_OVERHEAD;
     let mut rd = FrameReader::new(rd, IDLE_TIMEOUT);
@@ -623,9 +820,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
         match body {
             Body::Ping(p) => {
                 // A full queue already carries plenty of proof of life.
-                let _ = session
-                    .tx
-                    .try_send(codec::encode(Body::Pong(wire::Pong { nonce: p.nonce })).into());
+                let _ =
+                    reply.try_send(codec::encode(Body::Pong(wire::Pong { nonce: p.nonce })).into());
             }
             Body::Pong(_) => {}
             Body::TransferInfo(info) => {
@@ -645,7 +841,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         continue;
                     }
                     // Routed before the offer is handled, so that an early Cancel is not lost.
-                    routes.insert(id, tx);
+                    routes.insert(
+                        id,
+                        Route {
+                            attempt: info.attempt,
+                            tx,
+                        },
+                    );
                 }
                 events.offer(session.clone(), info, rx);
             }
@@ -659,7 +861,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 };
                 let id = id.to_owned();
                 let route = session.lock_routes().get(&id).cloned();
-                match route {
+                if let (Some(r), Body::Chunk(c)) = (&route, &other) {
+                    if c.attempt != r.attempt {
+                        // Sent by an earlier attempt on another lane, overtaken by the new
+                        // offer: not part of the transfer as it runs now.
+                        tracing::debug!(session = session.id, transfer = %id, attempt = c.attempt, "chunk of an earlier attempt dropped");
+                        continue;
+                    }
+                }
+                match route.map(|r| r.tx) {
                     Some(tx) => match tx.try_send(other) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Closed(_)) => session.unroute(&id),
@@ -690,6 +900,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         }
     };
+    if !first {
+        tracing::info!(session = session.id, peer = %session.peer.device_id, %reason, "session lane ended");
+        session.closed.cancel();
+        return;
+    }
     tracing::info!(session = session.id, peer = %session.peer.device_id, %reason, "session ended");
     session.closed.cancel();
     // Dropping the routes closes every transfer's channel: their owners see the session end.
@@ -710,4 +925,167 @@ fn transfer_id(b: &Body) -> Option<&str> {
         Body::Cancel(m) => &m.transfer_id,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+
+    /// Sessions and offers, as a node would keep them.
+    #[derive(Default)]
+    struct Events {
+        sessions: Mutex<Vec<Arc<Session>>>,
+        offers: Mutex<Vec<mpsc::Receiver<Body>>>,
+        offered: tokio::sync::Notify,
+    }
+
+    impl SessionEvents for Events {
+        fn offer(&self, _s: Arc<Session>, _info: wire::TransferInfo, frames: mpsc::Receiver<Body>) {
+            self.offers.lock().unwrap().push(frames);
+            self.offered.notify_one();
+        }
+        fn stray_cancel(&self, _s: &Arc<Session>, _c: &wire::Cancel) {}
+        fn lane_of(&self, token: &[u8], peer: DeviceId) -> Option<Arc<Session>> {
+            self.sessions
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|s| s.peer.id == peer && s.lane_token == token)
+                .cloned()
+        }
+        fn ended(&self, _s: &Arc<Session>, _reason: &str) {}
+    }
+
+    fn device(name: &str) -> (DeviceId, LocalInfo) {
+        let id = DeviceId::from_spki(name.as_bytes());
+        let local = LocalInfo {
+            device_id: id.to_string(),
+            name: name.into(),
+            listen_port: 1,
+        };
+        (id, local)
+    }
+
+    const REMOTE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9);
+
+    fn proposal() -> wire::Config {
+        wire::Config {
+            chunk_size: 1 << 20,
+            compress: true,
+            level: 3,
+            windowed: true,
+            window_size: 64,
+        }
+    }
+
+    /// A session between a (initiator) and b, and b's events.
+    async fn pair(
+        token: &CancellationToken,
+    ) -> (Arc<Session>, Arc<Session>, Arc<Events>, Arc<Events>) {
+        let ((ida, la), (idb, lb)) = (device("a"), device("b"));
+        let (ea, eb) = (Arc::new(Events::default()), Arc::new(Events::default()));
+        let (ioa, iob) = tokio::io::duplex(1 << 20);
+        let (a, b) = tokio::join!(
+            initiate(ioa, REMOTE, idb, &la, proposal(), ea.clone(), token),
+            accept(iob, REMOTE, ida, &lb, eb.clone(), token)
+        );
+        let Accepted::Session(b) = b.unwrap() else {
+            panic!("a lane instead of a session")
+        };
+        eb.sessions.lock().unwrap().push(b.clone());
+        (a.unwrap(), b, ea, eb)
+    }
+
+    #[tokio::test]
+    async fn a_lane_joins_with_the_token_and_stale_chunks_are_dropped() {
+        let token = CancellationToken::new();
+        let (a, b, ea, eb) = pair(&token).await;
+        assert_eq!(a.lane_token.len(), LANE_TOKEN_LEN);
+        assert_eq!(a.lane_token, b.lane_token);
+        let ((ida, la), (idb, lb)) = (device("a"), device("b"));
+        let (ioa, iob) = tokio::io::duplex(1 << 20);
+        let (joined, accepted) = tokio::join!(
+            join(ioa, idb, &la, &a, ea.clone()),
+            accept(iob, REMOTE, ida, &lb, eb.clone(), &token)
+        );
+        joined.unwrap();
+        assert!(matches!(accepted.unwrap(), Accepted::Lane(s) if Arc::ptr_eq(&s, &b)));
+        assert_eq!((a.lane_count(), b.lane_count()), (2, 2));
+
+        // An offer for attempt 2, then on the second lane a chunk of attempt 1 (sent before
+        // the offer, overtaken by it) and one of attempt 2: only the latter is routed.
+        a.send(Body::TransferInfo(wire::TransferInfo {
+            transfer_id: "t".into(),
+            window: 8,
+            attempt: 2,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+        eb.offered.notified().await;
+        let mut frames = eb.offers.lock().unwrap().pop().unwrap();
+        let lane = a.lane_writers()[1].clone();
+        for (attempt, chunk_index) in [(1, 7), (2, 8)] {
+            let data = Bytes::from_static(b"payload");
+            let crc = crc32fast::hash(&data);
+            lane.send(codec::encode_chunk(
+                "t",
+                attempt,
+                0,
+                chunk_index,
+                0,
+                crc,
+                data,
+            ))
+            .await
+            .unwrap();
+        }
+        match frames.recv().await {
+            Some(Body::Chunk(c)) => assert_eq!((c.attempt, c.chunk_index), (2, 8)),
+            other => panic!("expected the attempt-2 chunk, got {other:?}"),
+        }
+        // Either lane ending ends the session.
+        drop(frames);
+        b.lane_writers()[1]
+            .send(codec::encode(Body::Error(wire::Error::default())).into())
+            .await
+            .unwrap();
+        a.closed.cancelled().await;
+        token.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_lane_needs_the_token_and_the_same_device() {
+        let token = CancellationToken::new();
+        let (a, _b, _ea, eb) = pair(&token).await;
+        let (ida, la) = device("a");
+        let (idc, _) = device("c");
+        let (_, lb) = device("b");
+        // A wrong token from the right device, the right token from another device.
+        for (proven, join_token) in [
+            (ida, Bytes::from_static(&[7; LANE_TOKEN_LEN])),
+            (idc, a.lane_token.clone()),
+        ] {
+            let (mut ioa, iob) = tokio::io::duplex(1 << 20);
+            let mut h = hello(&la);
+            h.join_token = join_token;
+            if proven == idc {
+                h.device_id = idc.to_string();
+            }
+            write_frame(&mut ioa, Body::Hello(h)).await.unwrap();
+            let r = accept(iob, REMOTE, proven, &lb, eb.clone(), &token).await;
+            assert!(
+                matches!(r, Err(SessionError::Protocol(_))),
+                "joined with {proven}: {r:?}"
+            );
+            match codec::read_frame(&mut ioa, codec::HANDSHAKE_MAX_FRAME).await {
+                Ok(Body::Error(_)) => {}
+                other => panic!("expected an Error, got {other:?}"),
+            }
+        }
+        assert_eq!(a.lane_count(), 1);
+        token.cancel();
+    }
 }

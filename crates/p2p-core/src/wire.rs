@@ -27,8 +27,10 @@ pub mod caps {
     pub const FOLDER: u32 = 4;
     /// More than one chunk in flight.
     pub const WINDOWED: u32 = 8;
+    /// More than one TCP connection (lane) per session.
+    pub const LANES: u32 = 16;
     /// What this build supports.
-    pub const SUPPORTED: u32 = COMPRESSION | RESUME | FOLDER | WINDOWED;
+    pub const SUPPORTED: u32 = COMPRESSION | RESUME | FOLDER | WINDOWED | LANES;
 }
 
 /// Frame limit during the handshake.
@@ -112,11 +114,14 @@ impl From<Bytes> for OutFrame {
 /// Tag of `Chunk.data` (field 6, length-delimited).
 const CHUNK_DATA_TAG: u8 = (6 << 3) | 2;
 
-/// Encodes a `Chunk` frame without copying `data`: `data` is the message's last field, so the
-/// frame is a small head (length prefix, the other fields, the data field's tag and length)
-/// followed by `data` itself — byte for byte what [`encode`] makes of the same chunk.
+/// Encodes a `Chunk` frame without copying `data`: the frame is a small head (length prefix,
+/// the other fields, then the data field's tag and length) followed by `data` itself. Every
+/// field but `data` is encoded first, so `data` ends the frame (protobuf decodes fields in any
+/// order; apart from that order the bytes are what [`encode`] makes of the same chunk).
+#[allow(clippy::too_many_arguments)]
 pub fn encode_chunk(
     transfer_id: &str,
+    attempt: u32,
     file_index: u32,
     chunk_index: u64,
     flags: u32,
@@ -130,6 +135,7 @@ pub fn encode_chunk(
         flags,
         crc32,
         data: Bytes::new(),
+        attempt,
     };
     let fields_len = fields.encoded_len();
     // proto3 leaves an empty bytes field out, as prost does.
@@ -566,6 +572,7 @@ mod tests {
             flags: 0,
             crc32: 3,
             data: data.clone(),
+            attempt: 4,
         }));
         let mut r = &bytes[..];
         match read_frame(&mut r, 2000).await.unwrap() {
@@ -627,27 +634,39 @@ mod tests {
             flags: 1,
             crc32: 0xdead_beef,
             data: Bytes::copy_from_slice(data),
+            attempt: 3,
         }
     }
 
     #[test]
-    fn a_chunk_encodes_the_same_with_its_payload_apart() {
+    fn a_chunk_encodes_with_its_payload_apart_and_last() {
         for len in [0usize, 1, 127, 128, 4095, 4096, 16_384, 1 << 20] {
-            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
-            let c = chunk(&data);
-            let whole = encode(Body::Chunk(c.clone()));
-            let apart = encode_chunk(
-                &c.transfer_id,
-                c.file_index,
-                c.chunk_index,
-                c.flags,
-                c.crc32,
-                c.data.clone(),
-            );
-            assert_eq!(apart.len(), whole.len(), "length of a {len}-byte chunk");
-            let mut joined = apart.head.to_vec();
-            joined.extend_from_slice(&apart.payload);
-            assert_eq!(joined, whole.to_vec(), "bytes of a {len}-byte chunk");
+            for attempt in [0, 1, 300] {
+                let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+                let mut c = chunk(&data);
+                c.attempt = attempt;
+                let whole = encode(Body::Chunk(c.clone()));
+                let apart = encode_chunk(
+                    &c.transfer_id,
+                    c.attempt,
+                    c.file_index,
+                    c.chunk_index,
+                    c.flags,
+                    c.crc32,
+                    c.data.clone(),
+                );
+                assert_eq!(apart.len(), whole.len(), "length of a {len}-byte chunk");
+                assert_eq!(apart.payload, c.data, "the payload is the data, untouched");
+                let mut joined = apart.head.to_vec();
+                joined.extend_from_slice(&apart.payload);
+                assert_eq!(
+                    u32::from_be_bytes(joined[..4].try_into().unwrap()) as usize,
+                    joined.len() - 4
+                );
+                assert_eq!(joined[4], CHUNK_TAG);
+                let decoded = Frame::decode(&joined[4..]).unwrap().body;
+                assert_eq!(decoded, Some(Body::Chunk(c)), "a {len}-byte chunk decodes");
+            }
         }
     }
 
