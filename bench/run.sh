@@ -15,8 +15,10 @@ usage: bench/run.sh [--quick] [--only loopback|netns|throttle] [--runs N] [--kee
                  64 MiB instead of 256 MiB for the window case) for a fast smoke run
   --only WHAT    run only the loopback cases (1-4), only the emulated-link cases (5-6) or only
                  the speed-limit cases (7-8)
-  --runs N       measure every case N times and keep the best (default: 3 on loopback,
-                 where this VM's timings vary most; 2 on the emulated link)
+  --runs N       measure every case N times and keep the best (default: 4 on loopback,
+                 where this VM's timings vary most - an even number, so that each p2pd variant
+                 runs as often right after another big p2pd transfer as after something else;
+                 2 on the emulated link)
   --keep         keep the temporary directory (inputs, logs) instead of deleting it
 
 The emulated link (cases 5-6) needs root (network namespaces, TUN devices).
@@ -103,7 +105,7 @@ THROTTLE=$((50 << 20)) THROTTLE_RATE=$((5 << 20))
 # every chunk but never makes it wait.
 HIGH_LIMIT=1T
 SMALL=4096
-LOOP_RUNS=${RUNS:-3}
+LOOP_RUNS=${RUNS:-4}
 NET_RUNS=${RUNS:-2}
 SOCAT_BUF=1048576   # socat's default 8 KiB copy buffer makes the baseline 3x slower here
 DELAY_MS=25         # one way: RTT 50 ms

@@ -236,6 +236,7 @@ impl Mallory {
             capabilities: caps::SUPPORTED,
             listen_port: 1,
             software_version: "test-peer".into(),
+            ..Default::default()
         }
     }
 }
@@ -486,6 +487,7 @@ fn offer(id: &str, roots: &[&str], files: &[(&str, u64)], dirs: &[&str]) -> wire
         window: 8,
         resume: false,
         total_bytes: files.iter().map(|(_, s)| s).sum(),
+        ..Default::default()
     }
 }
 
@@ -497,6 +499,7 @@ fn chunk(id: &str, file_index: u32, chunk_index: u64, data: &[u8]) -> Body {
         flags: 0,
         crc32: crc32fast::hash(data),
         data: Bytes::copy_from_slice(data),
+        ..Default::default()
     })
 }
 
@@ -1542,6 +1545,7 @@ async fn receive_as_mallory(
         capabilities: hello.capabilities & caps::SUPPORTED,
         listen_port: u32::from(listen_port),
         software_version: "test-peer".into(),
+        ..Default::default()
     }))
     .await;
     let proposal = match p.recv().await {
@@ -1706,6 +1710,7 @@ async fn out_of_order_chunks_do_not_buffer_unbounded_memory() {
             flags: wire::ChunkFlag::Compressed as i32 as u32,
             crc32: crc32fast::hash(&data),
             data: data.clone(),
+            ..Default::default()
         }))
         .await;
     }

@@ -305,6 +305,7 @@ async fn try_session(addr: SocketAddr, config: Arc<ClientConfig>, claim: &str) -
         capabilities: caps::SUPPORTED,
         listen_port: 1,
         software_version: "test".into(),
+        ..Default::default()
     }));
     // In TLS 1.3 the client finishes first; the daemon's verdict on its certificate arrives
     // as an alert on the next read (or write).

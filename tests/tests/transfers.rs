@@ -224,6 +224,34 @@ async fn a_folder_tree_with_10000_small_files_keeps_its_structure() {
     );
 }
 
+/// Many small files through the widest window: the receiver batches acknowledgements and the
+/// syncer reports files in batches, and still no more answers than the window may be in
+/// flight towards the sender (whose frame channel holds only the window and a little slack).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_small_files_through_the_widest_window_stay_within_it() {
+    let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
+    api::trust_each_other(&a, &b).await;
+    let root = a.dirs.root.path().join("small");
+    std::fs::create_dir(&root).unwrap();
+    for i in 0..3_000u64 {
+        random_file(
+            &root.join(format!("f{i:05}")),
+            1000 + (i as usize % 3) * 2000,
+            i,
+        );
+    }
+    let id = api::send(&a, &[&root], &peer_addr(&b), opts(128 << 10, 1024, None)).await;
+    let t = wait_done(&a, &id, Duration::from_secs(180)).await;
+    api::assert_completed(&t, &a, &b);
+    assert_eq!(t.total_files, 3_000);
+    assert_eq!(t.bytes_done, t.total_bytes);
+    assert_eq!(
+        tree(&b.dirs.download_dir.join("small")),
+        tree(&root),
+        "same files"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_directions_and_concurrent_transfers_share_one_session() {
     let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));

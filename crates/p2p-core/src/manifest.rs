@@ -88,6 +88,7 @@ impl LocalManifest {
             window: opts.window,
             resume,
             total_bytes: self.total_bytes,
+            attempt: 0,
         }
     }
 
@@ -381,6 +382,7 @@ mod tests {
             window: 8,
             resume: false,
             total_bytes: files.len() as u64,
+            attempt: 0,
         }
     }
 

@@ -338,11 +338,30 @@ impl SessionEvents for Events {
         }
     }
 
+    fn lane_of(&self, token: &[u8], peer: DeviceId) -> Option<Arc<Session>> {
+        let inner = self.0.upgrade()?;
+        let sessions = lock(&inner.sessions);
+        sessions
+            .values()
+            .find(|s| {
+                !s.outgoing
+                    && s.peer.id == peer
+                    && !s.closed.is_cancelled()
+                    && same_secret(&s.lane_token, token)
+            })
+            .cloned()
+    }
+
     fn ended(&self, session: &Arc<Session>, _reason: &str) {
         if let Some(inner) = self.0.upgrade() {
             lock(&inner.sessions).remove(&session.id);
         }
     }
+}
+
+/// Compares a secret without an early exit (no timing hint of how much of it matched).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    !a.is_empty() && a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 impl Node {
@@ -539,12 +558,13 @@ impl Node {
                 // One deadline for TLS and the protocol handshake together: a silent or slow
                 // client is dropped within HANDSHAKE_TIMEOUT whatever it stalls on.
                 let handshake = async {
-                    let tls = node
+                    let mut tls = node
                         .inner
                         .tls_acceptor
-                        .accept(stream)
+                        .accept(buffered(stream))
                         .await
                         .map_err(|e| format!("TLS handshake failed: {}", tls_reason(&e)))?;
+                    tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
                     let proven = tls::peer_id(tls.get_ref().1).map_err(|e| e.to_string())?;
                     session::accept(
                         tls,
@@ -558,7 +578,10 @@ impl Node {
                     .map_err(|e| e.to_string())
                 };
                 match tokio::time::timeout(session::HANDSHAKE_TIMEOUT, handshake).await {
-                    Ok(Ok(s)) => node.register(s),
+                    Ok(Ok(session::Accepted::Session(s))) => node.register(s),
+                    Ok(Ok(session::Accepted::Lane(s))) => {
+                        tracing::debug!(%remote, session = s.id, "connection joined a session as a lane")
+                    }
                     Ok(Err(e)) => {
                         tracing::info!(%remote, cause = %e, "incoming peer handshake failed")
                     }
@@ -645,10 +668,11 @@ impl Node {
                 window_size: MAX_WINDOW,
             };
             let handshake = async {
-                let tls = connector
-                    .connect(tls::server_name(), stream)
+                let mut tls = connector
+                    .connect(tls::server_name(), buffered(stream))
                     .await
                     .map_err(|e| tls_reason(&e))?;
+                tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
                 let proven = tls::peer_id(tls.get_ref().1).map_err(|e| e.to_string())?;
                 session::initiate(
                     tls,
@@ -672,9 +696,66 @@ impl Node {
                 })?
                 .map_err(unreachable)?;
             self.register(s.clone());
+            self.open_lanes(addr, &s);
             return Ok(s);
         }
         Err(unreachable(last))
+    }
+
+    /// Opens the further connections (lanes) of a new outgoing session, in the background:
+    /// one connection's send buffer may be too small for a long, fast path (see `tune`), so a
+    /// session gets as many as it takes to have `SESSION_SNDBUF` in all (at most `MAX_LANES`).
+    /// A lane that cannot be opened is only logged: the session works with fewer.
+    fn open_lanes(&self, addr: SocketAddr, s: &Arc<Session>) {
+        let extra = lanes_wanted().saturating_sub(1);
+        if s.lane_token.is_empty() || extra == 0 {
+            return;
+        }
+        let node = self.clone();
+        let s = s.clone();
+        self.inner.tasks.spawn(async move {
+            let config = match tls::client_config(&node.inner.identity, Some(s.peer.id)) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(cause = %e, "no TLS configuration for lanes");
+                    return;
+                }
+            };
+            let connector = tokio_rustls::TlsConnector::from(config);
+            for _ in 0..extra {
+                if s.closed.is_cancelled() {
+                    return;
+                }
+                let lane = async {
+                    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+                    tune(&stream);
+                    let mut tls = connector
+                        .connect(tls::server_name(), buffered(stream))
+                        .await
+                        .map_err(|e| tls_reason(&e))?;
+                    tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
+                    let proven = tls::peer_id(tls.get_ref().1).map_err(|e| e.to_string())?;
+                    session::join(tls, proven, &node.local_info(), &s, node.events())
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                let joined = tokio::select! {
+                    r = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, lane) => r,
+                    _ = s.closed.cancelled() => return,
+                };
+                match joined {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(session = s.id, cause = %e, "cannot open a lane");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(session = s.id, "opening a lane timed out");
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// Records a new session and its device.
@@ -1614,6 +1695,42 @@ fn tls_reason(e: &std::io::Error) -> String {
         Some(other) => other.to_string(),
         None => e.to_string(),
     }
+}
+
+/// How much encrypted data TLS may hold for the socket: a chunk's worth, so that it goes out
+/// in a few large writes (rustls' default is 64 KiB).
+const TLS_BUFFER: usize = 1 << 20;
+
+/// TLS reads its records a few KiB at a time; a buffer under it turns that into one socket
+/// read per 256 KiB.
+fn buffered(stream: TcpStream) -> tokio::io::BufReader<TcpStream> {
+    tokio::io::BufReader::with_capacity(256 << 10, stream)
+}
+
+/// Send buffer a session should be able to use over all its connections (lanes): enough for
+/// 1 Gbit/s × 100 ms, or 2.5 Gbit/s × 50 ms.
+const SESSION_SNDBUF: usize = 16 << 20;
+/// Most connections per session.
+const MAX_LANES: usize = 4;
+
+/// Connections a session wants: as many as it takes for `SESSION_SNDBUF` of send buffer,
+/// given what one connection gets here.
+fn lanes_wanted() -> usize {
+    SESSION_SNDBUF
+        .div_ceil(connection_sndbuf().max(1))
+        .clamp(1, MAX_LANES)
+}
+
+/// The send buffer one peer connection can fill: `2 × SO_SNDBUF` where `tune` sets it, else
+/// what auto-tuning reaches (`tcp_wmem`'s maximum); `PEER_SNDBUF` where that is unknown.
+fn connection_sndbuf() -> usize {
+    if let Some(asked) = sndbuf_request() {
+        return 2 * asked;
+    }
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
+        .unwrap_or(PEER_SNDBUF)
 }
 
 /// Send buffer asked for on peer connections: room for the bandwidth-delay product of a fast,

@@ -7,19 +7,25 @@
 //! already exist are never overwritten: the new one becomes `name (1).ext`, `name (2).ext`, …
 //!
 //! For resume, the thread takes a checkpoint every `CHECKPOINT_BYTES` or `CHECKPOINT_INTERVAL`:
-//! it syncs the temporary files written since the last one and records their chunks in the
+//! the temporary files written since the last one are synced and their chunks recorded in the
 //! store. An interrupted transfer keeps its temporary files; `resume` continues from them.
+//!
+//! Syncing is the slow part, so it has a thread of its own (the syncer, see [`Job`]): the
+//! receiving thread writes and verifies while the syncer makes earlier files durable, in
+//! batches — one `syncfs(2)` for a batch of many small files instead of an fsync each — and only
+//! then links them in place, records them and reports them to the sender.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use p2p_proto::wire::v1::frame::Body;
 use p2p_proto::wire::v1::{self as wire, ChunkStatus};
 use sha2::{Digest, Sha256};
@@ -29,7 +35,7 @@ use crate::chunkmap::{ChunkMap, chunk_count};
 use crate::records::FileRecord;
 use crate::store::Store;
 use crate::transfer::{Direction, TransferEntry};
-use crate::wire as codec;
+use crate::wire::{self as codec, OutFrame};
 
 /// Most attempts at finding a free `name (n)` before giving up.
 const MAX_RENAMES: u32 = 10_000;
@@ -204,7 +210,8 @@ fn make_dir_no_follow(base: &Path, path: &Path) -> std::io::Result<()> {
 /// Per-file progress on the receiver.
 #[derive(Default)]
 struct FileState {
-    temp: Option<(PathBuf, File)>,
+    // Shared with the syncer, which syncs it for checkpoints and placement.
+    temp: Option<(PathBuf, Arc<File>)>,
     next_chunk: u64,
     written: u64,
     hasher: Sha256,
@@ -422,7 +429,7 @@ fn reopen_temp(temp: &Path, prefix: u64, chunk_size: u32, size: u64) -> Option<F
     }
     file.seek(SeekFrom::Start(keep)).ok()?;
     Some(FileState {
-        temp: Some((temp.to_path_buf(), file)),
+        temp: Some((temp.to_path_buf(), Arc::new(file))),
         next_chunk: prefix,
         written: keep,
         hasher,
@@ -461,6 +468,11 @@ pub const CHECKPOINT_BYTES: u64 = 16 << 20;
 /// window they bound what a crash makes the sender send again.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Acknowledgements held back at most (see `Receiver::ack`) …
+const ACK_BATCH: usize = 64;
+/// … and the most payload they may acknowledge: a large chunk is acknowledged at once.
+const ACK_BYTES: usize = 256 << 10;
+
 /// How the receiving thread ended.
 #[derive(Debug)]
 pub(crate) enum ReceiveEnd {
@@ -476,7 +488,8 @@ pub(crate) enum ReceiveEnd {
 
 /// The receiving thread: consumes the transfer's frames until it completes, fails, is
 /// cancelled or interrupted. Temporary files are removed when it fails or is cancelled; when
-/// it is interrupted they are synced and recorded for a resume.
+/// it is interrupted they are synced and recorded for a resume. Returns only once the syncer
+/// has finished.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn receive(
     rt: &tokio::runtime::Handle,
@@ -484,117 +497,89 @@ pub(crate) fn receive(
     dest: &Destination,
     start: Start,
     mut frames: mpsc::Receiver<Body>,
-    writer: &mpsc::Sender<Bytes>,
+    writer: &mpsc::Sender<OutFrame>,
     entry: &Arc<TransferEntry>,
     store: &Store,
 ) -> ReceiveEnd {
-    let mut files = start.files;
-    let mut r = Receiver {
+    let shared = SyncShared {
+        failure: Mutex::new(None),
+        failed: tokio::sync::Notify::new(),
+        discard: AtomicBool::new(false),
+        checkpoint_pending: AtomicBool::new(false),
+        files_done: AtomicU64::new(start.complete),
+    };
+    // Place jobs are bounded by the window (a file's FileDone holds a permit until it is
+    // reported), checkpoints by `checkpoint_pending`: the receiving thread never waits here.
+    let (jobs, jobs_rx) = std::sync::mpsc::sync_channel(info.window as usize + 4);
+    let ctx = SyncContext {
         info,
         dest,
+        store,
         writer,
         entry,
-        store,
-        files_done: start.complete,
-        pending_total: 0,
-        unrecorded: 0,
-        last_checkpoint: Instant::now(),
+        shared: &shared,
     };
-    let end = loop {
-        let frame = match rt.block_on(tokio::time::timeout(TRANSFER_IDLE, frames.recv())) {
-            Ok(Some(f)) => f,
-            // The channel closes when the session ends, or when the transfer is cancelled or
-            // stopped here.
-            Ok(None) if entry.cancel.is_cancelled() => {
-                break ReceiveEnd::Cancelled("cancelled by receiver".into());
-            }
-            Ok(None) => {
-                break ReceiveEnd::Interrupted {
-                    reason: SESSION_LOST.into(),
-                    tell_peer: false,
-                };
-            }
-            Err(_) => {
-                break ReceiveEnd::Interrupted {
-                    reason: format!("no data from the sender for {} s", TRANSFER_IDLE.as_secs()),
-                    tell_peer: true,
-                };
-            }
-        };
-        let step = match frame {
-            Body::Chunk(c) => r.chunk(&mut files, c),
-            Body::FileDone(d) => r.file_done(&mut files, d),
-            Body::Complete(_) => {
-                if r.files_done == info.files.len() as u64 {
-                    let _ = r.send(Body::CompleteAck(wire::CompleteAck {
-                        transfer_id: info.transfer_id.clone(),
-                    }));
-                    break ReceiveEnd::Completed;
-                }
-                Err(format!(
-                    "sender said complete with {} of {} files verified",
-                    r.files_done,
-                    info.files.len()
-                ))
-            }
-            Body::Cancel(c) if c.resumable => {
-                break ReceiveEnd::Interrupted {
-                    reason: c.reason,
-                    tell_peer: false,
-                };
-            }
-            Body::Cancel(c) => break ReceiveEnd::Cancelled(c.reason),
-            other => Err(format!(
-                "unexpected {} from sender",
-                codec::body_name(&other)
-            )),
-        };
-        if let Err(reason) = step {
-            // The session's writer is gone: an interruption like any session loss.
-            if reason == SESSION_LOST {
-                break ReceiveEnd::Interrupted {
-                    reason,
-                    tell_peer: false,
-                };
-            }
-            break ReceiveEnd::Failed {
-                reason,
+    std::thread::scope(|scope| {
+        let syncer = std::thread::Builder::new()
+            .name("p2pd-sync".into())
+            .spawn_scoped(scope, || sync_loop(&ctx, jobs_rx));
+        if let Err(e) = syncer {
+            return ReceiveEnd::Failed {
+                reason: format!("cannot start the syncing thread: {e}"),
                 tell_peer: true,
             };
         }
-        if let Err(reason) = r.maybe_checkpoint(&mut files) {
-            break ReceiveEnd::Failed {
-                reason,
-                tell_peer: true,
-            };
-        }
-    };
-    match end {
-        ReceiveEnd::Completed => {}
-        ReceiveEnd::Interrupted { .. } => {
-            if let Err(e) = r.checkpoint(&mut files) {
-                tracing::warn!(transfer = %info.transfer_id, cause = %e, "cannot record the progress of an interrupted transfer");
+        let mut files = start.files;
+        let mut r = Receiver {
+            info,
+            dest,
+            writer,
+            entry,
+            jobs: Some(jobs),
+            shared: &shared,
+            acks: Vec::new(),
+            acks_bytes: 0,
+            pending_total: 0,
+            unrecorded: 0,
+            last_checkpoint: Instant::now(),
+        };
+        let end = r.run(rt, &mut files, &mut frames);
+        match end {
+            ReceiveEnd::Completed => {}
+            ReceiveEnd::Interrupted { .. } => {
+                if let Err(e) = r.checkpoint(&mut files) {
+                    tracing::warn!(transfer = %info.transfer_id, cause = %e, "cannot record the progress of an interrupted transfer");
+                }
             }
-        }
-        ReceiveEnd::Cancelled(_) | ReceiveEnd::Failed { .. } => {
-            for f in files.active.values_mut() {
-                if let Some((path, file)) = f.temp.take() {
-                    drop(file);
-                    let _ = fs::remove_file(&path);
+            ReceiveEnd::Cancelled(_) | ReceiveEnd::Failed { .. } => {
+                // Verified files the syncer has not placed yet are removed too.
+                shared.discard.store(true, Ordering::Relaxed);
+                for f in files.active.values_mut() {
+                    if let Some((path, file)) = f.temp.take() {
+                        drop(file);
+                        let _ = fs::remove_file(&path);
+                    }
                 }
             }
         }
-    }
-    end
+        // The syncer finishes what is queued and ends; the scope waits for it.
+        r.jobs = None;
+        end
+    })
 }
 
 struct Receiver<'a> {
     info: &'a wire::TransferInfo,
     dest: &'a Destination,
-    writer: &'a mpsc::Sender<Bytes>,
+    writer: &'a mpsc::Sender<OutFrame>,
     entry: &'a Arc<TransferEntry>,
-    store: &'a Store,
-    files_done: u64,
+    // The syncer's queue; dropped to end it.
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    shared: &'a SyncShared,
+    // Acknowledgements (file, chunk, status) not yet handed to the session's writer, and the
+    // payload bytes they acknowledge (see `ack`).
+    acks: Vec<(u32, u64, ChunkStatus)>,
+    acks_bytes: usize,
     // Chunks held out of order across all files; a sender keeps at most `window` chunks
     // unacknowledged in all, so this stays below `window`.
     pending_total: usize,
@@ -604,59 +589,214 @@ struct Receiver<'a> {
 }
 
 impl Receiver<'_> {
+    fn run(
+        &mut self,
+        rt: &tokio::runtime::Handle,
+        files: &mut Files,
+        frames: &mut mpsc::Receiver<Body>,
+    ) -> ReceiveEnd {
+        let info = self.info;
+        let entry = self.entry;
+        loop {
+            if frames.is_empty() {
+                // Nothing more to do right now: what was acknowledged goes out before waiting.
+                if let Err(reason) = self.flush_acks() {
+                    return ReceiveEnd::Interrupted {
+                        reason,
+                        tell_peer: false,
+                    };
+                }
+            }
+            let next = rt.block_on(async {
+                tokio::select! {
+                    f = tokio::time::timeout(TRANSFER_IDLE, frames.recv()) => Some(f),
+                    () = self.shared.failed.notified() => None,
+                }
+            });
+            let frame = match next {
+                Some(Ok(Some(f))) => f,
+                // The channel closes when the session ends, or when the transfer is cancelled
+                // or stopped here.
+                Some(Ok(None)) if entry.cancel.is_cancelled() => {
+                    return ReceiveEnd::Cancelled("cancelled by receiver".into());
+                }
+                Some(Ok(None)) => {
+                    return ReceiveEnd::Interrupted {
+                        reason: SESSION_LOST.into(),
+                        tell_peer: false,
+                    };
+                }
+                Some(Err(_)) => {
+                    return ReceiveEnd::Interrupted {
+                        reason: format!(
+                            "no data from the sender for {} s",
+                            TRANSFER_IDLE.as_secs()
+                        ),
+                        tell_peer: true,
+                    };
+                }
+                // The syncer failed (it told the sender already).
+                None => {
+                    return ReceiveEnd::Failed {
+                        reason: self.shared.failure(),
+                        tell_peer: true,
+                    };
+                }
+            };
+            let step = match frame {
+                Body::Chunk(c) => self.chunk(files, c),
+                Body::FileDone(d) => self.file_done(files, d),
+                Body::Complete(_) => {
+                    let done = self.shared.files_done.load(Ordering::Relaxed);
+                    if done == info.files.len() as u64 {
+                        let _ = self.send(Body::CompleteAck(wire::CompleteAck {
+                            transfer_id: info.transfer_id.clone(),
+                        }));
+                        return ReceiveEnd::Completed;
+                    }
+                    Err(format!(
+                        "sender said complete with {done} of {} files verified",
+                        info.files.len()
+                    ))
+                }
+                Body::Cancel(c) if c.resumable => {
+                    return ReceiveEnd::Interrupted {
+                        reason: c.reason,
+                        tell_peer: false,
+                    };
+                }
+                Body::Cancel(c) => return ReceiveEnd::Cancelled(c.reason),
+                other => Err(format!(
+                    "unexpected {} from sender",
+                    codec::body_name(&other)
+                )),
+            };
+            if let Err(reason) = step.and_then(|()| self.maybe_checkpoint(files)) {
+                // The session's writer is gone: an interruption like any session loss.
+                if reason == SESSION_LOST {
+                    return ReceiveEnd::Interrupted {
+                        reason,
+                        tell_peer: false,
+                    };
+                }
+                return ReceiveEnd::Failed {
+                    reason,
+                    tell_peer: true,
+                };
+            }
+        }
+    }
+
     fn maybe_checkpoint(&mut self, files: &mut Files) -> Result<(), String> {
-        if self.unrecorded >= CHECKPOINT_BYTES
-            || (self.unrecorded > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
-        {
+        let due = self.unrecorded >= CHECKPOINT_BYTES
+            || (self.unrecorded > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL);
+        // One checkpoint at a time: a slow disk delays the next one rather than queueing them.
+        if due && !self.shared.checkpoint_pending.load(Ordering::Acquire) {
             self.checkpoint(files)?;
         }
         Ok(())
     }
 
-    /// Syncs every file written since the last checkpoint, then records its chunks: a chunk
-    /// is recorded only once its bytes are durable.
+    /// Hands every file written since the last checkpoint to the syncer, which syncs it and
+    /// then records its chunks: a chunk is recorded only once its bytes are durable.
     fn checkpoint(&mut self, files: &mut Files) -> Result<(), String> {
         let mut maps = Vec::new();
         for (fi, state) in files.active.iter_mut() {
-            // Without a temporary file there is nothing unrecorded: never written, or placed
-            // (and recorded complete).
+            // Without a temporary file there is nothing unrecorded: never written, or verified
+            // (the syncer records it complete).
             let Some((path, file)) = &state.temp else {
                 continue;
             };
             if !state.dirty {
                 continue;
             }
-            file.sync_data()
-                .map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
             state.dirty = false;
             let size = self.info.files.get(*fi).map_or(0, |f| f.size);
             let mut map = ChunkMap::new(chunk_count(size, self.info.chunk_size));
             map.set_prefix(state.next_chunk);
-            maps.push((*fi as u32, map));
+            maps.push(Synced {
+                fi: *fi as u32,
+                map,
+                path: path.clone(),
+                file: file.clone(),
+            });
         }
-        let rows: Vec<(u32, bool, &ChunkMap)> =
-            maps.iter().map(|(fi, m)| (*fi, false, m)).collect();
-        self.store
-            .save_chunk_maps(&self.info.transfer_id, Direction::Receive, &rows)
-            .map_err(|e| format!("cannot record progress: {e}"))?;
+        if !maps.is_empty() {
+            self.shared
+                .checkpoint_pending
+                .store(true, Ordering::Release);
+            self.queue(Job::Checkpoint(maps))?;
+        }
         self.unrecorded = 0;
         self.last_checkpoint = Instant::now();
         Ok(())
     }
 
-    fn send(&self, body: Body) -> Result<(), String> {
+    fn queue(&self, job: Job) -> Result<(), String> {
+        let Some(jobs) = self.jobs.as_ref() else {
+            discard(vec![job]);
+            return Err(self.shared.failure());
+        };
+        jobs.send(job).map_err(|unsent| {
+            // The syncer is gone: a verified file it will never place must not stay behind.
+            discard(vec![unsent.0]);
+            self.shared.failure()
+        })
+    }
+
+    /// Sends a frame, after the acknowledgements held back.
+    fn send(&mut self, body: Body) -> Result<(), String> {
+        self.flush_acks()?;
         self.writer
-            .blocking_send(codec::encode(body))
+            .blocking_send(codec::encode(body).into())
             .map_err(|_| SESSION_LOST.to_owned())
     }
 
-    fn ack(&self, file_index: u32, chunk_index: u64, status: ChunkStatus) -> Result<(), String> {
-        self.send(Body::ChunkAck(wire::ChunkAck {
-            transfer_id: self.info.transfer_id.clone(),
-            file_index,
-            chunk_index,
-            status: status as i32,
-        }))
+    /// Acknowledges a chunk (`bytes` of payload written). Acknowledgements of small chunks are
+    /// held back and go out together — when no frame is waiting, every `ACK_BATCH` of them or
+    /// once they cover `ACK_BYTES` — so that many small files do not cost a channel message, a
+    /// wake-up and a TLS record each.
+    fn ack(
+        &mut self,
+        file_index: u32,
+        chunk_index: u64,
+        status: ChunkStatus,
+        bytes: usize,
+    ) -> Result<(), String> {
+        self.acks.push((file_index, chunk_index, status));
+        self.acks_bytes += bytes;
+        if status != ChunkStatus::Ok || self.acks.len() >= ACK_BATCH || self.acks_bytes >= ACK_BYTES
+        {
+            self.flush_acks()?;
+        }
+        Ok(())
+    }
+
+    /// A complete file's acknowledgements still held back are dropped: its `FileResult`
+    /// acknowledges all its chunks. So every chunk gets one answer — its `ChunkAck` (sent
+    /// before the file was handed to the syncer, hence before the `FileResult`) or the
+    /// `FileResult` — and the sender's window bounds the answers it has to take.
+    fn drop_acks_of(&mut self, fi: usize) {
+        self.acks.retain(|&(f, _, _)| f as usize != fi);
+    }
+
+    fn flush_acks(&mut self) -> Result<(), String> {
+        if self.acks.is_empty() {
+            return Ok(());
+        }
+        let mut frames = BytesMut::new();
+        for (file_index, chunk_index, status) in self.acks.drain(..) {
+            frames.put_slice(&codec::encode(Body::ChunkAck(wire::ChunkAck {
+                transfer_id: self.info.transfer_id.clone(),
+                file_index,
+                chunk_index,
+                status: status as i32,
+            })));
+        }
+        self.acks_bytes = 0;
+        self.writer
+            .blocking_send(frames.freeze().into())
+            .map_err(|_| SESSION_LOST.to_owned())
     }
 
     fn chunk_len(&self, file: &wire::FileEntry, chunk_index: u64) -> Option<usize> {
@@ -686,11 +826,11 @@ impl Receiver<'_> {
         }
         if files.done[fi] {
             // A duplicate (a re-send raced with a late acknowledgement): already written.
-            return self.ack(c.file_index, c.chunk_index, ChunkStatus::Ok);
+            return self.ack(c.file_index, c.chunk_index, ChunkStatus::Ok, 0);
         }
         let state = files.state(fi);
         if c.chunk_index < state.next_chunk {
-            return self.ack(c.file_index, c.chunk_index, ChunkStatus::Ok);
+            return self.ack(c.file_index, c.chunk_index, ChunkStatus::Ok, 0);
         }
         if state.pending.contains_key(&c.chunk_index) {
             // Held already; it is acknowledged when written.
@@ -707,7 +847,7 @@ impl Receiver<'_> {
         }
         if crc32fast::hash(&c.data) != c.crc32 {
             tracing::warn!(transfer = %self.info.transfer_id, file = %entry.path, chunk = c.chunk_index, "CRC mismatch; asking for the chunk again");
-            return self.ack(c.file_index, c.chunk_index, ChunkStatus::CrcMismatch);
+            return self.ack(c.file_index, c.chunk_index, ChunkStatus::CrcMismatch, 0);
         }
         self.entry
             .wire_bytes
@@ -763,10 +903,11 @@ impl Receiver<'_> {
         if state.temp.is_none() {
             state.temp = Some(self.open_temp(fi)?);
         }
-        let Some((path, file)) = state.temp.as_mut() else {
+        let Some((path, file)) = state.temp.as_ref() else {
             return Err("temporary file missing".into());
         };
-        file.write_all(data)
+        let mut w: &File = file;
+        w.write_all(data)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         state.hasher.update(data);
         state.written += data.len() as u64;
@@ -777,10 +918,10 @@ impl Receiver<'_> {
         self.entry
             .bytes_done
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.ack(fi as u32, index, ChunkStatus::Ok)
+        self.ack(fi as u32, index, ChunkStatus::Ok, data.len())
     }
 
-    fn open_temp(&self, fi: usize) -> Result<(PathBuf, File), String> {
+    fn open_temp(&self, fi: usize) -> Result<(PathBuf, Arc<File>), String> {
         let temp = temp_path(self.dest, self.info, fi).ok_or("no parent directory")?;
         // create_new: never reuse or follow whatever sits at that name.
         let file = OpenOptions::new()
@@ -790,7 +931,7 @@ impl Receiver<'_> {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&temp)
             .map_err(|e| format!("cannot create {}: {e}", temp.display()))?;
-        Ok((temp, file))
+        Ok((temp, Arc::new(file)))
     }
 
     fn file_done(&mut self, files: &mut Files, d: wire::FileDone) -> Result<(), String> {
@@ -814,37 +955,32 @@ impl Receiver<'_> {
         Ok(())
     }
 
-    /// Verifies a complete file and puts it in place, marks it finished in `files`, then
-    /// reports the result to the sender. The file counts as done as soon as it is in place —
-    /// before the report, which may fail with the session — so that nothing later (a final
-    /// checkpoint) records it as partial again.
+    /// Verifies a complete file and hands it to the syncer, which makes it durable, puts it
+    /// in place, records it and reports it to the sender. A file that fails here is reported
+    /// at once. A verified file leaves `files` at once — its temporary file is the syncer's
+    /// now — so that nothing later (a final checkpoint) records it as partial again.
     fn finish(&mut self, files: &mut Files, fi: usize) -> Result<(), String> {
-        let entry = &self.info.files[fi];
-        let result = self.place(fi, files.state(fi));
-        let (ok, error) = match &result {
-            Ok(path) => {
-                tracing::debug!(transfer = %self.info.transfer_id, path = %path.display(), "file verified");
+        match self.verify(fi, files.state(fi)) {
+            Ok(job) => {
                 files.finished(fi);
-                self.files_done += 1;
-                self.entry
-                    .files_done
-                    .store(self.files_done, Ordering::Relaxed);
-                self.entry
-                    .progress(Some((&entry.path, entry.size, entry.size)));
-                (true, String::new())
+                self.drop_acks_of(fi);
+                self.queue(Job::Place(job))
             }
-            Err(e) => (false, e.clone()),
-        };
-        self.send(Body::FileResult(wire::FileResult {
-            transfer_id: self.info.transfer_id.clone(),
-            file_index: fi as u32,
-            ok,
-            error,
-        }))?;
-        result.map(|_| ())
+            Err(error) => {
+                self.send(Body::FileResult(wire::FileResult {
+                    transfer_id: self.info.transfer_id.clone(),
+                    file_index: fi as u32,
+                    ok: false,
+                    error: error.clone(),
+                }))?;
+                Err(error)
+            }
+        }
     }
 
-    fn place(&self, fi: usize, state: &mut FileState) -> Result<PathBuf, String> {
+    /// Checks the SHA-256 and sets the mode and modification time: everything that is left
+    /// before the file may be synced and linked.
+    fn verify(&self, fi: usize, state: &mut FileState) -> Result<Verified, String> {
         let entry = &self.info.files[fi];
         if state.temp.is_none() {
             state.temp = Some(self.open_temp(fi)?);
@@ -872,31 +1008,317 @@ impl Receiver<'_> {
             );
         file.set_modified(mtime)
             .map_err(|e| cleanup(format!("cannot set mtime: {e}")))?;
-        file.sync_all()
-            .map_err(|e| cleanup(format!("cannot sync {}: {e}", temp.display())))?;
-        drop(file);
-        let final_path = self.dest.path_of(&entry.path);
-        let is_root_file = !entry.path.contains('/');
-        let placed = if is_root_file {
-            link_free_name(&temp, &final_path)
-        } else {
-            fs::hard_link(&temp, &final_path).map(|()| final_path.clone())
-        };
-        let placed =
-            placed.map_err(|e| cleanup(format!("cannot place {}: {e}", final_path.display())))?;
-        // Recorded before the temporary name goes: a crash in between finds the temporary
-        // file linked under the final name, and a resume counts the file as complete.
-        let empty = ChunkMap::default();
-        if let Err(e) = self.store.save_chunk_maps(
-            &self.info.transfer_id,
-            Direction::Receive,
-            &[(fi as u32, true, &empty)],
-        ) {
-            tracing::warn!(transfer = %self.info.transfer_id, cause = %e, "cannot record a placed file");
-        }
-        let _ = fs::remove_file(&temp);
-        Ok(placed)
+        Ok(Verified { fi, temp, file })
     }
+}
+
+/// Work for the syncer, done in the order queued.
+enum Job {
+    /// Sync these files, then record their chunk prefixes (a checkpoint).
+    Checkpoint(Vec<Synced>),
+    /// A verified file: sync it, link it under its final name, record it, report it.
+    Place(Verified),
+}
+
+/// A file of a checkpoint and the prefix of chunks written to it.
+struct Synced {
+    fi: u32,
+    map: ChunkMap,
+    path: PathBuf,
+    file: Arc<File>,
+}
+
+/// A complete temporary file whose SHA-256 matched.
+struct Verified {
+    fi: usize,
+    temp: PathBuf,
+    file: Arc<File>,
+}
+
+/// What the receiving thread and the syncer share.
+struct SyncShared {
+    // Why the syncer failed; `failed` wakes the receiving thread.
+    failure: Mutex<Option<String>>,
+    failed: tokio::sync::Notify,
+    // Set when the transfer failed or was cancelled: queued files are removed, not placed.
+    discard: AtomicBool,
+    // A checkpoint is queued or being synced.
+    checkpoint_pending: AtomicBool,
+    // Files verified and in place (counting those complete before a resume).
+    files_done: AtomicU64,
+}
+
+impl SyncShared {
+    fn fail(&self, reason: String) {
+        let mut f = match self.failure.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if f.is_none() {
+            *f = Some(reason);
+        }
+        drop(f);
+        self.failed.notify_one();
+    }
+
+    fn failure(&self) -> String {
+        let f = match self.failure.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f.clone()
+            .unwrap_or_else(|| "the syncing thread ended".into())
+    }
+}
+
+/// What the syncer works with.
+struct SyncContext<'a> {
+    info: &'a wire::TransferInfo,
+    dest: &'a Destination,
+    store: &'a Store,
+    writer: &'a mpsc::Sender<OutFrame>,
+    entry: &'a Arc<TransferEntry>,
+    shared: &'a SyncShared,
+}
+
+/// Most jobs the syncer takes into one batch.
+const SYNC_BATCH: usize = 256;
+/// From this many files in a batch on, one `syncfs(2)` replaces their fsyncs.
+const SYNCFS_MIN_FILES: usize = 4;
+
+/// The syncer: takes what is queued as one batch, makes it durable with as few syncs as
+/// possible, then records checkpoints and places, records and reports verified files — in
+/// queue order. Ends when the queue closes.
+fn sync_loop(ctx: &SyncContext<'_>, jobs: std::sync::mpsc::Receiver<Job>) {
+    let mut failed = false;
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < SYNC_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        if failed || ctx.shared.discard.load(Ordering::Relaxed) {
+            discard(batch);
+            continue;
+        }
+        if let Err(reason) = sync_batch(ctx, batch) {
+            failed = true;
+            ctx.shared.fail(reason);
+        }
+    }
+}
+
+/// Removes the temporary files of verified files that will not be placed.
+fn discard(batch: Vec<Job>) {
+    for job in batch {
+        if let Job::Place(v) = job {
+            drop(v.file);
+            let _ = fs::remove_file(&v.temp);
+        }
+    }
+}
+
+fn sync_batch(ctx: &SyncContext<'_>, batch: Vec<Job>) -> Result<(), String> {
+    let checkpoint = batch.iter().any(|j| matches!(j, Job::Checkpoint(_)));
+    // 1. Durable: every file of the batch.
+    let mut to_sync: Vec<(&Path, &File)> = Vec::new();
+    for job in &batch {
+        match job {
+            Job::Checkpoint(files) => {
+                to_sync.extend(files.iter().map(|f| (f.path.as_path(), &*f.file)));
+            }
+            Job::Place(v) => to_sync.push((&v.temp, &v.file)),
+        }
+    }
+    if let Err(e) = sync_files(&to_sync) {
+        // Nothing of this batch is placed or recorded; its verified files go.
+        let result = Err(e);
+        if checkpoint {
+            ctx.shared
+                .checkpoint_pending
+                .store(false, Ordering::Release);
+        }
+        for job in batch {
+            if let Job::Place(v) = job {
+                report(ctx, v.fi, &result);
+                drop(v.file);
+                let _ = fs::remove_file(&v.temp);
+            }
+        }
+        return result;
+    }
+    // 2. In place: each verified file under its final name.
+    let empty = ChunkMap::default();
+    let mut rows: Vec<(u32, bool, &ChunkMap)> = Vec::new();
+    let mut placed: Vec<(usize, Result<PathBuf, String>, &Path)> = Vec::new();
+    for job in &batch {
+        match job {
+            Job::Checkpoint(files) => rows.extend(files.iter().map(|f| (f.fi, false, &f.map))),
+            Job::Place(v) => {
+                let result = link_in_place(ctx, v);
+                if result.is_ok() {
+                    rows.push((v.fi as u32, true, &empty));
+                }
+                placed.push((v.fi, result, &v.temp));
+            }
+        }
+    }
+    // 3. Recorded — before the temporary names go: a crash in between finds a temporary file
+    // linked under its final name, and a resume counts the file as complete.
+    let saved = ctx
+        .store
+        .save_chunk_maps(&ctx.info.transfer_id, Direction::Receive, &rows);
+    if checkpoint {
+        ctx.shared
+            .checkpoint_pending
+            .store(false, Ordering::Release);
+    }
+    let mut failure = None;
+    let recorded = saved.is_ok();
+    if let Err(e) = saved {
+        if checkpoint {
+            failure = Some(format!("cannot record progress: {e}"));
+        } else {
+            tracing::warn!(transfer = %ctx.info.transfer_id, cause = %e, "cannot record placed files; keeping their temporary names");
+        }
+    }
+    // 4. Reported. A placed file whose record failed keeps its temporary name: a resume
+    // recognises it by that link as complete.
+    for (fi, result, temp) in placed {
+        if recorded || result.is_err() {
+            let _ = fs::remove_file(temp);
+        }
+        let ok = result.as_ref().map(|_| ()).map_err(Clone::clone);
+        report(ctx, fi, &ok);
+        if let Err(e) = result {
+            failure.get_or_insert(e);
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Tells the sender how a file ended and counts it when it is in place.
+fn report(ctx: &SyncContext<'_>, fi: usize, result: &Result<(), String>) {
+    let entry = &ctx.info.files[fi];
+    if result.is_ok() {
+        let done = ctx.shared.files_done.fetch_add(1, Ordering::Relaxed) + 1;
+        ctx.entry.files_done.store(done, Ordering::Relaxed);
+        ctx.entry
+            .progress(Some((&entry.path, entry.size, entry.size)));
+    }
+    // A session that is gone takes no reports; the receiving thread sees it end.
+    let _ = ctx.writer.blocking_send(
+        codec::encode(Body::FileResult(wire::FileResult {
+            transfer_id: ctx.info.transfer_id.clone(),
+            file_index: fi as u32,
+            ok: result.is_ok(),
+            error: result.as_ref().err().cloned().unwrap_or_default(),
+        }))
+        .into(),
+    );
+}
+
+fn link_in_place(ctx: &SyncContext<'_>, v: &Verified) -> Result<PathBuf, String> {
+    let entry = &ctx.info.files[v.fi];
+    let final_path = ctx.dest.path_of(&entry.path);
+    let placed = if entry.path.contains('/') {
+        fs::hard_link(&v.temp, &final_path).map(|()| final_path.clone())
+    } else {
+        link_free_name(&v.temp, &final_path)
+    };
+    match placed {
+        Ok(p) => {
+            tracing::debug!(transfer = %ctx.info.transfer_id, path = %p.display(), "file verified");
+            Ok(p)
+        }
+        Err(e) => Err(format!("cannot place {}: {e}", final_path.display())),
+    }
+}
+
+/// Makes the written bytes (and metadata) of `files` durable: one `syncfs(2)` per file system
+/// for a batch of many files where that is known to be reliable, an fsync per file otherwise
+/// (and for whatever syncfs could not vouch for).
+fn sync_files(files: &[(&Path, &File)]) -> Result<(), String> {
+    let mut rest: Vec<(&Path, &File)> = Vec::new();
+    if files.len() >= SYNCFS_MIN_FILES && syncfs_reports_errors() {
+        // Group by file system: one syncfs each.
+        let mut groups: Vec<(u64, Vec<(&Path, &File)>)> = Vec::new();
+        for &(path, file) in files {
+            let dev = file.metadata().map(|m| m.dev()).ok();
+            match dev {
+                Some(dev) if syncfs_suits(file) => {
+                    match groups.iter_mut().find(|(d, _)| *d == dev) {
+                        Some((_, g)) => g.push((path, file)),
+                        None => groups.push((dev, vec![(path, file)])),
+                    }
+                }
+                _ => rest.push((path, file)),
+            }
+        }
+        for (_, group) in groups {
+            if group.len() < SYNCFS_MIN_FILES || syncfs(group[0].1).is_err() {
+                // An error may be another file's on that file system: let each fsync tell.
+                rest.extend(group);
+            }
+        }
+    } else {
+        rest.extend_from_slice(files);
+    }
+    for (path, file) in rest {
+        file.sync_all()
+            .map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn syncfs(file: &File) -> std::io::Result<()> {
+    rustix::fs::syncfs(file.as_fd()).map_err(std::io::Error::from)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn syncfs(_file: &File) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+/// `syncfs(2)` reports writeback errors only since Linux 5.8; before, it could return success
+/// for data that never reached the disk.
+fn syncfs_reports_errors() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        if !cfg!(any(target_os = "linux", target_os = "android")) {
+            return false;
+        }
+        fs::read_to_string("/proc/sys/kernel/osrelease").is_ok_and(|r| kernel_at_least(&r, 5, 8))
+    })
+}
+
+fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (Some(ma), Some(mi)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    (ma, mi) >= (major, minor)
+}
+
+/// Local file systems whose `syncfs` writes back and flushes everything (ext2/3/4, XFS, Btrfs,
+/// F2FS, tmpfs). Anything else — network and FUSE file systems above all — gets an fsync per
+/// file.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn syncfs_suits(file: &File) -> bool {
+    const LOCAL: [u64; 5] = [0xEF53, 0x5846_5342, 0x9123_683E, 0xF2F5_2010, 0x0102_1994];
+    rustix::fs::fstatfs(file.as_fd())
+        .is_ok_and(|s| LOCAL.contains(&((s.f_type as u64) & 0xffff_ffff)))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn syncfs_suits(_file: &File) -> bool {
+    false
 }
 
 /// Links `temp` under `wanted`, or `wanted (1)`, … — the first name that is free. A hard link
@@ -918,6 +1340,161 @@ fn link_free_name(temp: &Path, wanted: &Path) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transfer::{NewTransfer, TransferState, Transfers};
+
+    /// Every chunk gets exactly one answer: its ChunkAck, sent before its file is handed to
+    /// the syncer (whose FileResult answers for all the file's chunks), or that FileResult -
+    /// never a ChunkAck after it, which the sender would have to take beyond its window.
+    #[test]
+    fn no_chunk_is_acknowledged_after_its_file_went_to_the_syncer() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
+        let info = wire::TransferInfo {
+            transfer_id: "0123456789".into(),
+            roots: vec!["d".into()],
+            dirs: vec!["d".into()],
+            files: files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| wire::FileEntry {
+                    path: format!("d/f{i}"),
+                    size: f.len() as u64,
+                    mode: 0o644,
+                    ..Default::default()
+                })
+                .collect(),
+            chunk_size: 64,
+            window: 64,
+            ..Default::default()
+        };
+        let dest = prepare(dir.path(), &info).unwrap();
+        let transfers = Transfers::new();
+        let entry = transfers.insert(
+            NewTransfer {
+                id: info.transfer_id.clone(),
+                direction: Direction::Receive,
+                state: TransferState::Running,
+                peer_id: String::new(),
+                peer_name: String::new(),
+                peer_address: String::new(),
+                roots: info.roots.clone(),
+                total_files: files.len() as u64,
+                total_bytes: 0,
+                destination: String::new(),
+                started: None,
+                max_speed: 0,
+            },
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let (writer, mut sent) = mpsc::channel(10_000);
+        let (jobs, queued) = std::sync::mpsc::sync_channel(1000);
+        let shared = SyncShared {
+            failure: Mutex::new(None),
+            failed: tokio::sync::Notify::new(),
+            discard: AtomicBool::new(false),
+            checkpoint_pending: AtomicBool::new(false),
+            files_done: AtomicU64::new(0),
+        };
+        let mut r = Receiver {
+            info: &info,
+            dest: &dest,
+            writer: &writer,
+            entry: &entry,
+            jobs: Some(jobs),
+            shared: &shared,
+            acks: Vec::new(),
+            acks_bytes: 0,
+            pending_total: 0,
+            unrecorded: 0,
+            last_checkpoint: Instant::now(),
+        };
+        let mut state = fresh(&info).files;
+        let mut acked: HashMap<(u32, u64), usize> = HashMap::new();
+        let mut placed = std::collections::HashSet::new();
+        // What the receiving thread sent so far: ChunkAcks must not name a placed file.
+        let mut check = |placed: &std::collections::HashSet<u32>| {
+            while let Ok(out) = sent.try_recv() {
+                let mut bytes = &out.head[..];
+                while !bytes.is_empty() {
+                    let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+                    let frame =
+                        <wire::Frame as prost::Message>::decode(&bytes[4..4 + len]).unwrap();
+                    bytes = &bytes[4 + len..];
+                    if let Some(Body::ChunkAck(a)) = frame.body {
+                        assert!(
+                            !placed.contains(&a.file_index),
+                            "chunk {} of file {} acknowledged after its file went to the syncer",
+                            a.chunk_index,
+                            a.file_index
+                        );
+                        *acked.entry((a.file_index, a.chunk_index)).or_default() += 1;
+                    }
+                }
+            }
+        };
+        for (fi, data) in files.iter().enumerate() {
+            for (ci, piece) in data.chunks(64).enumerate() {
+                let c = wire::Chunk {
+                    transfer_id: info.transfer_id.clone(),
+                    file_index: fi as u32,
+                    chunk_index: ci as u64,
+                    flags: 0,
+                    crc32: crc32fast::hash(piece),
+                    data: Bytes::copy_from_slice(piece),
+                    attempt: 0,
+                };
+                r.chunk(&mut state, c).unwrap();
+                check(&placed);
+            }
+            r.file_done(
+                &mut state,
+                wire::FileDone {
+                    transfer_id: info.transfer_id.clone(),
+                    file_index: fi as u32,
+                    sha256: Bytes::copy_from_slice(&Sha256::digest(data)),
+                },
+            )
+            .unwrap();
+            check(&placed);
+            while let Ok(job) = queued.try_recv() {
+                if let Job::Place(v) = job {
+                    placed.insert(v.fi as u32);
+                }
+            }
+        }
+        r.flush_acks().unwrap();
+        check(&placed);
+        assert_eq!(placed.len(), files.len(), "every file went to the syncer");
+        assert!(
+            acked.values().all(|n| *n == 1),
+            "no chunk acknowledged twice"
+        );
+    }
+
+    #[test]
+    fn kernel_versions_compare() {
+        assert!(kernel_at_least("6.18.44-fc-v595\n", 5, 8));
+        assert!(kernel_at_least("5.8.0", 5, 8));
+        assert!(!kernel_at_least("5.4.0-150-generic", 5, 8));
+        assert!(!kernel_at_least("4.19", 5, 8));
+        assert!(!kernel_at_least("garbage", 5, 8));
+    }
+
+    #[test]
+    fn a_batch_of_files_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<(PathBuf, File)> = (0..SYNCFS_MIN_FILES + 1)
+            .map(|i| {
+                let p = dir.path().join(format!("f{i}"));
+                let mut f = File::create(&p).unwrap();
+                f.write_all(b"data").unwrap();
+                (p, f)
+            })
+            .collect();
+        let refs: Vec<(&Path, &File)> = files.iter().map(|(p, f)| (p.as_path(), f)).collect();
+        sync_files(&refs).unwrap();
+        sync_files(&refs[..1]).unwrap();
+    }
 
     #[test]
     fn numbered_names_keep_the_extension() {

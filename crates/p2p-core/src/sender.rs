@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use p2p_proto::wire::v1::frame::Body;
 use p2p_proto::wire::v1::{self as wire, ChunkStatus};
 use sha2::{Digest, Sha256};
@@ -29,7 +29,7 @@ use crate::manifest::{LocalFile, LocalManifest};
 use crate::session::Session;
 use crate::store::Store;
 use crate::transfer::{Direction, SendOptions, TransferEntry, TransferState};
-use crate::wire::{self as codec};
+use crate::wire::{self as codec, OutFrame};
 
 /// How often one chunk may be re-sent after CRC failures before the transfer fails.
 pub const MAX_RESENDS: u8 = 5;
@@ -40,7 +40,7 @@ const INCOMPRESSIBLE_RATIO: f64 = 0.95;
 
 /// A chunk sent but not yet acknowledged.
 struct InFlight {
-    frame: Bytes,
+    frame: OutFrame,
     raw_len: u64,
     resends: u8,
 }
@@ -189,7 +189,9 @@ async fn drive(
 ) -> Result<(), AttemptEnd> {
     // A peer without the capability would take a resume for a new offer.
     let resume = resume && session.caps & crate::wire::caps::RESUME != 0;
-    let info = manifest.offer(&entry.id, opts, resume);
+    let attempt = session.next_attempt();
+    let mut info = manifest.offer(&entry.id, opts, resume);
+    info.attempt = attempt;
     session
         .send(Body::TransferInfo(info))
         .await
@@ -247,7 +249,7 @@ async fn drive(
     let producer_cancel = stop.child_token();
     let producer = {
         let window = window.clone();
-        let writer = session.writer();
+        let lanes = session.lane_writers();
         let entry = entry.clone();
         let cancel = producer_cancel.clone();
         let compress = opts.compress && session.limits.compress;
@@ -255,7 +257,8 @@ async fn drive(
         let manifest = manifest.clone();
         tokio::task::spawn_blocking(move || {
             produce(
-                &handle, &manifest, &have, opts, compress, &window, &writer, &entry, &cancel,
+                &handle, &manifest, &have, opts, compress, attempt, &window, &lanes, &entry,
+                &cancel,
             )
         })
     };
@@ -300,7 +303,8 @@ async fn drive(
                 match frame.ok_or_else(lost)? {
                     Body::ChunkAck(ack) => {
                         let (fi, ci) = (ack.file_index, ack.chunk_index);
-                        // Only acknowledgements of chunks really in flight are recorded.
+                        // Only an acknowledgement that settles a chunk in flight is recorded:
+                        // a late one of a file already complete must not bring it back.
                         if on_ack(session, entry, &window, ack).await? {
                             let size = manifest.files.get(fi as usize).map_or(0, |f| f.entry.size);
                             acked.chunks
@@ -313,6 +317,9 @@ async fn drive(
                     Body::FileResult(r) if r.ok => {
                         // FileDone took a window permit: the receiver has answered it.
                         window.permits.add_permits(1);
+                        // The file is written whole: its chunks are acknowledged. The
+                        // receiver sends no ChunkAck it still held back for them.
+                        settle_file(entry, &window, r.file_index);
                         files_ok += 1;
                         acked.chunks.remove(&r.file_index);
                         acked.complete.push(r.file_index);
@@ -371,7 +378,27 @@ enum Produce {
     Cancelled,
 }
 
-/// Handles an acknowledgement; returns whether it confirmed a chunk in flight.
+/// Counts every chunk of `file_index` still in flight as acknowledged.
+fn settle_file(entry: &TransferEntry, window: &Window, file_index: u32) {
+    let settled: Vec<InFlight> = {
+        let mut map = window.lock();
+        let keys: Vec<(u32, u64)> = map
+            .keys()
+            .filter(|(fi, _)| *fi == file_index)
+            .copied()
+            .collect();
+        keys.iter().filter_map(|k| map.remove(k)).collect()
+    };
+    if settled.is_empty() {
+        return;
+    }
+    let bytes: u64 = settled.iter().map(|f| f.raw_len).sum();
+    entry.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+    window.permits.add_permits(settled.len());
+    entry.progress(None);
+}
+
+/// Handles an acknowledgement; true when an OK one settled a chunk in flight.
 async fn on_ack(
     session: &Session,
     entry: &TransferEntry,
@@ -381,12 +408,13 @@ async fn on_ack(
     let key = (ack.file_index, ack.chunk_index);
     if ack.status == ChunkStatus::Ok as i32 {
         let removed = window.lock().remove(&key);
-        if let Some(f) = &removed {
+        let settled = removed.is_some();
+        if let Some(f) = removed {
             entry.bytes_done.fetch_add(f.raw_len, Ordering::Relaxed);
             window.permits.add_permits(1);
             entry.progress(None);
         }
-        return Ok(removed.is_some());
+        return Ok(settled);
     }
     // CRC mismatch on the receiver: send the kept frame again, a bounded number of times.
     let resend = {
@@ -404,12 +432,8 @@ async fn on_ack(
         Some(frame) => {
             tracing::warn!(transfer = %entry.id, file = ack.file_index, chunk = ack.chunk_index, "receiver reported a corrupt chunk; re-sending");
             entry.chunks_resent.fetch_add(1, Ordering::Relaxed);
-            session
-                .writer()
-                .send(frame)
-                .await
-                .map(|()| false)
-                .map_err(|_| lost())
+            session.writer().send(frame).await.map_err(|_| lost())?;
+            Ok(false)
         }
         None => Err(AttemptEnd::Failed(format!(
             "chunk {} of file #{} arrived corrupt {} times",
@@ -429,13 +453,13 @@ fn produce(
     have: &Have,
     opts: SendOptions,
     compress: bool,
+    attempt: u32,
     window: &Window,
-    writer: &mpsc::Sender<Bytes>,
+    lanes: &[mpsc::Sender<OutFrame>],
     entry: &TransferEntry,
     cancel: &CancellationToken,
 ) -> Result<(), Produce> {
     let chunk_size = opts.chunk_size as usize;
-    let mut buf = vec![0u8; chunk_size];
     let mut compressor = if compress {
         Some(
             zstd::bulk::Compressor::new(opts.level)
@@ -444,7 +468,21 @@ fn produce(
     } else {
         None
     };
-    let acquire = || {
+    let mut out = Outbox {
+        lanes,
+        next_lane: 0,
+        batch: BytesMut::new(),
+    };
+    let acquire = |out: &mut Outbox<'_>| {
+        if cancel.is_cancelled() {
+            return Err(Produce::Cancelled);
+        }
+        if let Ok(p) = window.permits.try_acquire() {
+            p.forget();
+            return Ok(());
+        }
+        // Whatever is held back goes out before waiting for the receiver.
+        out.flush()?;
         let permit = rt.block_on(async {
             tokio::select! {
                 p = window.permits.acquire() => p.ok(),
@@ -479,7 +517,7 @@ fn produce(
         let mut sampled = 0u32;
         while done < size {
             let want = (size - done).min(chunk_size as u64) as usize;
-            f.read_exact(&mut buf[..want]).map_err(|e| {
+            let raw = read_chunk(&f, want).map_err(|e| {
                 let hint = if e.kind() == std::io::ErrorKind::UnexpectedEof {
                     " (it shrank while being sent)"
                 } else {
@@ -490,8 +528,7 @@ fn produce(
                     file.source.display()
                 ))
             })?;
-            let raw = &buf[..want];
-            hasher.update(raw);
+            hasher.update(&raw);
             if skip.is_some_and(|m| m.get(chunk_index)) {
                 // The receiver has it: hashed for the end-to-end check, not sent.
                 done += want as u64;
@@ -501,7 +538,7 @@ fn produce(
             let (data, flags) = match (&mut compressor, compress_file) {
                 (Some(c), true) => {
                     let packed = c
-                        .compress(raw)
+                        .compress(&raw)
                         .map_err(|e| Produce::Failed(format!("zstd failed: {e}")))?;
                     if sampled < SAMPLE_CHUNKS {
                         sampled += 1;
@@ -515,22 +552,24 @@ fn produce(
                     if packed.len() < raw.len() {
                         (Bytes::from(packed), wire::ChunkFlag::Compressed as u32)
                     } else {
-                        (Bytes::copy_from_slice(raw), 0)
+                        (raw, 0)
                     }
                 }
-                _ => (Bytes::copy_from_slice(raw), 0),
+                _ => (raw, 0),
             };
             let wire_len = data.len() as u64;
-            let frame = codec::encode(Body::Chunk(wire::Chunk {
-                transfer_id: entry.id.clone(),
+            let crc = crc32fast::hash(&data);
+            let frame = codec::encode_chunk(
+                &entry.id,
+                attempt,
                 file_index,
                 chunk_index,
                 flags,
-                crc32: crc32fast::hash(&data),
+                crc,
                 data,
-            }));
+            );
             // One permit per chunk in flight; waiting here is the window at work.
-            acquire()?;
+            acquire(&mut out)?;
             window.lock().insert(
                 (file_index, chunk_index),
                 InFlight {
@@ -539,11 +578,15 @@ fn produce(
                     resends: 0,
                 },
             );
-            // Speed limits count the whole frame as it goes on the wire.
+            // Speed limits count the whole frame as it goes on the wire (and a limited
+            // transfer sends each frame as soon as it is let through).
+            if entry.is_limited() {
+                out.flush()?;
+            }
             entry
                 .throttle(frame.len() as u64, rt, cancel)
                 .map_err(|_| Produce::Cancelled)?;
-            writer.blocking_send(frame).map_err(|_| Produce::Lost)?;
+            out.send(frame)?;
             entry.wire_bytes.fetch_add(wire_len, Ordering::Relaxed);
             done += want as u64;
             chunk_index += 1;
@@ -560,18 +603,83 @@ fn produce(
         let sha = hasher.finalize();
         // FileDone takes a permit too (given back by FileResult), so that a folder of empty
         // files cannot put an unbounded number of frames in flight.
-        acquire()?;
+        acquire(&mut out)?;
         let frame = codec::encode(Body::FileDone(wire::FileDone {
             transfer_id: entry.id.clone(),
             file_index,
             sha256: Bytes::copy_from_slice(&sha),
         }));
-        writer.blocking_send(frame).map_err(|_| Produce::Lost)?;
+        out.send(frame.into())?;
         if size == 0 {
             entry.progress(Some((&file.entry.path, 0, 0)));
         }
     }
+    out.flush()?;
     Ok(())
+}
+
+/// Frames at least this long go to the writer on their own; shorter ones are held back and
+/// sent together, up to this many bytes.
+const BATCH_BYTES: usize = 64 << 10;
+
+/// The producer's way to the session's writers: large chunk frames go to the session's lanes
+/// (connections) in turn; small frames (the chunks and `FileDone`s of small files) are gathered
+/// into one message for the first lane — one channel send, one wake-up of the writer, one TLS
+/// write — flushed before the producer waits for anything.
+struct Outbox<'a> {
+    lanes: &'a [mpsc::Sender<OutFrame>],
+    next_lane: usize,
+    batch: BytesMut,
+}
+
+impl Outbox<'_> {
+    fn send(&mut self, frame: OutFrame) -> Result<(), Produce> {
+        if frame.len() >= BATCH_BYTES {
+            self.flush()?;
+            let lane = &self.lanes[self.next_lane % self.lanes.len()];
+            self.next_lane = self.next_lane.wrapping_add(1);
+            return lane.blocking_send(frame).map_err(|_| Produce::Lost);
+        }
+        self.batch.put_slice(&frame.head);
+        self.batch.put_slice(&frame.payload);
+        if self.batch.len() >= BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Produce> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let frames = self.batch.split().freeze();
+        self.lanes[0]
+            .blocking_send(frames.into())
+            .map_err(|_| Produce::Lost)
+    }
+}
+
+/// Reads the next `want` bytes of `f` into a buffer of their own, which then is the chunk's
+/// payload as it is: no zero-filling, no copy into a frame.
+fn read_chunk(f: &std::fs::File, want: usize) -> std::io::Result<Bytes> {
+    let mut v: Vec<u8> = Vec::with_capacity(want);
+    if v.capacity() != want {
+        // Reading into the spare room must not take bytes past `want`; the global allocator
+        // gives exact capacities, but nothing promises it.
+        v.resize(want, 0);
+        let mut r = f;
+        r.read_exact(&mut v)?;
+        return Ok(Bytes::from(v));
+    }
+    while v.len() < want {
+        match rustix::io::read(f, rustix::buffer::spare_capacity(&mut v)) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Bytes::from(v))
 }
 
 /// Opens a source file, refusing one that changed since the transfer began: a resumed

@@ -11,16 +11,19 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes};
 use p2p_proto::wire::v1::frame::Body;
 use p2p_proto::wire::v1::{self as wire, ErrorCode};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::device_id::DeviceId;
 use crate::transfer::{MAX_CHUNK, MAX_WINDOW};
-use crate::wire::{self as codec, WireError, caps};
+use crate::wire::{self as codec, FrameReader, OutFrame, WireError, caps};
 
 /// Time allowed for the whole handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,9 +112,16 @@ pub struct Session {
     pub caps: u32,
     /// Agreed limits.
     pub limits: wire::Config,
-    tx: mpsc::Sender<Bytes>,
+    /// The secret a further connection presents to join this session as a lane (empty when
+    /// the session has no lanes).
+    pub lane_token: Bytes,
+    tx: mpsc::Sender<OutFrame>,
+    // The writers of the lanes after the first (see `add_lane`); read per chunk producer.
+    lanes: Mutex<Vec<mpsc::Sender<OutFrame>>>,
     // Frames of a transfer go to the task that owns it; the reader looks the id up per frame.
-    routes: Mutex<HashMap<String, mpsc::Sender<Body>>>,
+    routes: Mutex<HashMap<String, Route>>,
+    // Numbers the attempts of transfers sent over this session (TransferInfo.attempt).
+    attempts: AtomicU32,
     /// Cancelled when the session ends.
     pub closed: CancellationToken,
     /// Transfers using the session.
@@ -125,7 +135,7 @@ impl Session {
     /// [`SessionError::Closed`] if the session ended.
     pub async fn send(&self, body: Body) -> Result<(), SessionError> {
         self.tx
-            .send(codec::encode(body))
+            .send(codec::encode(body).into())
             .await
             .map_err(|_| SessionError::Closed)
     }
@@ -167,13 +177,61 @@ impl Session {
     }
 
     /// A handle to the writer queue, for blocking producers.
-    pub fn writer(&self) -> mpsc::Sender<Bytes> {
+    pub fn writer(&self) -> mpsc::Sender<OutFrame> {
         self.tx.clone()
     }
 
-    /// Routes the frames of `transfer_id` to `tx`.
+    /// The writer queues of every lane, the first lane's first: large chunk frames may go on
+    /// any of them, everything else goes on the first.
+    pub fn lane_writers(&self) -> Vec<mpsc::Sender<OutFrame>> {
+        let lanes = match self.lanes.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        std::iter::once(self.tx.clone())
+            .chain(lanes.iter().cloned())
+            .collect()
+    }
+
+    /// How many connections (lanes) the session runs over.
+    pub fn lane_count(&self) -> usize {
+        match self.lanes.lock() {
+            Ok(g) => g.len() + 1,
+            Err(p) => p.into_inner().len() + 1,
+        }
+    }
+
+    /// Adds a connection that joined the session (its handshake done) as one more lane: its
+    /// frames are routed like the first connection's, frames may be written to it, and when
+    /// it ends the session ends.
+    pub fn add_lane<R, W>(self: &Arc<Self>, rd: R, wr: W, events: Arc<dyn SessionEvents>)
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        {
+            let mut lanes = match self.lanes.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            lanes.push(tx.clone());
+        }
+        tracing::debug!(session = self.id, lanes = self.lane_count(), "lane joined");
+        tokio::spawn(write_loop(wr, rx, self.closed.clone(), self.id));
+        tokio::spawn(read_loop(rd, self.clone(), events, tx, false));
+    }
+
+    /// Routes the frames of `transfer_id` to `tx` (the sending side of a transfer).
     pub fn route(&self, transfer_id: &str, tx: mpsc::Sender<Body>) {
-        self.lock_routes().insert(transfer_id.to_owned(), tx);
+        self.lock_routes()
+            .insert(transfer_id.to_owned(), Route { attempt: 0, tx });
+    }
+
+    /// A number for a new attempt at sending a transfer over this session, distinct from the
+    /// earlier ones (its chunks carry it, so that the receiver can tell stale ones).
+    pub fn next_attempt(&self) -> u32 {
+        self.attempts.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Stops routing `transfer_id`.
@@ -181,7 +239,7 @@ impl Session {
         self.lock_routes().remove(transfer_id);
     }
 
-    fn lock_routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<Body>>> {
+    fn lock_routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Route>> {
         match self.routes.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -194,12 +252,21 @@ impl Session {
     }
 }
 
+/// Where a transfer's frames go, and (receiving side) which attempt's chunks it takes.
+#[derive(Debug, Clone)]
+struct Route {
+    attempt: u32,
+    tx: mpsc::Sender<Body>,
+}
+
 /// Receives what a session's reader cannot route: new offers, and the end of the session.
 pub trait SessionEvents: Send + Sync + 'static {
     /// A peer offers a transfer; its later frames arrive on `frames` (already routed).
     fn offer(&self, session: Arc<Session>, info: wire::TransferInfo, frames: mpsc::Receiver<Body>);
     /// A `Cancel` for a transfer that runs on no session (an interrupted one).
     fn stray_cancel(&self, session: &Arc<Session>, cancel: &wire::Cancel);
+    /// The session `token` names as its lane token, if it is one with `peer`.
+    fn lane_of(&self, token: &[u8], peer: DeviceId) -> Option<Arc<Session>>;
     /// The session ended.
     fn ended(&self, session: &Arc<Session>, reason: &str);
 }
@@ -212,6 +279,7 @@ fn hello(local: &LocalInfo) -> wire::Hello {
         capabilities: caps::SUPPORTED,
         listen_port: u32::from(local.listen_port),
         software_version: crate::VERSION.to_owned(),
+        join_token: Bytes::new(),
     }
 }
 
@@ -288,14 +356,78 @@ where
             version: clean_name(&ack.software_version),
             listen_addr: peer_listen(remote, ack.listen_port)?,
         };
-        Ok((peer, ack.capabilities & caps::SUPPORTED, agreed))
+        let caps = ack.capabilities & caps::SUPPORTED;
+        // Lanes only with the capability and a token of the right size.
+        let token = if caps & caps::LANES != 0 && ack.lane_token.len() == LANE_TOKEN_LEN {
+            ack.lane_token
+        } else {
+            Bytes::new()
+        };
+        Ok((peer, caps, agreed, token))
     };
-    let (peer, caps, limits) = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
+    let (peer, caps, limits, token) = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
         .await
         .map_err(|_| SessionError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
     Ok(start(
-        rd, wr, peer, remote, true, caps, limits, events, parent,
+        rd, wr, peer, remote, true, caps, limits, token, events, parent,
     ))
+}
+
+/// Length of a lane token.
+const LANE_TOKEN_LEN: usize = 16;
+
+/// Joins `session` (one we initiated) with a further connection to the same peer, already
+/// secured by TLS pinned to the same device, as one more lane.
+///
+/// # Errors
+/// [`SessionError`] if the session has no lanes, or the join handshake fails or times out.
+pub async fn join<S>(
+    stream: S,
+    proven: DeviceId,
+    local: &LocalInfo,
+    session: &Arc<Session>,
+    events: Arc<dyn SessionEvents>,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    if session.lane_token.is_empty() || !session.outgoing {
+        return Err(SessionError::Protocol("the session has no lanes".into()));
+    }
+    if proven != session.peer.id {
+        return Err(SessionError::Protocol(format!(
+            "lane peer is device {proven} but the session's is {}",
+            session.peer.id
+        )));
+    }
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let fut = async {
+        let mut h = hello(local);
+        h.join_token = session.lane_token.clone();
+        write_frame(&mut wr, Body::Hello(h)).await?;
+        let ack = match codec::read_frame(&mut rd, codec::HANDSHAKE_MAX_FRAME).await? {
+            Body::HelloAck(a) => a,
+            Body::Error(e) => return Err(SessionError::Remote(e.message)),
+            other => {
+                return Err(SessionError::Protocol(format!(
+                    "expected HelloAck, got {}",
+                    codec::body_name(&other)
+                )));
+            }
+        };
+        if ack.protocol_version != codec::PROTOCOL_VERSION {
+            return Err(SessionError::VersionMismatch {
+                peer: ack.protocol_version,
+                ours: codec::PROTOCOL_VERSION,
+            });
+        }
+        check_claim(&ack.device_id, proven)
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
+        .await
+        .map_err(|_| SessionError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
+    session.add_lane(rd, wr, events);
+    Ok(())
 }
 
 /// Longest peer name kept, in characters.
@@ -340,7 +472,17 @@ fn check_agreed(c: &wire::Config) -> Result<(), SessionError> {
     Ok(())
 }
 
-/// Runs the acceptor's side of the handshake and starts the session's tasks.
+/// What an accepted connection became.
+#[derive(Debug)]
+pub enum Accepted {
+    /// A new session.
+    Session(Arc<Session>),
+    /// One more lane of an existing session.
+    Lane(Arc<Session>),
+}
+
+/// Runs the acceptor's side of the handshake and starts the session's tasks — or, for a
+/// connection that presents a session's lane token, adds it to that session as a lane.
 ///
 /// # Errors
 /// [`SessionError`] if the handshake fails or times out; a version mismatch is reported to
@@ -352,7 +494,7 @@ pub async fn accept<S>(
     local: &LocalInfo,
     events: Arc<dyn SessionEvents>,
     parent: &CancellationToken,
-) -> Result<Arc<Session>, SessionError>
+) -> Result<Accepted, SessionError>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -396,6 +538,41 @@ where
         let caps = h.capabilities & caps::SUPPORTED;
         let mut ack = hello(local);
         ack.capabilities = caps;
+        if !h.join_token.is_empty() {
+            // A further connection of a session of this peer: the token must name one, and
+            // the connection must prove the same device.
+            let Some(session) = events.lane_of(&h.join_token, proven) else {
+                let err = SessionError::Protocol("no such session to join".into());
+                let _ = write_frame(
+                    &mut wr,
+                    Body::Error(wire::Error {
+                        code: ErrorCode::Protocol as i32,
+                        message: err.to_string(),
+                    }),
+                )
+                .await;
+                return Err(err);
+            };
+            write_frame(
+                &mut wr,
+                Body::HelloAck(wire::HelloAck {
+                    device_id: ack.device_id,
+                    name: ack.name,
+                    protocol_version: ack.protocol_version,
+                    capabilities: session.caps,
+                    listen_port: ack.listen_port,
+                    software_version: ack.software_version,
+                    lane_token: Bytes::new(),
+                }),
+            )
+            .await?;
+            return Ok(Handshake::Join(session));
+        }
+        let token = if caps & caps::LANES != 0 {
+            Bytes::copy_from_slice(uuid::Uuid::new_v4().as_bytes())
+        } else {
+            Bytes::new()
+        };
         write_frame(
             &mut wr,
             Body::HelloAck(wire::HelloAck {
@@ -405,6 +582,7 @@ where
                 capabilities: ack.capabilities,
                 listen_port: ack.listen_port,
                 software_version: ack.software_version,
+                lane_token: token.clone(),
             }),
         )
         .await?;
@@ -444,14 +622,26 @@ where
             version: clean_name(&h.software_version),
             listen_addr: peer_listen(remote, h.listen_port)?,
         };
-        Ok((peer, caps, agreed))
+        Ok(Handshake::New(peer, caps, agreed, token))
     };
-    let (peer, caps, limits) = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
+    let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
         .await
         .map_err(|_| SessionError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
-    Ok(start(
-        rd, wr, peer, remote, false, caps, limits, events, parent,
-    ))
+    Ok(match done {
+        Handshake::New(peer, caps, limits, token) => Accepted::Session(start(
+            rd, wr, peer, remote, false, caps, limits, token, events, parent,
+        )),
+        Handshake::Join(session) => {
+            session.add_lane(rd, wr, events);
+            Accepted::Lane(session)
+        }
+    })
+}
+
+/// How the acceptor's handshake ended.
+enum Handshake {
+    New(PeerInfo, u32, wire::Config, Bytes),
+    Join(Arc<Session>),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -463,6 +653,7 @@ fn start<R, W>(
     outgoing: bool,
     caps: u32,
     limits: wire::Config,
+    lane_token: Bytes,
     events: Arc<dyn SessionEvents>,
     parent: &CancellationToken,
 ) -> Arc<Session>
@@ -479,8 +670,11 @@ where
         established: SystemTime::now(),
         caps,
         limits,
-        tx,
+        lane_token,
+        tx: tx.clone(),
+        lanes: Mutex::new(Vec::new()),
         routes: Mutex::new(HashMap::new()),
+        attempts: AtomicU32::new(0),
         closed: parent.child_token(),
         active: AtomicU32::new(0),
     });
@@ -493,19 +687,68 @@ where
         "session established"
     );
     tokio::spawn(write_loop(wr, rx, session.closed.clone(), session.id));
-    tokio::spawn(read_loop(rd, session.clone(), events));
+    tokio::spawn(read_loop(rd, session.clone(), events, tx, true));
     session
 }
 
+/// Most frames the writer hands to one vectored write.
+const WRITE_SLICES: usize = 64;
+
+/// Writes the queued byte strings in order, several per call (`write_vectored`): small frames
+/// share a TLS record and a chunk's payload goes from its own buffer into the record, with no
+/// copy in between.
+async fn write_queue<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    queue: &mut VecDeque<Bytes>,
+) -> std::io::Result<()> {
+    while !queue.is_empty() {
+        let n = {
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+            let mut count = 0;
+            for (slot, b) in slices.iter_mut().zip(queue.iter()) {
+                *slot = IoSlice::new(b);
+                count += 1;
+            }
+            w.write_vectored(&slices[..count]).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = queue.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                queue.pop_front();
+            } else {
+                front.advance(left);
+                left = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn push_frame(queue: &mut VecDeque<Bytes>, f: OutFrame) {
+    if !f.head.is_empty() {
+        queue.push_back(f.head);
+    }
+    if !f.payload.is_empty() {
+        queue.push_back(f.payload);
+    }
+}
+
 async fn write_loop<W: AsyncWrite + Unpin>(
-    wr: W,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut w: W,
+    mut rx: mpsc::Receiver<OutFrame>,
     closed: CancellationToken,
     id: u64,
 ) {
-    let mut w = BufWriter::with_capacity(256 << 10, wr);
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut nonce = 0u64;
+    let mut queue = VecDeque::new();
     let result: Result<(), std::io::Error> = async {
         loop {
             let first = tokio::select! {
@@ -513,31 +756,33 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     // Whatever was queued before the close (a final Error or Cancel) still
                     // goes out, if the peer takes it within a short time.
                     let _ = tokio::time::timeout(DRAIN_ON_CLOSE, async {
-                        while let Ok(b) = rx.try_recv() {
-                            w.write_all(&b).await?;
+                        while let Ok(f) = rx.try_recv() {
+                            push_frame(&mut queue, f);
                         }
+                        write_queue(&mut w, &mut queue).await?;
                         w.flush().await
                     })
                     .await;
                     break;
                 }
                 msg = rx.recv() => match msg {
-                    Some(b) => b,
+                    Some(f) => f,
                     None => break,
                 },
                 _ = ping.tick() => {
                     nonce += 1;
-                    codec::encode(Body::Ping(wire::Ping { nonce }))
+                    codec::encode(Body::Ping(wire::Ping { nonce })).into()
                 }
             };
             // The writes themselves race the close: a peer that stops reading must not keep
             // this task (and its queued frames) alive after the session has ended.
             let batch = async {
-                w.write_all(&first).await?;
-                // Drain what is already queued before one flush.
-                while let Ok(b) = rx.try_recv() {
-                    w.write_all(&b).await?;
+                push_frame(&mut queue, first);
+                // What is already queued goes out with it, before one flush.
+                while let Ok(f) = rx.try_recv() {
+                    push_frame(&mut queue, f);
                 }
+                write_queue(&mut w, &mut queue).await?;
                 w.flush().await
             };
             tokio::select! {
@@ -568,26 +813,36 @@ pub fn route_capacity(window: u32) -> usize {
     (window.clamp(1, MAX_WINDOW) as usize) + ROUTE_SLACK
 }
 
+/// Reads one connection of the session: `first` for the connection the session was made
+/// on (its end ends the session and is reported), else a lane (its end closes the session,
+/// which ends the first one's reader). Pongs go back on the same connection (`reply`), so that
+/// every connection shows signs of life.
 async fn read_loop<R: AsyncRead + Unpin>(
-    mut rd: R,
+    rd: R,
     session: Arc<Session>,
     events: Arc<dyn SessionEvents>,
+    reply: mpsc::Sender<OutFrame>,
+    first: bool,
 ) {
     let chunk_max = session.limits.chunk_size as usize + codec::CHUNK_OVERHEAD;
+    let mut rd = FrameReader::new(rd, IDLE_TIMEOUT);
     // The reader never waits on anyone: frames go to bounded per-transfer channels with
     // try_send (a full channel means the peer broke its window), and replies are queued with
     // try_send too. A blocked reader could deadlock the session with the peer's.
     let protocol_error = |msg: String| {
-        let _ = session.tx.try_send(codec::encode(Body::Error(wire::Error {
-            code: ErrorCode::Protocol as i32,
-            message: msg.clone(),
-        })));
+        let _ = session.tx.try_send(
+            codec::encode(Body::Error(wire::Error {
+                code: ErrorCode::Protocol as i32,
+                message: msg.clone(),
+            }))
+            .into(),
+        );
         msg
     };
     let reason = loop {
         let frame = tokio::select! {
             _ = session.closed.cancelled() => break "closed".to_owned(),
-            r = codec::read_frame_idle(&mut rd, chunk_max, codec::CONTROL_MAX_FRAME, IDLE_TIMEOUT) => r,
+            r = rd.next(chunk_max, codec::CONTROL_MAX_FRAME) => r,
         };
         let body = match frame {
             Err(WireError::Idle) => break format!("peer silent for {IDLE_TIMEOUT:?}"),
@@ -601,9 +856,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
         match body {
             Body::Ping(p) => {
                 // A full queue already carries plenty of proof of life.
-                let _ = session
-                    .tx
-                    .try_send(codec::encode(Body::Pong(wire::Pong { nonce: p.nonce })));
+                let _ =
+                    reply.try_send(codec::encode(Body::Pong(wire::Pong { nonce: p.nonce })).into());
             }
             Body::Pong(_) => {}
             Body::TransferInfo(info) => {
@@ -629,11 +883,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
                                 reason: "a transfer with this id is already running".into(),
                             })
                         };
-                        let _ = session.tx.try_send(codec::encode(reply));
+                        let _ = session.tx.try_send(codec::encode(reply).into());
                         continue;
                     }
                     // Routed before the offer is handled, so that an early Cancel is not lost.
-                    routes.insert(id, tx);
+                    routes.insert(
+                        id,
+                        Route {
+                            attempt: info.attempt,
+                            tx,
+                        },
+                    );
                 }
                 events.offer(session.clone(), info, rx);
             }
@@ -647,7 +907,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 };
                 let id = id.to_owned();
                 let route = session.lock_routes().get(&id).cloned();
-                match route {
+                if let (Some(r), Body::Chunk(c)) = (&route, &other) {
+                    if c.attempt != r.attempt {
+                        // Sent by an earlier attempt on another lane, overtaken by the new
+                        // offer: not part of the transfer as it runs now.
+                        tracing::debug!(session = session.id, transfer = %id, attempt = c.attempt, "chunk of an earlier attempt dropped");
+                        continue;
+                    }
+                }
+                match route.map(|r| r.tx) {
                     Some(tx) => match tx.try_send(other) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Closed(_)) => session.unroute(&id),
@@ -655,15 +923,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
                             // Dropping the route ends that transfer; the others go on.
                             tracing::warn!(session = session.id, transfer = %id, "peer exceeded the transfer's window; dropping the transfer");
                             session.unroute(&id);
-                            let _ =
-                                session
-                                    .tx
-                                    .try_send(codec::encode(Body::Cancel(wire::Cancel {
-                                        transfer_id: id,
-                                        reason: "too many frames in flight".into(),
-                                        resumable: false,
-                                        failed: true,
-                                    })));
+                            let _ = session.tx.try_send(
+                                codec::encode(Body::Cancel(wire::Cancel {
+                                    transfer_id: id,
+                                    reason: "too many frames in flight".into(),
+                                    resumable: false,
+                                    failed: true,
+                                }))
+                                .into(),
+                            );
                         }
                     },
                     None => match &other {
@@ -679,6 +947,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         }
     };
+    if !first {
+        tracing::info!(session = session.id, peer = %session.peer.device_id, %reason, "session lane ended");
+        session.closed.cancel();
+        return;
+    }
     tracing::info!(session = session.id, peer = %session.peer.device_id, %reason, "session ended");
     session.closed.cancel();
     // Dropping the routes closes every transfer's channel: their owners see the session end.
@@ -699,4 +972,167 @@ fn transfer_id(b: &Body) -> Option<&str> {
         Body::Cancel(m) => &m.transfer_id,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+
+    /// Sessions and offers, as a node would keep them.
+    #[derive(Default)]
+    struct Events {
+        sessions: Mutex<Vec<Arc<Session>>>,
+        offers: Mutex<Vec<mpsc::Receiver<Body>>>,
+        offered: tokio::sync::Notify,
+    }
+
+    impl SessionEvents for Events {
+        fn offer(&self, _s: Arc<Session>, _info: wire::TransferInfo, frames: mpsc::Receiver<Body>) {
+            self.offers.lock().unwrap().push(frames);
+            self.offered.notify_one();
+        }
+        fn stray_cancel(&self, _s: &Arc<Session>, _c: &wire::Cancel) {}
+        fn lane_of(&self, token: &[u8], peer: DeviceId) -> Option<Arc<Session>> {
+            self.sessions
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|s| s.peer.id == peer && s.lane_token == token)
+                .cloned()
+        }
+        fn ended(&self, _s: &Arc<Session>, _reason: &str) {}
+    }
+
+    fn device(name: &str) -> (DeviceId, LocalInfo) {
+        let id = DeviceId::from_spki(name.as_bytes());
+        let local = LocalInfo {
+            device_id: id.to_string(),
+            name: name.into(),
+            listen_port: 1,
+        };
+        (id, local)
+    }
+
+    const REMOTE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9);
+
+    fn proposal() -> wire::Config {
+        wire::Config {
+            chunk_size: 1 << 20,
+            compress: true,
+            level: 3,
+            windowed: true,
+            window_size: 64,
+        }
+    }
+
+    /// A session between a (initiator) and b, and b's events.
+    async fn pair(
+        token: &CancellationToken,
+    ) -> (Arc<Session>, Arc<Session>, Arc<Events>, Arc<Events>) {
+        let ((ida, la), (idb, lb)) = (device("a"), device("b"));
+        let (ea, eb) = (Arc::new(Events::default()), Arc::new(Events::default()));
+        let (ioa, iob) = tokio::io::duplex(1 << 20);
+        let (a, b) = tokio::join!(
+            initiate(ioa, REMOTE, idb, &la, proposal(), ea.clone(), token),
+            accept(iob, REMOTE, ida, &lb, eb.clone(), token)
+        );
+        let Accepted::Session(b) = b.unwrap() else {
+            panic!("a lane instead of a session")
+        };
+        eb.sessions.lock().unwrap().push(b.clone());
+        (a.unwrap(), b, ea, eb)
+    }
+
+    #[tokio::test]
+    async fn a_lane_joins_with_the_token_and_stale_chunks_are_dropped() {
+        let token = CancellationToken::new();
+        let (a, b, ea, eb) = pair(&token).await;
+        assert_eq!(a.lane_token.len(), LANE_TOKEN_LEN);
+        assert_eq!(a.lane_token, b.lane_token);
+        let ((ida, la), (idb, lb)) = (device("a"), device("b"));
+        let (ioa, iob) = tokio::io::duplex(1 << 20);
+        let (joined, accepted) = tokio::join!(
+            join(ioa, idb, &la, &a, ea.clone()),
+            accept(iob, REMOTE, ida, &lb, eb.clone(), &token)
+        );
+        joined.unwrap();
+        assert!(matches!(accepted.unwrap(), Accepted::Lane(s) if Arc::ptr_eq(&s, &b)));
+        assert_eq!((a.lane_count(), b.lane_count()), (2, 2));
+
+        // An offer for attempt 2, then on the second lane a chunk of attempt 1 (sent before
+        // the offer, overtaken by it) and one of attempt 2: only the latter is routed.
+        a.send(Body::TransferInfo(wire::TransferInfo {
+            transfer_id: "t".into(),
+            window: 8,
+            attempt: 2,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+        eb.offered.notified().await;
+        let mut frames = eb.offers.lock().unwrap().pop().unwrap();
+        let lane = a.lane_writers()[1].clone();
+        for (attempt, chunk_index) in [(1, 7), (2, 8)] {
+            let data = Bytes::from_static(b"payload");
+            let crc = crc32fast::hash(&data);
+            lane.send(codec::encode_chunk(
+                "t",
+                attempt,
+                0,
+                chunk_index,
+                0,
+                crc,
+                data,
+            ))
+            .await
+            .unwrap();
+        }
+        match frames.recv().await {
+            Some(Body::Chunk(c)) => assert_eq!((c.attempt, c.chunk_index), (2, 8)),
+            other => panic!("expected the attempt-2 chunk, got {other:?}"),
+        }
+        // Either lane ending ends the session.
+        drop(frames);
+        b.lane_writers()[1]
+            .send(codec::encode(Body::Error(wire::Error::default())).into())
+            .await
+            .unwrap();
+        a.closed.cancelled().await;
+        token.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_lane_needs_the_token_and_the_same_device() {
+        let token = CancellationToken::new();
+        let (a, _b, _ea, eb) = pair(&token).await;
+        let (ida, la) = device("a");
+        let (idc, _) = device("c");
+        let (_, lb) = device("b");
+        // A wrong token from the right device, the right token from another device.
+        for (proven, join_token) in [
+            (ida, Bytes::from_static(&[7; LANE_TOKEN_LEN])),
+            (idc, a.lane_token.clone()),
+        ] {
+            let (mut ioa, iob) = tokio::io::duplex(1 << 20);
+            let mut h = hello(&la);
+            h.join_token = join_token;
+            if proven == idc {
+                h.device_id = idc.to_string();
+            }
+            write_frame(&mut ioa, Body::Hello(h)).await.unwrap();
+            let r = accept(iob, REMOTE, proven, &lb, eb.clone(), &token).await;
+            assert!(
+                matches!(r, Err(SessionError::Protocol(_))),
+                "joined with {proven}: {r:?}"
+            );
+            match codec::read_frame(&mut ioa, codec::HANDSHAKE_MAX_FRAME).await {
+                Ok(Body::Error(_)) => {}
+                other => panic!("expected an Error, got {other:?}"),
+            }
+        }
+        assert_eq!(a.lane_count(), 1);
+        token.cancel();
+    }
 }

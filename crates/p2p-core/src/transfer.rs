@@ -470,6 +470,11 @@ impl TransferEntry {
         snap
     }
 
+    /// Whether a speed limit (this transfer's or the global one) is set.
+    pub fn is_limited(&self) -> bool {
+        self.limit.rate() != 0 || self.global_limit.rate() != 0
+    }
+
     /// Waits (on the sending thread) until `bytes` may go on the wire under this transfer's
     /// limit and the global one. With no limit set this is two atomic loads.
     ///
