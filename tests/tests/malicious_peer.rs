@@ -1438,6 +1438,21 @@ async fn a_real_sender_resends_a_chunk_the_receiver_reports_corrupt() {
     // Mallory listens as a device; a real daemon sends a file to it. Mallory reports one chunk
     // as corrupt (CRC_MISMATCH) once; the sender must re-send exactly that chunk, unchanged,
     // and complete with chunks_resent = 1.
+    send_to_mallory(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_reports_of_an_earlier_attempt_before_ready_are_ignored() {
+    // A receiver's syncer may still report files of an attempt that stopped (a pause) when
+    // the sender offers again on the same session: acknowledgements and file results that
+    // come before the answer to the new offer belong to the old attempt and must not end it.
+    send_to_mallory(true).await;
+}
+
+/// A real daemon sends a file to Mallory, who reports one chunk corrupt once and, with
+/// `stale_before_ready`, first answers the offer with an old attempt's ChunkAck, FileResult
+/// and CompleteAck before Ready.
+async fn send_to_mallory(stale_before_ready: bool) {
     const CS: usize = 64 << 10;
     const NACKED: u64 = 2;
     let m = Mallory::new();
@@ -1478,6 +1493,7 @@ async fn a_real_sender_resends_a_chunk_the_receiver_reports_corrupt() {
                 &expected,
                 CS,
                 NACKED,
+                stale_before_ready,
             )
             .await
         })
@@ -1522,7 +1538,9 @@ async fn a_real_sender_resends_a_chunk_the_receiver_reports_corrupt() {
 
 /// Mallory's receiving side: the acceptor's handshake, Ready for the offer, every chunk
 /// checked and acknowledged — except the first copy of chunk `nack`, reported corrupt — and
-/// the file verified. Returns how often each chunk arrived.
+/// the file verified. With `stale_before_ready`, an earlier attempt's reports come first.
+/// Returns how often each chunk arrived.
+#[allow(clippy::too_many_arguments)]
 async fn receive_as_mallory(
     p: &mut Peer,
     identity: &Identity,
@@ -1531,6 +1549,7 @@ async fn receive_as_mallory(
     expected: &[u8],
     cs: usize,
     nack: u64,
+    stale_before_ready: bool,
 ) -> BTreeMap<u64, u32> {
     let hello = match p.recv().await {
         Body::Hello(h) => h,
@@ -1571,6 +1590,26 @@ async fn receive_as_mallory(
     assert_eq!(info.files[0].size, expected.len() as u64);
     assert_eq!(info.chunk_size as usize, cs);
     let id = info.transfer_id.clone();
+    if stale_before_ready {
+        p.send(Body::ChunkAck(wire::ChunkAck {
+            transfer_id: id.clone(),
+            file_index: 0,
+            chunk_index: 0,
+            status: wire::ChunkStatus::Ok as i32,
+        }))
+        .await;
+        p.send(Body::FileResult(wire::FileResult {
+            transfer_id: id.clone(),
+            file_index: 0,
+            ok: true,
+            error: String::new(),
+        }))
+        .await;
+        p.send(Body::CompleteAck(wire::CompleteAck {
+            transfer_id: id.clone(),
+        }))
+        .await;
+    }
     p.send(Body::Ready(wire::Ready {
         transfer_id: id.clone(),
         have: Vec::new(),

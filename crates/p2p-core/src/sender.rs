@@ -199,10 +199,21 @@ async fn drive(
 
     // Wait for the receiver's decision (a person may be asked: no time limit here; the
     // receiver expires its offers).
-    let frame = tokio::select! {
-        _ = entry.cancel.cancelled() => return Err(AttemptEnd::LocalCancel),
-        _ = stop.cancelled() => return Err(AttemptEnd::Stopped),
-        f = route.recv() => f.ok_or_else(lost)?,
+    let frame = loop {
+        let frame = tokio::select! {
+            _ = entry.cancel.cancelled() => return Err(AttemptEnd::LocalCancel),
+            _ = stop.cancelled() => return Err(AttemptEnd::Stopped),
+            f = route.recv() => f.ok_or_else(lost)?,
+        };
+        match frame {
+            // The tail of an earlier attempt on this session: the receiver's syncer may still
+            // report files it placed after that attempt stopped. They come before the answer
+            // to this offer, whose `have` already counts them.
+            Body::ChunkAck(_) | Body::FileResult(_) | Body::CompleteAck(_) => {
+                tracing::debug!(transfer = %entry.id, frame = codec::body_name(&frame), "late frame of an earlier attempt ignored");
+            }
+            other => break other,
+        }
     };
     let have = match frame {
         Body::Ready(r) => have_of(&manifest, opts.chunk_size, r.have),
