@@ -507,9 +507,12 @@ pub(crate) fn receive(
         discard: AtomicBool::new(false),
         checkpoint_pending: AtomicBool::new(false),
         files_done: AtomicU64::new(start.complete),
+        kept_temps: AtomicBool::new(false),
     };
     // Place jobs are bounded by the window (a file's FileDone holds a permit until it is
-    // reported), checkpoints by `checkpoint_pending`: the receiving thread never waits here.
+    // reported, and the syncer takes a job off the queue before it reports it), checkpoints
+    // by `checkpoint_pending` (plus the last one of an interrupted transfer): `queue` never
+    // finds this full unless the sender broke its window.
     let (jobs, jobs_rx) = std::sync::mpsc::sync_channel(info.window as usize + 4);
     let ctx = SyncContext {
         info,
@@ -518,8 +521,9 @@ pub(crate) fn receive(
         writer,
         entry,
         shared: &shared,
+        anchor: File::open(&dest.dir).ok(),
     };
-    std::thread::scope(|scope| {
+    let end = std::thread::scope(|scope| {
         let syncer = std::thread::Builder::new()
             .name("p2pd-sync".into())
             .spawn_scoped(scope, || sync_loop(&ctx, jobs_rx));
@@ -565,7 +569,39 @@ pub(crate) fn receive(
         // The syncer finishes what is queued and ends; the scope waits for it.
         r.jobs = None;
         end
-    })
+    });
+    // The sender may have cancelled for good while the syncer was finishing an interrupted
+    // attempt (a pause, then a cancel): that Cancel waits in the channel, unread.
+    let end = match end {
+        ReceiveEnd::Interrupted { .. } => late_cancel(&mut frames).map_or(end, |reason| {
+            remove_temps(dest, info);
+            ReceiveEnd::Cancelled(reason)
+        }),
+        other => other,
+    };
+    // Temporary names kept for a resume (a placed file whose record failed) serve no one
+    // once the transfer is over.
+    let over = !matches!(end, ReceiveEnd::Interrupted { .. });
+    if over && shared.kept_temps.load(Ordering::Relaxed) {
+        remove_temps(dest, info);
+    }
+    end
+}
+
+/// The reason of a final `Cancel` among the frames that came after the receiving loop ended.
+fn late_cancel(frames: &mut mpsc::Receiver<Body>) -> Option<String> {
+    while let Ok(frame) = frames.try_recv() {
+        if let Body::Cancel(c) = frame {
+            if !c.resumable {
+                return Some(if c.reason.is_empty() {
+                    "cancelled by sender".to_owned()
+                } else {
+                    c.reason
+                });
+            }
+        }
+    }
+    None
 }
 
 struct Receiver<'a> {
@@ -737,10 +773,19 @@ impl Receiver<'_> {
             discard(vec![job]);
             return Err(self.shared.failure());
         };
-        jobs.send(job).map_err(|unsent| {
+        // Never blocks: a sender that keeps to its window cannot fill the queue (see
+        // `receive`), so a full one means a peer that does not — and waiting for the syncer,
+        // which may itself wait for that peer to read, could hang the transfer for good.
+        jobs.try_send(job).map_err(|unsent| match unsent {
+            std::sync::mpsc::TrySendError::Full(job) => {
+                discard(vec![job]);
+                "the sender finished more files than its window allows".to_owned()
+            }
             // The syncer is gone: a verified file it will never place must not stay behind.
-            discard(vec![unsent.0]);
-            self.shared.failure()
+            std::sync::mpsc::TrySendError::Disconnected(job) => {
+                discard(vec![job]);
+                self.shared.failure()
+            }
         })
     }
 
@@ -1046,6 +1091,8 @@ struct SyncShared {
     checkpoint_pending: AtomicBool,
     // Files verified and in place (counting those complete before a resume).
     files_done: AtomicU64,
+    // A placed file kept its temporary name because its record could not be saved.
+    kept_temps: AtomicBool,
 }
 
 impl SyncShared {
@@ -1079,6 +1126,8 @@ struct SyncContext<'a> {
     writer: &'a mpsc::Sender<OutFrame>,
     entry: &'a Arc<TransferEntry>,
     shared: &'a SyncShared,
+    // The destination directory, opened before anything was written (see `sync_files`).
+    anchor: Option<File>,
 }
 
 /// Most jobs the syncer takes into one batch.
@@ -1132,7 +1181,7 @@ fn sync_batch(ctx: &SyncContext<'_>, batch: Vec<Job>) -> Result<(), String> {
             Job::Place(v) => to_sync.push((&v.temp, &v.file)),
         }
     }
-    if let Err(e) = sync_files(&to_sync) {
+    if let Err(e) = sync_files(&to_sync, ctx.anchor.as_ref()) {
         // Nothing of this batch is placed or recorded; its verified files go.
         let result = Err(e);
         if checkpoint {
@@ -1189,6 +1238,8 @@ fn sync_batch(ctx: &SyncContext<'_>, batch: Vec<Job>) -> Result<(), String> {
     for (fi, result, temp) in placed {
         if recorded || result.is_err() {
             let _ = fs::remove_file(temp);
+        } else {
+            ctx.shared.kept_temps.store(true, Ordering::Relaxed);
         }
         let ok = result.as_ref().map(|_| ()).map_err(Clone::clone);
         report(ctx, fi, &ok);
@@ -1240,28 +1291,33 @@ fn link_in_place(ctx: &SyncContext<'_>, v: &Verified) -> Result<PathBuf, String>
 /// Makes the written bytes (and metadata) of `files` durable: one `syncfs(2)` per file system
 /// for a batch of many files where that is known to be reliable, an fsync per file otherwise
 /// (and for whatever syncfs could not vouch for).
-fn sync_files(files: &[(&Path, &File)]) -> Result<(), String> {
+///
+/// `anchor` is the destination directory, opened before any of the files was written: syncfs
+/// reports a writeback error to a descriptor only if it happened after that descriptor was
+/// opened (and not yet reported to it), so only the anchor can vouch for all of them. Files
+/// on another file system than the anchor are fsynced each.
+fn sync_files(files: &[(&Path, &File)], anchor: Option<&File>) -> Result<(), String> {
     let mut rest: Vec<(&Path, &File)> = Vec::new();
-    if files.len() >= SYNCFS_MIN_FILES && syncfs_reports_errors() {
-        // Group by file system: one syncfs each.
-        let mut groups: Vec<(u64, Vec<(&Path, &File)>)> = Vec::new();
+    let anchor = anchor
+        .filter(|a| syncfs_suits(a))
+        .and_then(|a| a.metadata().ok().map(|m| (a, m.dev())));
+    if let (true, true, Some((anchor, anchor_dev))) = (
+        files.len() >= SYNCFS_MIN_FILES,
+        syncfs_reports_errors(),
+        anchor,
+    ) {
+        let mut group: Vec<(&Path, &File)> = Vec::new();
         for &(path, file) in files {
             let dev = file.metadata().map(|m| m.dev()).ok();
-            match dev {
-                Some(dev) if syncfs_suits(file) => {
-                    match groups.iter_mut().find(|(d, _)| *d == dev) {
-                        Some((_, g)) => g.push((path, file)),
-                        None => groups.push((dev, vec![(path, file)])),
-                    }
-                }
-                _ => rest.push((path, file)),
+            if dev == Some(anchor_dev) {
+                group.push((path, file));
+            } else {
+                rest.push((path, file));
             }
         }
-        for (_, group) in groups {
-            if group.len() < SYNCFS_MIN_FILES || syncfs(group[0].1).is_err() {
-                // An error may be another file's on that file system: let each fsync tell.
-                rest.extend(group);
-            }
+        if group.len() < SYNCFS_MIN_FILES || syncfs(anchor).is_err() {
+            // An error may be another file's on that file system: let each fsync tell.
+            rest.extend(group);
         }
     } else {
         rest.extend_from_slice(files);
@@ -1394,6 +1450,7 @@ mod tests {
             discard: AtomicBool::new(false),
             checkpoint_pending: AtomicBool::new(false),
             files_done: AtomicU64::new(0),
+            kept_temps: AtomicBool::new(false),
         };
         let mut r = Receiver {
             info: &info,
@@ -1471,6 +1528,113 @@ mod tests {
         );
     }
 
+    /// A sender that finishes more files than its window allows fills the syncer's queue: the
+    /// transfer fails instead of waiting, and the file that did not fit leaves nothing behind.
+    #[test]
+    fn more_finished_files_than_the_window_fail_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = wire::TransferInfo {
+            transfer_id: "0123456789".into(),
+            roots: vec!["d".into()],
+            dirs: vec!["d".into()],
+            files: (0..3)
+                .map(|i| wire::FileEntry {
+                    path: format!("d/e{i}"),
+                    size: 0,
+                    mode: 0o644,
+                    ..Default::default()
+                })
+                .collect(),
+            chunk_size: 64,
+            window: 2,
+            ..Default::default()
+        };
+        let dest = prepare(dir.path(), &info).unwrap();
+        let transfers = Transfers::new();
+        let entry = transfers.insert(
+            NewTransfer {
+                id: info.transfer_id.clone(),
+                direction: Direction::Receive,
+                state: TransferState::Running,
+                peer_id: String::new(),
+                peer_name: String::new(),
+                peer_address: String::new(),
+                roots: info.roots.clone(),
+                total_files: 3,
+                total_bytes: 0,
+                destination: String::new(),
+                started: None,
+                max_speed: 0,
+            },
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let (writer, _sent) = mpsc::channel(100);
+        // Nobody takes jobs off this queue: a syncer stuck behind a peer that does not read.
+        let (jobs, _queued) = std::sync::mpsc::sync_channel(2);
+        let shared = SyncShared {
+            failure: Mutex::new(None),
+            failed: tokio::sync::Notify::new(),
+            discard: AtomicBool::new(false),
+            checkpoint_pending: AtomicBool::new(false),
+            files_done: AtomicU64::new(0),
+            kept_temps: AtomicBool::new(false),
+        };
+        let mut r = Receiver {
+            info: &info,
+            dest: &dest,
+            writer: &writer,
+            entry: &entry,
+            jobs: Some(jobs),
+            shared: &shared,
+            acks: Vec::new(),
+            acks_bytes: 0,
+            pending_total: 0,
+            unrecorded: 0,
+            last_checkpoint: Instant::now(),
+        };
+        let mut files = fresh(&info).files;
+        let done = |fi: u32| wire::FileDone {
+            transfer_id: info.transfer_id.clone(),
+            file_index: fi,
+            sha256: Bytes::copy_from_slice(&Sha256::digest(b"")),
+        };
+        r.file_done(&mut files, done(0)).unwrap();
+        r.file_done(&mut files, done(1)).unwrap();
+        let err = r.file_done(&mut files, done(2)).unwrap_err();
+        assert!(err.contains("window"), "{err}");
+        let temps: Vec<String> = fs::read_dir(dir.path().join("d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(temps.len(), 2, "the two queued files only: {temps:?}");
+        assert!(temps.iter().all(|t| !t.contains("-2.")), "{temps:?}");
+    }
+
+    #[tokio::test]
+    async fn a_final_cancel_that_came_late_is_found() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let cancel = |reason: &str, resumable: bool| {
+            Body::Cancel(wire::Cancel {
+                transfer_id: "t".into(),
+                reason: reason.into(),
+                resumable,
+                failed: false,
+            })
+        };
+        tx.send(cancel("paused", true)).await.unwrap();
+        assert_eq!(late_cancel(&mut rx), None, "a pause is no cancel");
+        tx.send(cancel("paused", true)).await.unwrap();
+        tx.send(cancel("", false)).await.unwrap();
+        assert_eq!(late_cancel(&mut rx).as_deref(), Some("cancelled by sender"));
+        tx.send(cancel("user changed their mind", false))
+            .await
+            .unwrap();
+        assert_eq!(
+            late_cancel(&mut rx).as_deref(),
+            Some("user changed their mind")
+        );
+    }
+
     #[test]
     fn kernel_versions_compare() {
         assert!(kernel_at_least("6.18.44-fc-v595\n", 5, 8));
@@ -1492,8 +1656,10 @@ mod tests {
             })
             .collect();
         let refs: Vec<(&Path, &File)> = files.iter().map(|(p, f)| (p.as_path(), f)).collect();
-        sync_files(&refs).unwrap();
-        sync_files(&refs[..1]).unwrap();
+        let anchor = File::open(dir.path()).unwrap();
+        sync_files(&refs, Some(&anchor)).unwrap();
+        sync_files(&refs, None).unwrap();
+        sync_files(&refs[..1], Some(&anchor)).unwrap();
     }
 
     #[test]

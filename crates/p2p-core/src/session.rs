@@ -918,7 +918,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 match route.map(|r| r.tx) {
                     Some(tx) => match tx.try_send(other) {
                         Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Closed(_)) => session.unroute(&id),
+                        Err(mpsc::error::TrySendError::Closed(frame)) => {
+                            session.unroute(&id);
+                            // The transfer's worker just ended here (it is being wound down):
+                            // a Cancel for it still counts.
+                            if let Body::Cancel(c) = &frame {
+                                events.stray_cancel(&session, c);
+                            }
+                        }
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             // Dropping the route ends that transfer; the others go on.
                             tracing::warn!(session = session.id, transfer = %id, "peer exceeded the transfer's window; dropping the transfer");
