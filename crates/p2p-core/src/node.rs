@@ -668,12 +668,7 @@ impl Node {
                 window_size: MAX_WINDOW,
             };
             let handshake = async {
-                let mut tls = connector
-                    .connect(tls::server_name(), buffered(stream))
-                    .await
-                    .map_err(|e| tls_reason(&e))?;
-                tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
-                let proven = tls::peer_id(tls.get_ref().1).map_err(|e| e.to_string())?;
+                let (tls, proven) = connect_tls(&connector, stream).await?;
                 session::initiate(
                     tls,
                     addr,
@@ -729,12 +724,7 @@ impl Node {
                 let lane = async {
                     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
                     tune(&stream);
-                    let mut tls = connector
-                        .connect(tls::server_name(), buffered(stream))
-                        .await
-                        .map_err(|e| tls_reason(&e))?;
-                    tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
-                    let proven = tls::peer_id(tls.get_ref().1).map_err(|e| e.to_string())?;
+                    let (tls, proven) = connect_tls(&connector, stream).await?;
                     session::join(tls, proven, &node.local_info(), &s, node.events())
                         .await
                         .map_err(|e| e.to_string())
@@ -1700,6 +1690,26 @@ fn tls_reason(e: &std::io::Error) -> String {
 /// How much encrypted data TLS may hold for the socket: a chunk's worth, so that it goes out
 /// in a few large writes (rustls' default is 64 KiB).
 const TLS_BUFFER: usize = 1 << 20;
+
+/// The TLS client side of a peer connection, and the device its certificate proves.
+async fn connect_tls(
+    connector: &tokio_rustls::TlsConnector,
+    stream: TcpStream,
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<tokio::io::BufReader<TcpStream>>,
+        crate::DeviceId,
+    ),
+    String,
+> {
+    let mut tls = connector
+        .connect(tls::server_name(), buffered(stream))
+        .await
+        .map_err(|e| tls_reason(&e))?;
+    tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
+    let proven = tls::peer_id(tls.get_ref().1).map_err(|e| e.to_string())?;
+    Ok((tls, proven))
+}
 
 /// TLS reads its records a few KiB at a time; a buffer under it turns that into one socket
 /// read per 256 KiB.

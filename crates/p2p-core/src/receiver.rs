@@ -501,14 +501,7 @@ pub(crate) fn receive(
     entry: &Arc<TransferEntry>,
     store: &Store,
 ) -> ReceiveEnd {
-    let shared = SyncShared {
-        failure: Mutex::new(None),
-        failed: tokio::sync::Notify::new(),
-        discard: AtomicBool::new(false),
-        checkpoint_pending: AtomicBool::new(false),
-        files_done: AtomicU64::new(start.complete),
-        kept_temps: AtomicBool::new(false),
-    };
+    let shared = SyncShared::fresh(start.complete);
     // Place jobs are bounded by the window (a file's FileDone holds a permit until it is
     // reported, and the syncer takes a job off the queue before it reports it), checkpoints
     // by `checkpoint_pending` (plus the last one of an interrupted transfer): `queue` never
@@ -534,19 +527,7 @@ pub(crate) fn receive(
             };
         }
         let mut files = start.files;
-        let mut r = Receiver {
-            info,
-            dest,
-            writer,
-            entry,
-            jobs: Some(jobs),
-            shared: &shared,
-            acks: Vec::new(),
-            acks_bytes: 0,
-            pending_total: 0,
-            unrecorded: 0,
-            last_checkpoint: Instant::now(),
-        };
+        let mut r = Receiver::new(info, dest, writer, entry, jobs, &shared);
         let end = r.run(rt, &mut files, &mut frames);
         match end {
             ReceiveEnd::Completed => {}
@@ -622,6 +603,31 @@ struct Receiver<'a> {
     // Payload bytes written since the last checkpoint.
     unrecorded: u64,
     last_checkpoint: Instant,
+}
+
+impl<'a> Receiver<'a> {
+    fn new(
+        info: &'a wire::TransferInfo,
+        dest: &'a Destination,
+        writer: &'a mpsc::Sender<OutFrame>,
+        entry: &'a Arc<TransferEntry>,
+        jobs: std::sync::mpsc::SyncSender<Job>,
+        shared: &'a SyncShared,
+    ) -> Self {
+        Receiver {
+            info,
+            dest,
+            writer,
+            entry,
+            jobs: Some(jobs),
+            shared,
+            acks: Vec::new(),
+            acks_bytes: 0,
+            pending_total: 0,
+            unrecorded: 0,
+            last_checkpoint: Instant::now(),
+        }
+    }
 }
 
 impl Receiver<'_> {
@@ -1096,6 +1102,18 @@ struct SyncShared {
 }
 
 impl SyncShared {
+    /// Nothing failed or queued yet; `files_done` files complete already (a resume).
+    fn fresh(files_done: u64) -> Self {
+        Self {
+            failure: Mutex::new(None),
+            failed: tokio::sync::Notify::new(),
+            discard: AtomicBool::new(false),
+            checkpoint_pending: AtomicBool::new(false),
+            files_done: AtomicU64::new(files_done),
+            kept_temps: AtomicBool::new(false),
+        }
+    }
+
     fn fail(&self, reason: String) {
         let mut f = match self.failure.lock() {
             Ok(g) => g,
@@ -1425,46 +1443,11 @@ mod tests {
         };
         let dest = prepare(dir.path(), &info).unwrap();
         let transfers = Transfers::new();
-        let entry = transfers.insert(
-            NewTransfer {
-                id: info.transfer_id.clone(),
-                direction: Direction::Receive,
-                state: TransferState::Running,
-                peer_id: String::new(),
-                peer_name: String::new(),
-                peer_address: String::new(),
-                roots: info.roots.clone(),
-                total_files: files.len() as u64,
-                total_bytes: 0,
-                destination: String::new(),
-                started: None,
-                max_speed: 0,
-            },
-            tokio_util::sync::CancellationToken::new(),
-        );
+        let entry = receiving_entry(&transfers, &info);
         let (writer, mut sent) = mpsc::channel(10_000);
         let (jobs, queued) = std::sync::mpsc::sync_channel(1000);
-        let shared = SyncShared {
-            failure: Mutex::new(None),
-            failed: tokio::sync::Notify::new(),
-            discard: AtomicBool::new(false),
-            checkpoint_pending: AtomicBool::new(false),
-            files_done: AtomicU64::new(0),
-            kept_temps: AtomicBool::new(false),
-        };
-        let mut r = Receiver {
-            info: &info,
-            dest: &dest,
-            writer: &writer,
-            entry: &entry,
-            jobs: Some(jobs),
-            shared: &shared,
-            acks: Vec::new(),
-            acks_bytes: 0,
-            pending_total: 0,
-            unrecorded: 0,
-            last_checkpoint: Instant::now(),
-        };
+        let shared = SyncShared::fresh(0);
+        let mut r = Receiver::new(&info, &dest, &writer, &entry, jobs, &shared);
         let mut state = fresh(&info).files;
         let mut acked: HashMap<(u32, u64), usize> = HashMap::new();
         let mut placed = std::collections::HashSet::new();
@@ -1528,6 +1511,26 @@ mod tests {
         );
     }
 
+    fn receiving_entry(transfers: &Transfers, info: &wire::TransferInfo) -> Arc<TransferEntry> {
+        transfers.insert(
+            NewTransfer {
+                id: info.transfer_id.clone(),
+                direction: Direction::Receive,
+                state: TransferState::Running,
+                peer_id: String::new(),
+                peer_name: String::new(),
+                peer_address: String::new(),
+                roots: info.roots.clone(),
+                total_files: info.files.len() as u64,
+                total_bytes: 0,
+                destination: String::new(),
+                started: None,
+                max_speed: 0,
+            },
+            tokio_util::sync::CancellationToken::new(),
+        )
+    }
+
     /// A sender that finishes more files than its window allows fills the syncer's queue: the
     /// transfer fails instead of waiting, and the file that did not fit leaves nothing behind.
     #[test]
@@ -1551,47 +1554,12 @@ mod tests {
         };
         let dest = prepare(dir.path(), &info).unwrap();
         let transfers = Transfers::new();
-        let entry = transfers.insert(
-            NewTransfer {
-                id: info.transfer_id.clone(),
-                direction: Direction::Receive,
-                state: TransferState::Running,
-                peer_id: String::new(),
-                peer_name: String::new(),
-                peer_address: String::new(),
-                roots: info.roots.clone(),
-                total_files: 3,
-                total_bytes: 0,
-                destination: String::new(),
-                started: None,
-                max_speed: 0,
-            },
-            tokio_util::sync::CancellationToken::new(),
-        );
+        let entry = receiving_entry(&transfers, &info);
         let (writer, _sent) = mpsc::channel(100);
         // Nobody takes jobs off this queue: a syncer stuck behind a peer that does not read.
         let (jobs, _queued) = std::sync::mpsc::sync_channel(2);
-        let shared = SyncShared {
-            failure: Mutex::new(None),
-            failed: tokio::sync::Notify::new(),
-            discard: AtomicBool::new(false),
-            checkpoint_pending: AtomicBool::new(false),
-            files_done: AtomicU64::new(0),
-            kept_temps: AtomicBool::new(false),
-        };
-        let mut r = Receiver {
-            info: &info,
-            dest: &dest,
-            writer: &writer,
-            entry: &entry,
-            jobs: Some(jobs),
-            shared: &shared,
-            acks: Vec::new(),
-            acks_bytes: 0,
-            pending_total: 0,
-            unrecorded: 0,
-            last_checkpoint: Instant::now(),
-        };
+        let shared = SyncShared::fresh(0);
+        let mut r = Receiver::new(&info, &dest, &writer, &entry, jobs, &shared);
         let mut files = fresh(&info).files;
         let done = |fi: u32| wire::FileDone {
             transfer_id: info.transfer_id.clone(),

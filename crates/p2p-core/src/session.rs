@@ -296,6 +296,27 @@ fn peer_listen(remote: SocketAddr, port: u32) -> Result<SocketAddr, SessionError
     Ok(SocketAddr::new(remote.ip(), port))
 }
 
+/// Reads the acceptor's answer to our Hello: a HelloAck of our protocol version, or its error.
+async fn read_hello_ack<R: AsyncRead + Unpin>(rd: &mut R) -> Result<wire::HelloAck, SessionError> {
+    let ack = match codec::read_frame(rd, codec::HANDSHAKE_MAX_FRAME).await? {
+        Body::HelloAck(a) => a,
+        Body::Error(e) => return Err(SessionError::Remote(e.message)),
+        other => {
+            return Err(SessionError::Protocol(format!(
+                "expected HelloAck, got {}",
+                codec::body_name(&other)
+            )));
+        }
+    };
+    if ack.protocol_version != codec::PROTOCOL_VERSION {
+        return Err(SessionError::VersionMismatch {
+            peer: ack.protocol_version,
+            ours: codec::PROTOCOL_VERSION,
+        });
+    }
+    Ok(ack)
+}
+
 /// Runs the initiator's side of the handshake and starts the session's tasks.
 ///
 /// # Errors
@@ -315,25 +336,7 @@ where
     let (mut rd, mut wr) = tokio::io::split(stream);
     let fut = async {
         write_frame(&mut wr, Body::Hello(hello(local))).await?;
-        let ack = match codec::read_frame(&mut rd, codec::HANDSHAKE_MAX_FRAME).await? {
-            Body::HelloAck(a) => a,
-            Body::Error(e) if e.code == ErrorCode::VersionMismatch as i32 => {
-                return Err(SessionError::Remote(e.message));
-            }
-            Body::Error(e) => return Err(SessionError::Remote(e.message)),
-            other => {
-                return Err(SessionError::Protocol(format!(
-                    "expected HelloAck, got {}",
-                    codec::body_name(&other)
-                )));
-            }
-        };
-        if ack.protocol_version != codec::PROTOCOL_VERSION {
-            return Err(SessionError::VersionMismatch {
-                peer: ack.protocol_version,
-                ours: codec::PROTOCOL_VERSION,
-            });
-        }
+        let ack = read_hello_ack(&mut rd).await?;
         write_frame(&mut wr, Body::Config(proposal)).await?;
         let agreed = match codec::read_frame(&mut rd, codec::HANDSHAKE_MAX_FRAME).await? {
             Body::ConfigAck(c) => c
@@ -405,22 +408,7 @@ where
         let mut h = hello(local);
         h.join_token = session.lane_token.clone();
         write_frame(&mut wr, Body::Hello(h)).await?;
-        let ack = match codec::read_frame(&mut rd, codec::HANDSHAKE_MAX_FRAME).await? {
-            Body::HelloAck(a) => a,
-            Body::Error(e) => return Err(SessionError::Remote(e.message)),
-            other => {
-                return Err(SessionError::Protocol(format!(
-                    "expected HelloAck, got {}",
-                    codec::body_name(&other)
-                )));
-            }
-        };
-        if ack.protocol_version != codec::PROTOCOL_VERSION {
-            return Err(SessionError::VersionMismatch {
-                peer: ack.protocol_version,
-                ours: codec::PROTOCOL_VERSION,
-            });
-        }
+        let ack = read_hello_ack(&mut rd).await?;
         check_claim(&ack.device_id, proven)
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
