@@ -557,6 +557,16 @@ async fn raw_send_accepted(p: &mut Peer, id: &str, data: &[u8]) {
     finish_file(p, id, data).await;
 }
 
+/// Sends the chunks of a one-file transfer from `first` on, each acknowledged before the next,
+/// and the rest up to CompleteAck (a resume that continues after what the receiver holds).
+async fn send_rest(p: &mut Peer, id: &str, data: &[u8], first: usize) {
+    for (i, c) in data.chunks(CHUNK as usize).enumerate().skip(first) {
+        p.send(chunk(id, 0, i as u64, c)).await;
+        expect_ack_ok(p, id, i as u64).await;
+    }
+    finish_file(p, id, data).await;
+}
+
 fn one_file_offer(id: &str, name: &str, data: &[u8]) -> Body {
     Body::TransferInfo(offer(id, &[name], &[(name, data.len() as u64)], &[]))
 }
@@ -1273,11 +1283,7 @@ async fn a_peer_that_vanishes_mid_transfer_can_resume_what_it_started() {
     assert_eq!(have[0].file_index, 0);
     assert!(!have[0].complete);
     assert_eq!(have[0].chunks.as_ref(), &[0b0000_0001u8], "{have:?}");
-    for (i, c) in chunks.iter().enumerate().skip(1) {
-        p.send(chunk(id, 0, i as u64, c)).await;
-        expect_ack_ok(&mut p, id, i as u64).await;
-    }
-    finish_file(&mut p, id, &data).await;
+    send_rest(&mut p, id, &data, 1).await;
     let t = transfer_final(&d, id).await;
     assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
     assert_eq!(t.resumed_bytes, u64::from(CHUNK), "{t:?}");
@@ -1365,11 +1371,7 @@ async fn a_second_resume_replaces_the_first_attempt_after_it_stopped() {
         other => panic!("expected Ready, got {other:?}"),
     };
     assert_eq!(have.len(), 1, "{have:?}");
-    for (i, c) in chunks.iter().enumerate().skip(1) {
-        q.send(chunk(id, 0, i as u64, c)).await;
-        expect_ack_ok(&mut q, id, i as u64).await;
-    }
-    finish_file(&mut q, id, &data).await;
+    send_rest(&mut q, id, &data, 1).await;
     let t = transfer_final(&d, id).await;
     assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
     assert!(std::fs::read(dl.join("twice.bin")).unwrap() == data);

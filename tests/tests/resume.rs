@@ -294,24 +294,16 @@ async fn through_proxy(opts: ProxyOptions, a_args: &[&str]) -> (Daemon, Daemon, 
     (a, b, proxy)
 }
 
+/// A sends `root` to B through `proxy` with the test's options; returns the transfer id.
+async fn send_via(a: &Daemon, root: &Path, proxy: &Proxy) -> String {
+    api::send(a, &[root], &proxy.addr.to_string(), options()).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_connections_and_delay_do_not_stop_a_transfer() {
-    let (a, b, proxy) = through_proxy(
-        ProxyOptions {
-            delay: Duration::from_millis(1),
-            ..Default::default()
-        },
-        &[],
-    )
-    .await;
+    let (a, b, proxy) = through_proxy(delayed(1), &[]).await;
     let payload = one_file(48 * MIB);
-    let id = api::send(
-        &a,
-        &[payload.root.as_path()],
-        &proxy.addr.to_string(),
-        options(),
-    )
-    .await;
+    let id = send_via(&a, &payload.root, &proxy).await;
     // Cut every connection three times as the data flows.
     for cut in 1..=3u64 {
         let deadline = Instant::now() + LONG;
@@ -335,13 +327,7 @@ async fn cut_connections_and_delay_do_not_stop_a_transfer() {
 async fn a_stalled_connection_is_detected_and_the_transfer_resumes() {
     let (a, b, proxy) = through_proxy(ProxyOptions::default(), &[]).await;
     let payload = one_file(40 * MIB);
-    let id = api::send(
-        &a,
-        &[payload.root.as_path()],
-        &proxy.addr.to_string(),
-        options(),
-    )
-    .await;
+    let id = send_via(&a, &payload.root, &proxy).await;
     let deadline = Instant::now() + LONG;
     while proxy.forwarded() < 8 * MIB {
         assert!(Instant::now() < deadline, "no progress through the proxy");
@@ -373,11 +359,16 @@ fn ctl(d: &Daemon, args: &[&str]) -> (i32, String, String) {
 }
 
 /// A slow path (the proxy delays every piece) so that a transfer can be caught mid-way.
-fn slow() -> ProxyOptions {
+/// A proxy that delays every forwarded piece by `ms` milliseconds.
+fn delayed(ms: u64) -> ProxyOptions {
     ProxyOptions {
-        delay: Duration::from_millis(4),
+        delay: Duration::from_millis(ms),
         ..Default::default()
     }
+}
+
+fn slow() -> ProxyOptions {
+    delayed(4)
 }
 
 /// A 30 MiB transfer from A to B through a slow proxy, paused by A once B holds 4 MiB: B's
@@ -393,13 +384,7 @@ struct Paused {
 async fn paused_midway() -> Paused {
     let (a, b, proxy) = through_proxy(slow(), &[]).await;
     let payload = one_file(30 * MIB);
-    let id = api::send(
-        &a,
-        &[payload.root.as_path()],
-        &proxy.addr.to_string(),
-        options(),
-    )
-    .await;
+    let id = send_via(&a, &payload.root, &proxy).await;
     wait_received(&b, &id, 4 * MIB).await;
     let (code, out, err) = ctl(&a, &["pause", &id]);
     assert_eq!(code, 0, "{out}{err}");
@@ -418,13 +403,7 @@ async fn paused_midway() -> Paused {
 async fn pause_survives_a_restart_and_resume_sends_only_the_rest() {
     let (a, b, proxy) = through_proxy(slow(), &[]).await;
     let payload = one_file(40 * MIB);
-    let id = api::send(
-        &a,
-        &[payload.root.as_path()],
-        &proxy.addr.to_string(),
-        options(),
-    )
-    .await;
+    let id = send_via(&a, &payload.root, &proxy).await;
     wait_received(&b, &id, 6 * MIB).await;
 
     let (code, out, err) = ctl(&a, &["pause", &id[..8]]);
@@ -540,13 +519,7 @@ async fn cancelling_an_interrupted_transfer_cleans_up_both_sides() {
 
     // The other way round: the receiver cancels while interrupted; the sender's resume is
     // then refused for good.
-    let id = api::send(
-        &a,
-        &[payload.root.as_path()],
-        &proxy.addr.to_string(),
-        options(),
-    )
-    .await;
+    let id = send_via(&a, &payload.root, &proxy).await;
     wait_received(&b, &id, 4 * MIB).await;
     ctl(&a, &["pause", &id]);
     api::wait_state(&b, &id, pb::TransferState::Interrupted, api::SHORT).await;
@@ -563,13 +536,7 @@ async fn cancelling_an_interrupted_transfer_cleans_up_both_sides() {
 async fn a_peer_gone_for_good_is_given_up_after_max_attempts() {
     let (a, b, proxy) = through_proxy(slow(), &["--max-attempts", "2"]).await;
     let payload = one_file(30 * MIB);
-    let id = api::send(
-        &a,
-        &[payload.root.as_path()],
-        &proxy.addr.to_string(),
-        options(),
-    )
-    .await;
+    let id = send_via(&a, &payload.root, &proxy).await;
     wait_received(&b, &id, 2 * MIB).await;
     drop(proxy);
     drop(b);
@@ -647,14 +614,7 @@ async fn pause_and_resume_refuse_what_does_not_fit() {
 async fn cuts_while_small_files_finish_neither_fail_nor_duplicate_them() {
     // Files finish all the time here, so the cuts land between a file's placement and its
     // report to the sender too.
-    let (a, b, proxy) = through_proxy(
-        ProxyOptions {
-            delay: Duration::from_millis(2),
-            ..Default::default()
-        },
-        &[],
-    )
-    .await;
+    let (a, b, proxy) = through_proxy(delayed(2), &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("many");
     std::fs::create_dir(&root).unwrap();
@@ -670,13 +630,7 @@ async fn cuts_while_small_files_finish_neither_fail_nor_duplicate_them() {
         root,
         _dir: dir,
     };
-    let id = api::send(
-        &a,
-        &[payload.root.as_path()],
-        &proxy.addr.to_string(),
-        options(),
-    )
-    .await;
+    let id = send_via(&a, &payload.root, &proxy).await;
     for cut in 1..=3u64 {
         let deadline = Instant::now() + LONG;
         while proxy.forwarded() < cut * payload.total / 5 {

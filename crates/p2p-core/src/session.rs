@@ -290,6 +290,24 @@ async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: Body) -> Result<(),
     w.flush().await.map_err(SessionError::Write)
 }
 
+/// Tells the peer why its handshake is refused (best effort: it may be gone already) and
+/// hands the error back for the caller to return.
+async fn refuse<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    code: ErrorCode,
+    err: SessionError,
+) -> SessionError {
+    let _ = write_frame(
+        w,
+        Body::Error(wire::Error {
+            code: code as i32,
+            message: err.to_string(),
+        }),
+    )
+    .await;
+    err
+}
+
 fn peer_listen(remote: SocketAddr, port: u32) -> Result<SocketAddr, SessionError> {
     let port = u16::try_from(port)
         .map_err(|_| SessionError::Protocol(format!("listen port {port} out of range")))?;
@@ -502,26 +520,10 @@ where
                 peer: h.protocol_version,
                 ours: codec::PROTOCOL_VERSION,
             };
-            let _ = write_frame(
-                &mut wr,
-                Body::Error(wire::Error {
-                    code: ErrorCode::VersionMismatch as i32,
-                    message: err.to_string(),
-                }),
-            )
-            .await;
-            return Err(err);
+            return Err(refuse(&mut wr, ErrorCode::VersionMismatch, err).await);
         }
         if let Err(e) = check_claim(&h.device_id, proven) {
-            let _ = write_frame(
-                &mut wr,
-                Body::Error(wire::Error {
-                    code: ErrorCode::Protocol as i32,
-                    message: e.to_string(),
-                }),
-            )
-            .await;
-            return Err(e);
+            return Err(refuse(&mut wr, ErrorCode::Protocol, e).await);
         }
         let caps = h.capabilities & caps::SUPPORTED;
         let mut ack = hello(local);
@@ -531,15 +533,7 @@ where
             // the connection must prove the same device.
             let Some(session) = events.lane_of(&h.join_token, proven) else {
                 let err = SessionError::Protocol("no such session to join".into());
-                let _ = write_frame(
-                    &mut wr,
-                    Body::Error(wire::Error {
-                        code: ErrorCode::Protocol as i32,
-                        message: err.to_string(),
-                    }),
-                )
-                .await;
-                return Err(err);
+                return Err(refuse(&mut wr, ErrorCode::Protocol, err).await);
             };
             write_frame(
                 &mut wr,

@@ -406,6 +406,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Reads at most `limit` more bytes (all that is there if `usize::MAX`) into the reader's
+    /// own buffer; 0 at end of stream.
+    async fn read_into_buf(&mut self, limit: usize) -> Result<usize, WireError> {
+        let FrameReader {
+            inner,
+            buf,
+            idle,
+            sleep,
+            ..
+        } = self;
+        read_some(inner, buf, limit, *idle, sleep).await
+    }
+
     /// Reads the next frame; frames longer than `chunk_max` (chunks) or `other_max` (anything
     /// else) are refused.
     ///
@@ -429,14 +442,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if self.buf.capacity() - self.buf.len() < 5 {
                 self.buf.reserve(HEAD_READ);
             }
-            let FrameReader {
-                inner,
-                buf,
-                idle,
-                sleep,
-                ..
-            } = self;
-            if read_some(inner, buf, usize::MAX, *idle, sleep).await? == 0 {
+            if self.read_into_buf(usize::MAX).await? == 0 {
                 return Err(if self.buf.len() < 4 {
                     WireError::Closed
                 } else {
@@ -479,14 +485,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             while self.buf.len() < total {
                 let want = total - self.buf.len();
-                let FrameReader {
-                    inner,
-                    buf,
-                    idle,
-                    sleep,
-                    ..
-                } = self;
-                if read_some(inner, buf, want, *idle, sleep).await? == 0 {
+                if self.read_into_buf(want).await? == 0 {
                     return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                 }
             }
