@@ -1780,6 +1780,129 @@ async fn out_of_order_chunks_do_not_buffer_unbounded_memory() {
     assert_status_answers(&d);
 }
 
+/// Sends files of one chunk as fast as it can — each its chunk and FileDone — without
+/// reading anything.
+async fn blast_small_files(p: &mut Peer, id: &str, count: usize) {
+    let mut bytes = Vec::new();
+    for i in 0..count {
+        let data = format!("file {i}");
+        bytes.extend_from_slice(&codec::encode(chunk(id, i as u32, 0, data.as_bytes())));
+        bytes.extend_from_slice(&codec::encode(file_done(
+            id,
+            i as u32,
+            &Sha256::digest(data.as_bytes()),
+        )));
+    }
+    p.write_raw(&bytes).await;
+}
+
+fn small_files_offer(id: &str, root: &str, count: usize, window: u32) -> wire::TransferInfo {
+    let names: Vec<(String, u64)> = (0..count)
+        .map(|i| (format!("{root}/f{i}"), format!("file {i}").len() as u64))
+        .collect();
+    let files: Vec<(&str, u64)> = names.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+    let mut info = offer(id, &[root], &files, &[root]);
+    info.window = window;
+    info
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_have_a_window_of_their_own() {
+    // Small files (one chunk of at most 64 KiB) may be 256 in flight whatever the chunk
+    // window: a sender that sends 256 of them at once under `--window 1` keeps to the rules,
+    // and every one is placed.
+    const SMALL_FILE_WINDOW: usize = 256;
+    let m = Mallory::new();
+    let (d, addr) = daemon_trusting(&m, DaemonDirs::new()).await;
+    let (mut p, _) = Peer::handshake(addr, &m).await;
+    let id = tid("small-window");
+    p.send(Body::TransferInfo(small_files_offer(
+        &id,
+        "burst",
+        SMALL_FILE_WINDOW,
+        1,
+    )))
+    .await;
+    assert!(matches!(p.decision(&id).await, Body::Ready(_)));
+    blast_small_files(&mut p, &id, SMALL_FILE_WINDOW).await;
+    let mut placed = BTreeSet::new();
+    while placed.len() < SMALL_FILE_WINDOW {
+        match p.recv().await {
+            Body::ChunkAck(a) => assert_eq!(a.status, wire::ChunkStatus::Ok as i32, "{a:?}"),
+            Body::FileResult(r) => {
+                assert!(r.ok, "{r:?}");
+                assert!(placed.insert(r.file_index), "reported twice: {r:?}");
+            }
+            other => panic!("expected ChunkAck or FileResult, got {other:?}"),
+        }
+    }
+    p.send(Body::Complete(wire::Complete {
+        transfer_id: id.clone(),
+    }))
+    .await;
+    loop {
+        match p.recv().await {
+            Body::CompleteAck(_) => break,
+            Body::ChunkAck(_) => {}
+            other => panic!("expected CompleteAck, got {other:?}"),
+        }
+    }
+    let dir = d.dirs.download_dir.join("burst");
+    for i in 0..SMALL_FILE_WINDOW {
+        let got = std::fs::read(dir.join(format!("f{i}"))).expect("file in place");
+        assert_eq!(got, format!("file {i}").as_bytes());
+    }
+
+    // Far beyond it, sent by a peer that does not read either: the daemon places them all or
+    // gives up on that transfer — it neither hangs nor leaves partial files, and keeps serving.
+    let id = tid("small-flood");
+    p.send(Body::TransferInfo(small_files_offer(&id, "flood", 5000, 1)))
+        .await;
+    assert!(matches!(p.decision(&id).await, Body::Ready(_)));
+    blast_small_files(&mut p, &id, 5000).await;
+    let mut ok = 0;
+    let ended = loop {
+        match p.next(Duration::from_secs(20)).await {
+            Some(Ok(Body::FileResult(r))) if r.ok => {
+                ok += 1;
+                if ok == 5000 {
+                    break "all placed".to_owned();
+                }
+            }
+            Some(Ok(Body::Cancel(c))) => {
+                assert!(c.failed, "{c:?}");
+                break c.reason;
+            }
+            Some(Ok(Body::ChunkAck(_))) => {}
+            other => panic!("expected FileResults or a Cancel, got {other:?}"),
+        }
+    };
+    // Files the daemon had queued before it gave up may still be reported.
+    while let Some(frame) = p.next(Duration::from_secs(1)).await {
+        match frame {
+            Ok(Body::FileResult(r)) if r.transfer_id == id => ok += usize::from(r.ok),
+            Ok(Body::ChunkAck(a)) if a.transfer_id == id => {}
+            other => panic!("after the flood: {other:?}"),
+        }
+    }
+    eprintln!("flood of 5000 small files: {ok} placed, then: {ended}");
+    assert!(
+        ended == "all placed" || ended.contains("window") || ended.contains("in flight"),
+        "{ended}"
+    );
+    assert_no_part_files(&d.dirs.download_dir, "small-file flood").await;
+    for e in std::fs::read_dir(d.dirs.download_dir.join("flood")).unwrap() {
+        let e = e.unwrap();
+        let i: usize = e.file_name().to_string_lossy()[1..].parse().unwrap();
+        assert_eq!(
+            std::fs::read(e.path()).unwrap(),
+            format!("file {i}").as_bytes()
+        );
+    }
+    assert_status_answers(&d);
+    raw_send_file(&mut p, &tid("small-after"), "after.txt", b"still serving").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_idle_connections_does_not_lock_out_real_peers() {
     let a = start(DaemonDirs::new(), auto_accept()).await;

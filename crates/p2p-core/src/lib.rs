@@ -20,6 +20,7 @@
 //! - [`units`]: sizes and speeds as people write them (`64K`, `10M`, `unlimited`).
 //! - [`sender`]: the sending side of a transfer (window, adaptive compression, hashing).
 //! - [`receiver`]: the receiving side (verification, temporary files, atomic placement).
+//! - `partfile`: the receiver's temporary files (named for resume, or unnamed) and their links.
 //! - [`node`]: the running node — identity, listener, sessions, transfers, offers, shutdown.
 
 pub mod chunkmap;
@@ -30,6 +31,7 @@ pub mod history;
 pub mod identity;
 pub mod manifest;
 pub mod node;
+mod partfile;
 pub mod paths;
 pub mod ratelimit;
 pub mod receiver;

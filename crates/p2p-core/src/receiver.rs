@@ -1,9 +1,9 @@
 //! The receiving side of a transfer: where files go, and the thread that verifies and writes
 //! chunks.
 //!
-//! Every file is written to a hidden temporary file next to its final place, hashed in order
-//! as it is written, and linked under its final name only after the SHA-256 from the sender
-//! matches — so a final name never holds a partial or unverified file. Top-level names that
+//! Every file is written to a temporary file next to its final place (see `partfile`: hidden,
+//! or unnamed for a file of one chunk), hashed in order as it is written, and linked under its
+//! final name only after the SHA-256 from the sender matches — so a final name never holds a partial or unverified file. Top-level names that
 //! already exist are never overwritten: the new one becomes `name (1).ext`, `name (2).ext`, …
 //!
 //! For resume, the thread takes a checkpoint every `CHECKPOINT_BYTES` or `CHECKPOINT_INTERVAL`:
@@ -13,7 +13,8 @@
 //! Syncing is the slow part, so it has a thread of its own (the syncer, see [`Job`]): the
 //! receiving thread writes and verifies while the syncer makes earlier files durable, in
 //! batches — one `syncfs(2)` for a batch of many small files instead of an fsync each — and only
-//! then links them in place, records them and reports them to the sender.
+//! then a third thread (the placer) links them in place, records them and reports them to the
+//! sender, while the syncer already syncs the next batch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -32,9 +33,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::chunkmap::{ChunkMap, chunk_count};
+use crate::partfile::PartFile;
 use crate::records::FileRecord;
 use crate::store::Store;
-use crate::transfer::{Direction, TransferEntry};
+use crate::transfer::{Direction, SMALL_FILE_WINDOW, TransferEntry};
 use crate::wire::{self as codec, OutFrame};
 
 /// Most attempts at finding a free `name (n)` before giving up.
@@ -210,8 +212,7 @@ fn make_dir_no_follow(base: &Path, path: &Path) -> std::io::Result<()> {
 /// Per-file progress on the receiver.
 #[derive(Default)]
 struct FileState {
-    // Shared with the syncer, which syncs it for checkpoints and placement.
-    temp: Option<(PathBuf, Arc<File>)>,
+    temp: Option<PartFile>,
     next_chunk: u64,
     written: u64,
     hasher: Sha256,
@@ -239,6 +240,9 @@ pub(crate) struct Start {
     pub have_bytes: u64,
     /// Files already complete.
     pub complete: u64,
+    /// A later attempt of the transfer, which may find files an earlier one placed just
+    /// before a crash (see `PartFile::link`).
+    pub resumed: bool,
 }
 
 /// The temporary file of file `fi` of a transfer, next to its final place.
@@ -275,6 +279,7 @@ pub(crate) fn fresh(info: &wire::TransferInfo) -> Start {
         have: Vec::new(),
         have_bytes: 0,
         complete: 0,
+        resumed: false,
     }
 }
 
@@ -289,6 +294,7 @@ pub(crate) fn resume(
     store: &Store,
 ) -> Start {
     let mut start = fresh(info);
+    start.resumed = true;
     let cs = info.chunk_size;
     let mut newly_complete = Vec::new();
     for (fi, entry) in info.files.iter().enumerate() {
@@ -429,7 +435,7 @@ fn reopen_temp(temp: &Path, prefix: u64, chunk_size: u32, size: u64) -> Option<F
     }
     file.seek(SeekFrom::Start(keep)).ok()?;
     Some(FileState {
-        temp: Some((temp.to_path_buf(), Arc::new(file))),
+        temp: Some(PartFile::reopened(temp, file)),
         next_chunk: prefix,
         written: keep,
         hasher,
@@ -502,11 +508,13 @@ pub(crate) fn receive(
     store: &Store,
 ) -> ReceiveEnd {
     let shared = SyncShared::fresh(start.complete);
-    // Place jobs are bounded by the window (a file's FileDone holds a permit until it is
-    // reported, and the syncer takes a job off the queue before it reports it), checkpoints
+    // Place jobs are bounded by the windows (a file's FileDone, or a small file's first frame,
+    // holds a permit until it is reported, and the syncer takes a job off the queue before it
+    // reports it), checkpoints
     // by `checkpoint_pending` (plus the last one of an interrupted transfer): `queue` never
     // finds this full unless the sender broke its window.
-    let (jobs, jobs_rx) = std::sync::mpsc::sync_channel(info.window as usize + 4);
+    let (jobs, jobs_rx) =
+        std::sync::mpsc::sync_channel(info.window as usize + SMALL_FILE_WINDOW as usize + 4);
     let ctx = SyncContext {
         info,
         dest,
@@ -515,14 +523,23 @@ pub(crate) fn receive(
         entry,
         shared: &shared,
         anchor: File::open(&dest.dir).ok(),
+        resumed: start.resumed,
     };
     let end = std::thread::scope(|scope| {
-        let syncer = std::thread::Builder::new()
-            .name("p2pd-sync".into())
-            .spawn_scoped(scope, || sync_loop(&ctx, jobs_rx));
+        // One batch may wait between the two: the syncer syncs the next batch while the
+        // placer links the last one.
+        let (synced, synced_rx) = std::sync::mpsc::sync_channel(1);
+        let placer = std::thread::Builder::new()
+            .name("p2pd-place".into())
+            .spawn_scoped(scope, || place_loop(&ctx, synced_rx));
+        let syncer = placer.and_then(|_| {
+            std::thread::Builder::new()
+                .name("p2pd-sync".into())
+                .spawn_scoped(scope, || sync_loop(&ctx, jobs_rx, synced))
+        });
         if let Err(e) = syncer {
             return ReceiveEnd::Failed {
-                reason: format!("cannot start the syncing thread: {e}"),
+                reason: format!("cannot start the syncing threads: {e}"),
                 tell_peer: true,
             };
         }
@@ -540,9 +557,8 @@ pub(crate) fn receive(
                 // Verified files the syncer has not placed yet are removed too.
                 shared.discard.store(true, Ordering::Relaxed);
                 for f in files.active.values_mut() {
-                    if let Some((path, file)) = f.temp.take() {
-                        drop(file);
-                        let _ = fs::remove_file(&path);
+                    if let Some(part) = f.temp.take() {
+                        part.remove();
                     }
                 }
             }
@@ -745,8 +761,14 @@ impl Receiver<'_> {
         let mut maps = Vec::new();
         for (fi, state) in files.active.iter_mut() {
             // Without a temporary file there is nothing unrecorded: never written, or verified
-            // (the syncer records it complete).
-            let Some((path, file)) = &state.temp else {
+            // (the syncer records it complete). An unnamed one holds a single chunk, which a
+            // resume sends again anyway.
+            let Some(PartFile {
+                name: Some(path),
+                file,
+                ..
+            }) = &state.temp
+            else {
                 continue;
             };
             if !state.dirty {
@@ -954,12 +976,12 @@ impl Receiver<'_> {
         if state.temp.is_none() {
             state.temp = Some(self.open_temp(fi)?);
         }
-        let Some((path, file)) = state.temp.as_ref() else {
+        let Some(part) = state.temp.as_ref() else {
             return Err("temporary file missing".into());
         };
-        let mut w: &File = file;
+        let mut w: &File = &part.file;
         w.write_all(data)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            .map_err(|e| format!("cannot write {}: {e}", part.shown.display()))?;
         state.hasher.update(data);
         state.written += data.len() as u64;
         state.dirty = true;
@@ -972,17 +994,16 @@ impl Receiver<'_> {
         self.ack(fi as u32, index, ChunkStatus::Ok, data.len())
     }
 
-    fn open_temp(&self, fi: usize) -> Result<(PathBuf, Arc<File>), String> {
-        let temp = temp_path(self.dest, self.info, fi).ok_or("no parent directory")?;
-        // create_new: never reuse or follow whatever sits at that name.
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&temp)
-            .map_err(|e| format!("cannot create {}: {e}", temp.display()))?;
-        Ok((temp, Arc::new(file)))
+    /// A file of one chunk gets an unnamed temporary file where possible (see `partfile`):
+    /// a resume could not continue it anyway.
+    fn open_temp(&self, fi: usize) -> Result<PartFile, String> {
+        let entry = self.info.files.get(fi).ok_or("no such file")?;
+        if entry.size <= u64::from(self.info.chunk_size) {
+            if let Some(part) = PartFile::create_unnamed(&self.dest.path_of(&entry.path)) {
+                return Ok(part);
+            }
+        }
+        PartFile::create_named(temp_path(self.dest, self.info, fi).ok_or("no parent directory")?)
     }
 
     fn file_done(&mut self, files: &mut Files, d: wire::FileDone) -> Result<(), String> {
@@ -1036,30 +1057,37 @@ impl Receiver<'_> {
         if state.temp.is_none() {
             state.temp = Some(self.open_temp(fi)?);
         }
-        let Some((temp, file)) = state.temp.take() else {
+        let Some(part) = state.temp.take() else {
             return Err("temporary file missing".into());
         };
-        let cleanup = |msg: String| {
-            let _ = fs::remove_file(&temp);
-            msg
-        };
         let digest = std::mem::take(&mut state.hasher).finalize();
-        if state.expected_sha.as_deref() != Some(digest.as_slice()) {
-            return Err(cleanup(format!(
+        let checked = if state.expected_sha.as_deref() != Some(digest.as_slice()) {
+            Err(format!(
                 "SHA-256 mismatch for {:?}: the file arrived corrupted",
                 entry.path
-            )));
+            ))
+        } else {
+            let mtime = UNIX_EPOCH
+                + Duration::new(
+                    entry.mtime_sec.max(0) as u64,
+                    entry.mtime_nsec.min(999_999_999),
+                );
+            part.file
+                .set_permissions(fs::Permissions::from_mode(entry.mode & 0o777))
+                .map_err(|e| format!("cannot set mode: {e}"))
+                .and_then(|()| {
+                    part.file
+                        .set_modified(mtime)
+                        .map_err(|e| format!("cannot set mtime: {e}"))
+                })
+        };
+        match checked {
+            Ok(()) => Ok(Verified { fi, part }),
+            Err(e) => {
+                part.remove();
+                Err(e)
+            }
         }
-        file.set_permissions(fs::Permissions::from_mode(entry.mode & 0o777))
-            .map_err(|e| cleanup(format!("cannot set mode: {e}")))?;
-        let mtime = UNIX_EPOCH
-            + Duration::new(
-                entry.mtime_sec.max(0) as u64,
-                entry.mtime_nsec.min(999_999_999),
-            );
-        file.set_modified(mtime)
-            .map_err(|e| cleanup(format!("cannot set mtime: {e}")))?;
-        Ok(Verified { fi, temp, file })
     }
 }
 
@@ -1082,8 +1110,7 @@ struct Synced {
 /// A complete temporary file whose SHA-256 matched.
 struct Verified {
     fi: usize,
-    temp: PathBuf,
-    file: Arc<File>,
+    part: PartFile,
 }
 
 /// What the receiving thread and the syncer share.
@@ -1126,6 +1153,13 @@ impl SyncShared {
         self.failed.notify_one();
     }
 
+    fn has_failed(&self) -> bool {
+        match self.failure.lock() {
+            Ok(g) => g.is_some(),
+            Err(p) => p.into_inner().is_some(),
+        }
+    }
+
     fn failure(&self) -> String {
         let f = match self.failure.lock() {
             Ok(g) => g,
@@ -1146,6 +1180,8 @@ struct SyncContext<'a> {
     shared: &'a SyncShared,
     // The destination directory, opened before anything was written (see `sync_files`).
     anchor: Option<File>,
+    // See `Start::resumed`.
+    resumed: bool,
 }
 
 /// Most jobs the syncer takes into one batch.
@@ -1153,11 +1189,18 @@ const SYNC_BATCH: usize = 256;
 /// From this many files in a batch on, one `syncfs(2)` replaces their fsyncs.
 const SYNCFS_MIN_FILES: usize = 4;
 
-/// The syncer: takes what is queued as one batch, makes it durable with as few syncs as
-/// possible, then records checkpoints and places, records and reports verified files — in
-/// queue order. Ends when the queue closes.
-fn sync_loop(ctx: &SyncContext<'_>, jobs: std::sync::mpsc::Receiver<Job>) {
-    let mut failed = false;
+/// A batch of jobs and whether syncing it succeeded.
+type SyncedBatch = (Vec<Job>, Result<(), String>);
+
+/// The syncer: takes what is queued as one batch and makes it durable with as few syncs as
+/// possible, then hands it to the placer (which records checkpoints and places, records and
+/// reports verified files) — in queue order. Syncing waits for the disk and placing works the
+/// directories, so the two overlap. Ends when the queue closes, which ends the placer.
+fn sync_loop(
+    ctx: &SyncContext<'_>,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    placer: std::sync::mpsc::SyncSender<SyncedBatch>,
+) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < SYNC_BATCH {
@@ -1166,11 +1209,26 @@ fn sync_loop(ctx: &SyncContext<'_>, jobs: std::sync::mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        if ctx.shared.has_failed() || ctx.shared.discard.load(Ordering::Relaxed) {
+            discard(batch);
+            continue;
+        }
+        let synced = make_durable(ctx, &batch);
+        if let Err(std::sync::mpsc::SendError((batch, _))) = placer.send((batch, synced)) {
+            discard(batch);
+        }
+    }
+}
+
+/// The placer: the second half of the syncer's work, for each synced batch in turn.
+fn place_loop(ctx: &SyncContext<'_>, batches: std::sync::mpsc::Receiver<SyncedBatch>) {
+    let mut failed = false;
+    while let Ok((batch, synced)) = batches.recv() {
         if failed || ctx.shared.discard.load(Ordering::Relaxed) {
             discard(batch);
             continue;
         }
-        if let Err(reason) = sync_batch(ctx, batch) {
+        if let Err(reason) = place_batch(ctx, batch, synced) {
             failed = true;
             ctx.shared.fail(reason);
         }
@@ -1181,25 +1239,33 @@ fn sync_loop(ctx: &SyncContext<'_>, jobs: std::sync::mpsc::Receiver<Job>) {
 fn discard(batch: Vec<Job>) {
     for job in batch {
         if let Job::Place(v) = job {
-            drop(v.file);
-            let _ = fs::remove_file(&v.temp);
+            v.part.remove();
         }
     }
 }
 
-fn sync_batch(ctx: &SyncContext<'_>, batch: Vec<Job>) -> Result<(), String> {
-    let checkpoint = batch.iter().any(|j| matches!(j, Job::Checkpoint(_)));
-    // 1. Durable: every file of the batch.
+/// 1. Durable: every file of the batch.
+fn make_durable(ctx: &SyncContext<'_>, batch: &[Job]) -> Result<(), String> {
     let mut to_sync: Vec<(&Path, &File)> = Vec::new();
-    for job in &batch {
+    for job in batch {
         match job {
             Job::Checkpoint(files) => {
                 to_sync.extend(files.iter().map(|f| (f.path.as_path(), &*f.file)));
             }
-            Job::Place(v) => to_sync.push((&v.temp, &v.file)),
+            Job::Place(v) => to_sync.push((&v.part.shown, &v.part.file)),
         }
     }
-    if let Err(e) = sync_files(&to_sync, ctx.anchor.as_ref()) {
+    sync_files(&to_sync, ctx.anchor.as_ref())
+}
+
+/// 2.–4. of a synced batch: placed, recorded, reported.
+fn place_batch(
+    ctx: &SyncContext<'_>,
+    batch: Vec<Job>,
+    synced: Result<(), String>,
+) -> Result<(), String> {
+    let checkpoint = batch.iter().any(|j| matches!(j, Job::Checkpoint(_)));
+    if let Err(e) = synced {
         // Nothing of this batch is placed or recorded; its verified files go.
         let result = Err(e);
         if checkpoint {
@@ -1210,8 +1276,7 @@ fn sync_batch(ctx: &SyncContext<'_>, batch: Vec<Job>) -> Result<(), String> {
         for job in batch {
             if let Job::Place(v) = job {
                 report(ctx, v.fi, &result);
-                drop(v.file);
-                let _ = fs::remove_file(&v.temp);
+                v.part.remove();
             }
         }
         return result;
@@ -1219,7 +1284,7 @@ fn sync_batch(ctx: &SyncContext<'_>, batch: Vec<Job>) -> Result<(), String> {
     // 2. In place: each verified file under its final name.
     let empty = ChunkMap::default();
     let mut rows: Vec<(u32, bool, &ChunkMap)> = Vec::new();
-    let mut placed: Vec<(usize, Result<PathBuf, String>, &Path)> = Vec::new();
+    let mut placed: Vec<Result<PathBuf, String>> = Vec::new();
     for job in &batch {
         match job {
             Job::Checkpoint(files) => rows.extend(files.iter().map(|f| (f.fi, false, &f.map))),
@@ -1228,7 +1293,7 @@ fn sync_batch(ctx: &SyncContext<'_>, batch: Vec<Job>) -> Result<(), String> {
                 if result.is_ok() {
                     rows.push((v.fi as u32, true, &empty));
                 }
-                placed.push((v.fi, result, &v.temp));
+                placed.push(result);
             }
         }
     }
@@ -1253,9 +1318,14 @@ fn sync_batch(ctx: &SyncContext<'_>, batch: Vec<Job>) -> Result<(), String> {
     }
     // 4. Reported. A placed file whose record failed keeps its temporary name: a resume
     // recognises it by that link as complete.
-    for (fi, result, temp) in placed {
-        if recorded || result.is_err() {
-            let _ = fs::remove_file(temp);
+    let verified = batch.into_iter().filter_map(|job| match job {
+        Job::Place(v) => Some(v),
+        Job::Checkpoint(_) => None,
+    });
+    for (v, result) in verified.zip(placed) {
+        let fi = v.fi;
+        if recorded || result.is_err() || v.part.name.is_none() {
+            v.part.remove();
         } else {
             ctx.shared.kept_temps.store(true, Ordering::Relaxed);
         }
@@ -1293,9 +1363,11 @@ fn link_in_place(ctx: &SyncContext<'_>, v: &Verified) -> Result<PathBuf, String>
     let entry = &ctx.info.files[v.fi];
     let final_path = ctx.dest.path_of(&entry.path);
     let placed = if entry.path.contains('/') {
-        fs::hard_link(&v.temp, &final_path).map(|()| final_path.clone())
+        v.part
+            .link(&final_path, ctx.resumed)
+            .map(|()| final_path.clone())
     } else {
-        link_free_name(&v.temp, &final_path)
+        v.part.link_free_name(file_names(&final_path), ctx.resumed)
     };
     match placed {
         Ok(p) => {
@@ -1393,22 +1465,6 @@ fn syncfs_suits(file: &File) -> bool {
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 fn syncfs_suits(_file: &File) -> bool {
     false
-}
-
-/// Links `temp` under `wanted`, or `wanted (1)`, … — the first name that is free. A hard link
-/// fails instead of replacing, so an existing file is never overwritten.
-fn link_free_name(temp: &Path, wanted: &Path) -> std::io::Result<PathBuf> {
-    for candidate in file_names(wanted) {
-        match fs::hard_link(temp, &candidate) {
-            Ok(()) => return Ok(candidate),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::AlreadyExists,
-        "no free name",
-    ))
 }
 
 #[cfg(test)]
@@ -1511,6 +1567,76 @@ mod tests {
         );
     }
 
+    /// A file of one chunk received again after a crash that may have come between its link
+    /// and its record: in a resumed attempt, a final name holding exactly its bytes is taken as
+    /// that earlier link (no failure in a folder, no `name (1)` copy at the top); a name with
+    /// other bytes is never taken, and a fresh transfer takes none.
+    #[test]
+    fn a_resumed_one_chunk_file_adopts_its_own_earlier_link_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let info = wire::TransferInfo {
+            transfer_id: "0123456789".into(),
+            roots: vec!["d".into(), "top.txt".into()],
+            dirs: vec!["d".into()],
+            files: ["d/same", "d/other", "top.txt"]
+                .iter()
+                .map(|p| wire::FileEntry {
+                    path: (*p).into(),
+                    size: 5,
+                    mode: 0o644,
+                    ..Default::default()
+                })
+                .collect(),
+            chunk_size: 64,
+            window: 4,
+            ..Default::default()
+        };
+        let dest = prepare(dir.path(), &info).unwrap();
+        let root = dir.path().join(&dest.roots["d"]);
+        fs::write(root.join("same"), b"hello").unwrap();
+        fs::write(root.join("other"), b"world").unwrap();
+        fs::write(dir.path().join("top.txt"), b"hello").unwrap();
+        let store = Store::open(state.path()).unwrap();
+        let transfers = Transfers::new();
+        let entry = receiving_entry(&transfers, &info);
+        let (writer, _sent) = mpsc::channel(16);
+        let shared = SyncShared::fresh(0);
+        let place = |fi: usize, resumed: bool| {
+            let ctx = SyncContext {
+                info: &info,
+                dest: &dest,
+                store: &store,
+                writer: &writer,
+                entry: &entry,
+                shared: &shared,
+                anchor: None,
+                resumed,
+            };
+            let final_path = dest.path_of(&info.files[fi].path);
+            let part = PartFile::create_unnamed(&final_path)?;
+            (&*part.file).write_all(b"hello").unwrap();
+            Some(link_in_place(&ctx, &Verified { fi, part }))
+        };
+        let Some(fresh_try) = place(0, false) else {
+            eprintln!("no O_TMPFILE here: named temporary files are recognised by inode instead");
+            return;
+        };
+        assert!(
+            fresh_try.is_err(),
+            "a fresh transfer never takes an existing name"
+        );
+        assert_eq!(place(0, true).unwrap(), Ok(root.join("same")));
+        assert!(place(1, true).unwrap().is_err(), "other bytes are not ours");
+        assert_eq!(fs::read(root.join("other")).unwrap(), b"world");
+        assert_eq!(place(2, true).unwrap(), Ok(dir.path().join("top.txt")));
+        assert_eq!(
+            place(2, false).unwrap(),
+            Ok(dir.path().join("top (1).txt")),
+            "a fresh transfer takes the next free name"
+        );
+    }
+
     fn receiving_entry(transfers: &Transfers, info: &wire::TransferInfo) -> Arc<TransferEntry> {
         transfers.insert(
             NewTransfer {
@@ -1540,10 +1666,11 @@ mod tests {
             transfer_id: "0123456789".into(),
             roots: vec!["d".into()],
             dirs: vec!["d".into()],
+            // Two chunks each: files with named temporary files, which must not stay behind.
             files: (0..3)
                 .map(|i| wire::FileEntry {
                     path: format!("d/e{i}"),
-                    size: 0,
+                    size: 100,
                     mode: 0o644,
                     ..Default::default()
                 })
@@ -1561,14 +1688,34 @@ mod tests {
         let shared = SyncShared::fresh(0);
         let mut r = Receiver::new(&info, &dest, &writer, &entry, jobs, &shared);
         let mut files = fresh(&info).files;
-        let done = |fi: u32| wire::FileDone {
-            transfer_id: info.transfer_id.clone(),
-            file_index: fi,
-            sha256: Bytes::copy_from_slice(&Sha256::digest(b"")),
+        let data = [7u8; 100];
+        let mut send_file = |r: &mut Receiver<'_>, fi: u32| {
+            for (ci, piece) in data.chunks(64).enumerate() {
+                r.chunk(
+                    &mut files,
+                    wire::Chunk {
+                        transfer_id: info.transfer_id.clone(),
+                        file_index: fi,
+                        chunk_index: ci as u64,
+                        crc32: crc32fast::hash(piece),
+                        data: Bytes::copy_from_slice(piece),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            }
+            r.file_done(
+                &mut files,
+                wire::FileDone {
+                    transfer_id: info.transfer_id.clone(),
+                    file_index: fi,
+                    sha256: Bytes::copy_from_slice(&Sha256::digest(data)),
+                },
+            )
         };
-        r.file_done(&mut files, done(0)).unwrap();
-        r.file_done(&mut files, done(1)).unwrap();
-        let err = r.file_done(&mut files, done(2)).unwrap_err();
+        send_file(&mut r, 0).unwrap();
+        send_file(&mut r, 1).unwrap();
+        let err = send_file(&mut r, 2).unwrap_err();
         assert!(err.contains("window"), "{err}");
         let temps: Vec<String> = fs::read_dir(dir.path().join("d"))
             .unwrap()
@@ -1652,10 +1799,12 @@ mod tests {
         assert_eq!(d.roots["photos"], "photos (1)");
         assert!(dir.path().join("photos (1)/2024").is_dir());
 
-        let temp = dir.path().join("t");
-        fs::write(&temp, b"new").unwrap();
+        let temp = PartFile::create_named(dir.path().join("t")).unwrap();
+        (&*temp.file).write_all(b"new").unwrap();
         fs::write(dir.path().join("a.txt"), b"old").unwrap();
-        let placed = link_free_name(&temp, &dir.path().join("a.txt")).unwrap();
+        let placed = temp
+            .link_free_name(file_names(&dir.path().join("a.txt")), false)
+            .unwrap();
         assert_eq!(placed, dir.path().join("a (1).txt"));
         assert_eq!(fs::read(dir.path().join("a.txt")).unwrap(), b"old");
     }

@@ -28,7 +28,9 @@ use crate::chunkmap::{ChunkMap, chunk_count};
 use crate::manifest::{LocalFile, LocalManifest};
 use crate::session::Session;
 use crate::store::Store;
-use crate::transfer::{Direction, SendOptions, TransferEntry, TransferState};
+use crate::transfer::{
+    Direction, SMALL_FILE_WINDOW, SendOptions, TransferEntry, TransferState, is_small,
+};
 use crate::wire::{self as codec, OutFrame};
 
 /// How often one chunk may be re-sent after CRC failures before the transfer fails.
@@ -43,6 +45,8 @@ struct InFlight {
     frame: OutFrame,
     raw_len: u64,
     resends: u8,
+    // A small file's chunk holds no window permit (its file holds a small-file permit).
+    small: bool,
 }
 
 /// State shared by the driver and the producer.
@@ -50,7 +54,11 @@ struct Window {
     // Permits are chunks that may still be sent; the producer forgets one per chunk and the
     // driver adds one back per OK acknowledgement.
     permits: Arc<Semaphore>,
-    // The frames in flight, kept for re-sending; at most `window` entries.
+    // Small files (see `transfer::SMALL_FILE`) that may still be started; the producer forgets
+    // one per small file, the driver adds one back per OK `FileResult` of a small file.
+    small_files: Arc<Semaphore>,
+    // The frames in flight, kept for re-sending; at most `window` entries plus one per
+    // small file in flight.
     in_flight: Mutex<HashMap<(u32, u64), InFlight>>,
 }
 
@@ -255,6 +263,7 @@ async fn drive(
 
     let window = Arc::new(Window {
         permits: Arc::new(Semaphore::new(opts.window as usize)),
+        small_files: Arc::new(Semaphore::new(SMALL_FILE_WINDOW as usize)),
         in_flight: Mutex::new(HashMap::new()),
     });
     let producer_cancel = stop.child_token();
@@ -326,8 +335,14 @@ async fn drive(
                         }
                     }
                     Body::FileResult(r) if r.ok => {
-                        // FileDone took a window permit: the receiver has answered it.
-                        window.permits.add_permits(1);
+                        // FileDone (a small file: its first frame) took a permit: the
+                        // receiver has answered it.
+                        let size = manifest.files.get(r.file_index as usize).map_or(0, |f| f.entry.size);
+                        if is_small(size, opts.chunk_size) {
+                            window.small_files.add_permits(1);
+                        } else {
+                            window.permits.add_permits(1);
+                        }
                         // The file is written whole: its chunks are acknowledged. The
                         // receiver sends no ChunkAck it still held back for them.
                         settle_file(entry, &window, r.file_index);
@@ -405,7 +420,9 @@ fn settle_file(entry: &TransferEntry, window: &Window, file_index: u32) {
     }
     let bytes: u64 = settled.iter().map(|f| f.raw_len).sum();
     entry.bytes_done.fetch_add(bytes, Ordering::Relaxed);
-    window.permits.add_permits(settled.len());
+    window
+        .permits
+        .add_permits(settled.iter().filter(|f| !f.small).count());
     entry.progress(None);
 }
 
@@ -422,7 +439,9 @@ async fn on_ack(
         let settled = removed.is_some();
         if let Some(f) = removed {
             entry.bytes_done.fetch_add(f.raw_len, Ordering::Relaxed);
-            window.permits.add_permits(1);
+            if !f.small {
+                window.permits.add_permits(1);
+            }
             entry.progress(None);
         }
         return Ok(settled);
@@ -484,11 +503,11 @@ fn produce(
         next_lane: 0,
         batch: BytesMut::new(),
     };
-    let acquire = |out: &mut Outbox<'_>| {
+    let acquire = |out: &mut Outbox<'_>, permits: &Semaphore| {
         if cancel.is_cancelled() {
             return Err(Produce::Cancelled);
         }
-        if let Ok(p) = window.permits.try_acquire() {
+        if let Ok(p) = permits.try_acquire() {
             p.forget();
             return Ok(());
         }
@@ -496,7 +515,7 @@ fn produce(
         out.flush()?;
         let permit = rt.block_on(async {
             tokio::select! {
-                p = window.permits.acquire() => p.ok(),
+                p = permits.acquire() => p.ok(),
                 _ = cancel.cancelled() => None,
             }
         });
@@ -519,6 +538,11 @@ fn produce(
         let size = file.entry.size;
         let skip = have.chunks.get(&file_index);
         let mut f = open_unchanged(file).map_err(Produce::Failed)?;
+        // A small file's frames (its chunk, FileDone) go on one small-file permit.
+        let small = is_small(size, opts.chunk_size);
+        if small {
+            acquire(&mut out, &window.small_files)?;
+        }
         let mut hasher = Sha256::new();
         let mut done: u64 = 0;
         let mut chunk_index: u64 = 0;
@@ -580,13 +604,16 @@ fn produce(
                 data,
             );
             // One permit per chunk in flight; waiting here is the window at work.
-            acquire(&mut out)?;
+            if !small {
+                acquire(&mut out, &window.permits)?;
+            }
             window.lock().insert(
                 (file_index, chunk_index),
                 InFlight {
                     frame: frame.clone(),
                     raw_len: want as u64,
                     resends: 0,
+                    small,
                 },
             );
             // Speed limits count the whole frame as it goes on the wire (and a limited
@@ -614,7 +641,9 @@ fn produce(
         let sha = hasher.finalize();
         // FileDone takes a permit too (given back by FileResult), so that a folder of empty
         // files cannot put an unbounded number of frames in flight.
-        acquire(&mut out)?;
+        if !small {
+            acquire(&mut out, &window.permits)?;
+        }
         let frame = codec::encode(Body::FileDone(wire::FileDone {
             transfer_id: entry.id.clone(),
             file_index,

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::device_id::DeviceId;
-use crate::transfer::{MAX_CHUNK, MAX_WINDOW};
+use crate::transfer::{MAX_CHUNK, MAX_WINDOW, SMALL_FILE_WINDOW};
 use crate::wire::{self as codec, FrameReader, OutFrame, WireError, caps};
 
 /// Time allowed for the whole handshake.
@@ -791,8 +791,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 pub const ROUTE_SLACK: usize = 16;
 
 /// Capacity of a transfer's frame channel: a peer that keeps to the window never fills it.
+/// Small files have a window of their own, and each may have two frames on the way (its chunk
+/// and `FileDone`; its chunk's acknowledgement and `FileResult`).
 pub fn route_capacity(window: u32) -> usize {
-    (window.clamp(1, MAX_WINDOW) as usize) + ROUTE_SLACK
+    (window.clamp(1, MAX_WINDOW) as usize) + 2 * SMALL_FILE_WINDOW as usize + ROUTE_SLACK
 }
 
 /// Reads one connection of the session: `first` for the connection the session was made

@@ -32,6 +32,18 @@ pub const DEFAULT_CHUNK: u32 = 1 << 20;
 pub const MAX_WINDOW: u32 = 1024;
 /// Default window: enough chunks in flight to fill a 1 Gbit/s link with 50 ms RTT.
 pub const DEFAULT_WINDOW: u32 = 64;
+/// Files of one chunk and at most this size are small: a small file does not take window
+/// permits but one of `SMALL_FILE_WINDOW`, from its first frame until the receiver reports it
+/// in place. Placing waits for the file to be durable, which the receiver does for many files at
+/// once; a window of chunks would let only a few dozen small files wait at a time.
+pub const SMALL_FILE: u64 = 64 << 10;
+/// Small files a sender may have sent and not yet seen reported (at most 16 MiB of data).
+pub const SMALL_FILE_WINDOW: u32 = 256;
+
+/// Whether a file of `size` bytes is small (see `SMALL_FILE`) at this chunk size.
+pub fn is_small(size: u64, chunk_size: u32) -> bool {
+    size <= SMALL_FILE.min(u64::from(chunk_size))
+}
 /// Most payload bytes a transfer may have in flight (`chunk_size × window`). It bounds what a
 /// receiver may have to hold for one transfer while a re-sent chunk is missing.
 pub const MAX_IN_FLIGHT_BYTES: u64 = 128 << 20;

@@ -1,0 +1,274 @@
+//! The receiver's temporary ("part") files and how they reach their final names.
+//!
+//! A file that may be continued after a break is written under a hidden name beside its final
+//! place (`.<transfer-id>-<n>.p2pd-part`), which a resume finds again. A file of a single chunk
+//! can never be continued — a partial chunk is never recorded — so on Linux it is written to an
+//! unnamed file (`O_TMPFILE`) in its final directory instead: no name to create, link and
+//! unlink again, which for a folder of many small files was most of the receiver's time (three
+//! directory updates per file, each holding the directory's lock against the next file's
+//! create). A crash drops an unnamed file by itself; nothing is left to clean up.
+//!
+//! Both kinds reach the final name by a hard link, which never replaces an existing name.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A file being received, from its first byte until it is in place (or removed).
+pub(crate) struct PartFile {
+    /// Shared with the syncer, which syncs it for checkpoints and placement.
+    pub(crate) file: Arc<File>,
+    /// The hidden name a resume continues from; `None` for an unnamed file.
+    pub(crate) name: Option<PathBuf>,
+    /// What messages call it: the hidden name, or the final path for an unnamed file.
+    pub(crate) shown: PathBuf,
+}
+
+impl PartFile {
+    /// Creates the hidden file `name`, failing if anything (a symlink included) sits there.
+    pub(crate) fn create_named(name: PathBuf) -> Result<Self, String> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&name)
+            .map_err(|e| format!("cannot create {}: {e}", name.display()))?;
+        Ok(Self {
+            file: Arc::new(file),
+            shown: name.clone(),
+            name: Some(name),
+        })
+    }
+
+    /// An unnamed file in the directory of `final_path`, where the file system and the
+    /// kernel offer one (and `/proc` is there to link it by); `None` otherwise.
+    pub(crate) fn create_unnamed(final_path: &Path) -> Option<Self> {
+        let dir = final_path.parent()?;
+        let file = open_unnamed(dir)?;
+        Some(Self {
+            file: Arc::new(file),
+            name: None,
+            shown: final_path.to_path_buf(),
+        })
+    }
+
+    /// A kept hidden file reopened by a resume.
+    pub(crate) fn reopened(name: &Path, file: File) -> Self {
+        Self {
+            file: Arc::new(file),
+            name: Some(name.to_path_buf()),
+            shown: name.to_path_buf(),
+        }
+    }
+
+    /// Removes the file: its hidden name goes; an unnamed one vanishes with its last handle.
+    pub(crate) fn remove(self) {
+        drop(self.file);
+        if let Some(name) = self.name {
+            let _ = fs::remove_file(name);
+        }
+    }
+
+    /// Gives the file the name `to`; fails with `AlreadyExists` if `to` exists.
+    ///
+    /// `adopt_equal` is for a file received again after a crash that may have come between
+    /// linking an unnamed file and recording it: a name that already holds exactly these
+    /// bytes is taken as that earlier link. (A hidden file needs no such guess: `resume`
+    /// recognises it by inode.)
+    pub(crate) fn link(&self, to: &Path, adopt_equal: bool) -> io::Result<()> {
+        let linked = match &self.name {
+            Some(name) => fs::hard_link(name, to),
+            None => link_unnamed(&self.file, to),
+        };
+        match linked {
+            Err(e)
+                if e.kind() == io::ErrorKind::AlreadyExists
+                    && adopt_equal
+                    && self.name.is_none()
+                    && same_bytes(&self.file, to) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Links the file under `wanted`, or `wanted (1)`, … (`candidates`) — the first name that
+    /// is free. Returns the name it got.
+    pub(crate) fn link_free_name(
+        &self,
+        candidates: impl Iterator<Item = PathBuf>,
+        adopt_equal: bool,
+    ) -> io::Result<PathBuf> {
+        for candidate in candidates {
+            match self.link(&candidate, adopt_equal) {
+                Ok(()) => return Ok(candidate),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free name"))
+    }
+}
+
+/// Whether the regular file at `path` (not followed if a symlink) holds exactly the bytes of
+/// `file`. Only ever asked for files of one chunk.
+fn same_bytes(file: &File, path: &Path) -> bool {
+    let Ok(mut other) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return false;
+    };
+    let (Ok(mine), Ok(theirs)) = (file.metadata(), other.metadata()) else {
+        return false;
+    };
+    if !theirs.file_type().is_file() || theirs.len() != mine.len() {
+        return false;
+    }
+    let mut a = vec![0u8; 64 << 10];
+    let mut b = vec![0u8; 64 << 10];
+    let mut offset = 0u64;
+    while offset < mine.len() {
+        let n = (mine.len() - offset).min(a.len() as u64) as usize;
+        if file.read_exact_at(&mut a[..n], offset).is_err()
+            || other.read_exact(&mut b[..n]).is_err()
+        {
+            return false;
+        }
+        if a[..n] != b[..n] {
+            return false;
+        }
+        offset += n as u64;
+    }
+    true
+}
+
+#[cfg(target_os = "linux")]
+fn open_unnamed(dir: &Path) -> Option<File> {
+    use rustix::fs::{Mode, OFlags};
+    if !proc_fd_links() {
+        return None;
+    }
+    // Fails on file systems without O_TMPFILE (EOPNOTSUPP) and kernels before 3.11; the
+    // caller then writes a named file. NOFOLLOW: the directory itself must not be a symlink,
+    // as the named file's O_NOFOLLOW guarantees for its own name.
+    rustix::fs::open(
+        dir,
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .ok()
+    .map(File::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_unnamed(_dir: &Path) -> Option<File> {
+    None
+}
+
+/// Links an unnamed file by its `/proc/self/fd` entry: `linkat(AT_EMPTY_PATH)` would need
+/// CAP_DAC_READ_SEARCH, this needs nothing.
+#[cfg(target_os = "linux")]
+fn link_unnamed(file: &File, to: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let from = format!("/proc/self/fd/{}", file.as_raw_fd());
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        from.as_str(),
+        rustix::fs::CWD,
+        to,
+        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+    )
+    .map_err(io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn link_unnamed(_file: &File, _to: &Path) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// Whether `/proc/self/fd` is there to link unnamed files by (a chroot or container may
+/// lack `/proc`).
+#[cfg(target_os = "linux")]
+fn proc_fd_links() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| Path::new("/proc/self/fd").is_dir())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn unnamed_with(dir: &Path, name: &str, bytes: &[u8]) -> Option<PartFile> {
+        let part = PartFile::create_unnamed(&dir.join(name))?;
+        (&*part.file).write_all(bytes).unwrap();
+        Some(part)
+    }
+
+    #[test]
+    fn an_unnamed_file_appears_only_when_linked() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(part) = unnamed_with(dir.path(), "a.txt", b"hello") else {
+            eprintln!("no O_TMPFILE here; the named path covers this file system");
+            return;
+        };
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        part.link(&dir.path().join("a.txt"), false).unwrap();
+        assert_eq!(fs::read(dir.path().join("a.txt")).unwrap(), b"hello");
+        part.remove();
+        assert_eq!(fs::read(dir.path().join("a.txt")).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn a_link_never_replaces_and_adopts_only_equal_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let to = dir.path().join("a.txt");
+        fs::write(&to, b"other").unwrap();
+        let Some(part) = unnamed_with(dir.path(), "a.txt", b"hello") else {
+            return;
+        };
+        let e = part.link(&to, false).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        let e = part.link(&to, true).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "different bytes");
+        assert_eq!(fs::read(&to).unwrap(), b"other");
+        fs::write(&to, b"hello").unwrap();
+        part.link(&to, true).unwrap();
+        // A symlink to equal bytes is not adopted.
+        fs::remove_file(&to).unwrap();
+        fs::write(dir.path().join("real"), b"hello").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), &to).unwrap();
+        assert!(part.link(&to, true).is_err());
+    }
+
+    #[test]
+    fn a_free_name_is_found_beside_taken_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a"), b"x").unwrap();
+        let Some(part) = unnamed_with(dir.path(), "a", b"y") else {
+            return;
+        };
+        let names = ["a", "a (1)", "a (2)"].map(|n| dir.path().join(n));
+        let got = part.link_free_name(names.into_iter(), false).unwrap();
+        assert_eq!(got, dir.path().join("a (1)"));
+        assert_eq!(fs::read(&got).unwrap(), b"y");
+    }
+
+    #[test]
+    fn a_named_file_is_created_exclusively_and_removed_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().join(".x.p2pd-part");
+        let part = PartFile::create_named(name.clone()).unwrap();
+        assert!(PartFile::create_named(name.clone()).is_err());
+        part.link(&dir.path().join("x"), false).unwrap();
+        part.remove();
+        assert!(!name.exists());
+        assert!(dir.path().join("x").exists());
+    }
+}
