@@ -40,6 +40,40 @@ const SAMPLE_CHUNKS: u32 = 2;
 /// A sampled chunk that compresses to more than this fraction counts as incompressible.
 const INCOMPRESSIBLE_RATIO: f64 = 0.95;
 
+/// Incompressible one-chunk files in a row after which only some are still tried …
+const PROBE_MISSES: u32 = 8;
+/// … namely one in this many, until one shrinks again.
+const PROBE_EVERY: u32 = 32;
+
+/// Whether to try compressing a file of one chunk. Such a file is its own whole sample, so a
+/// folder of many small incompressible files (photos, archives) would pay a compression attempt
+/// for every file; the decision is therefore carried from file to file.
+#[derive(Debug, Default)]
+struct OneChunkProbe {
+    misses: u32,
+    skipped: u32,
+}
+
+impl OneChunkProbe {
+    fn should_try(&mut self) -> bool {
+        if self.misses < PROBE_MISSES || self.skipped + 1 >= PROBE_EVERY {
+            self.skipped = 0;
+            true
+        } else {
+            self.skipped += 1;
+            false
+        }
+    }
+
+    fn saw(&mut self, incompressible: bool) {
+        self.misses = if incompressible {
+            self.misses.saturating_add(1)
+        } else {
+            0
+        };
+    }
+}
+
 /// A chunk sent but not yet acknowledged.
 struct InFlight {
     frame: OutFrame,
@@ -527,6 +561,7 @@ fn produce(
             None => Err(Produce::Cancelled),
         }
     };
+    let mut probe = OneChunkProbe::default();
     for (index, file) in manifest.files.iter().enumerate() {
         if have.complete[index] {
             continue;
@@ -546,7 +581,8 @@ fn produce(
         let mut hasher = Sha256::new();
         let mut done: u64 = 0;
         let mut chunk_index: u64 = 0;
-        let mut compress_file = compressor.is_some();
+        let one_chunk = size > 0 && size <= chunk_size as u64;
+        let mut compress_file = compressor.is_some() && (!one_chunk || probe.should_try());
         let mut incompressible = 0u32;
         // Chunks sampled so far (a resumed file samples the first chunks it sends).
         let mut sampled = 0u32;
@@ -577,8 +613,12 @@ fn produce(
                         .map_err(|e| Produce::Failed(format!("zstd failed: {e}")))?;
                     if sampled < SAMPLE_CHUNKS {
                         sampled += 1;
-                        if packed.len() as f64 > raw.len() as f64 * INCOMPRESSIBLE_RATIO {
+                        let missed = packed.len() as f64 > raw.len() as f64 * INCOMPRESSIBLE_RATIO;
+                        if missed {
                             incompressible += 1;
+                        }
+                        if one_chunk {
+                            probe.saw(missed);
                         }
                         if sampled == SAMPLE_CHUNKS && incompressible == SAMPLE_CHUNKS {
                             compress_file = false;
@@ -746,4 +786,34 @@ fn open_unchanged(file: &LocalFile) -> Result<std::fs::File, String> {
         ));
     }
     std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_chunk_files_stop_being_compressed_after_a_run_of_misses_and_come_back() {
+        let mut probe = OneChunkProbe::default();
+        for _ in 0..PROBE_MISSES {
+            assert!(probe.should_try());
+            probe.saw(true);
+        }
+        // Now only one in PROBE_EVERY is tried.
+        let tried: Vec<bool> = (0..PROBE_EVERY * 2)
+            .map(|_| {
+                let t = probe.should_try();
+                if t {
+                    probe.saw(true);
+                }
+                t
+            })
+            .collect();
+        assert_eq!(tried.iter().filter(|t| **t).count(), 2);
+        assert!(tried[PROBE_EVERY as usize - 1]);
+        // One that shrinks brings every file back.
+        while !probe.should_try() {}
+        probe.saw(false);
+        assert!((0..PROBE_EVERY).all(|_| probe.should_try()));
+    }
 }
