@@ -1904,6 +1904,152 @@ async fn small_files_have_a_window_of_their_own() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_small_file_window_is_used_only_with_a_peer_that_has_it() {
+    // A daemon sends a folder of 12 small files to mallory under window 2. Mallory answers
+    // nothing until the sender stops, then everything, over and over: the most frames the
+    // sender had unanswered shows which window it kept to — the chunk window (a small file's
+    // chunk and FileDone take a permit each) for a peer without CAPABILITY_SMALL_FILES, the
+    // small-file window (all 12 files at once) for one with it.
+    assert_eq!(small_files_to_mallory(false).await, 2);
+    assert_eq!(small_files_to_mallory(true).await, 24);
+}
+
+/// Runs the transfer described above; returns the most frames (chunks and FileDones) the
+/// sender had unanswered at a time.
+async fn small_files_to_mallory(small_files_cap: bool) -> usize {
+    const FILES: usize = 12;
+    let m = Mallory::new();
+    let a = start(DaemonDirs::new(), DaemonOptions::default()).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let m_addr = listener.local_addr().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let folder = src.path().join("smalls");
+    std::fs::create_dir(&folder).unwrap();
+    for i in 0..FILES {
+        std::fs::write(folder.join(format!("s{i:02}")), format!("small {i}")).unwrap();
+    }
+    let identity = m.identity.clone();
+    let mallory = tokio::spawn(async move {
+        let (tcp, _) = tokio::time::timeout(STEP, listener.accept())
+            .await
+            .expect("the daemon connects")
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&identity).unwrap());
+        let stream = tokio::time::timeout(STEP, acceptor.accept(tcp))
+            .await
+            .expect("TLS accept timed out")
+            .expect("TLS accept");
+        let mut p = Peer {
+            stream: Box::new(stream),
+        };
+        let hello = match p.recv().await {
+            Body::Hello(h) => h,
+            other => panic!("expected Hello, got {other:?}"),
+        };
+        let mut capabilities = hello.capabilities & caps::SUPPORTED;
+        if !small_files_cap {
+            capabilities &= !caps::SMALL_FILES;
+        }
+        p.send(Body::HelloAck(wire::HelloAck {
+            device_id: identity.device_id.to_string(),
+            name: "mallory".into(),
+            protocol_version: PROTOCOL_VERSION,
+            capabilities,
+            listen_port: u32::from(m_addr.port()),
+            software_version: "test-peer".into(),
+            ..Default::default()
+        }))
+        .await;
+        let proposal = match p.recv().await {
+            Body::Config(c) => c,
+            other => panic!("expected Config, got {other:?}"),
+        };
+        p.send(Body::ConfigAck(wire::ConfigAck {
+            agreed: Some(wire::Config {
+                compress: false,
+                windowed: true,
+                window_size: 2,
+                ..proposal
+            }),
+        }))
+        .await;
+        let info = match p.recv().await {
+            Body::TransferInfo(i) => i,
+            other => panic!("expected TransferInfo, got {other:?}"),
+        };
+        assert_eq!(info.files.len(), FILES, "{info:?}");
+        let id = info.transfer_id.clone();
+        p.send(Body::Ready(wire::Ready {
+            transfer_id: id.clone(),
+            have: Vec::new(),
+        }))
+        .await;
+        let mut most = 0;
+        let mut unanswered: Vec<Body> = Vec::new();
+        loop {
+            match p.next(Duration::from_millis(500)).await {
+                Some(Ok(f @ (Body::Chunk(_) | Body::FileDone(_)))) => unanswered.push(f),
+                Some(Ok(Body::Complete(c))) => {
+                    p.send(Body::CompleteAck(wire::CompleteAck {
+                        transfer_id: c.transfer_id,
+                    }))
+                    .await;
+                    return most;
+                }
+                Some(other) => panic!("unexpected from the sender: {other:?}"),
+                None => {
+                    // The sender waits for answers: give them all.
+                    assert!(
+                        !unanswered.is_empty(),
+                        "the sender stopped with nothing out"
+                    );
+                    most = most.max(unanswered.len());
+                    for f in unanswered.drain(..) {
+                        let answer = match f {
+                            Body::Chunk(c) => Body::ChunkAck(wire::ChunkAck {
+                                transfer_id: id.clone(),
+                                file_index: c.file_index,
+                                chunk_index: c.chunk_index,
+                                status: wire::ChunkStatus::Ok as i32,
+                            }),
+                            Body::FileDone(d) => Body::FileResult(wire::FileResult {
+                                transfer_id: id.clone(),
+                                file_index: d.file_index,
+                                ok: true,
+                                error: String::new(),
+                            }),
+                            _ => unreachable!(),
+                        };
+                        p.send(answer).await;
+                    }
+                }
+            }
+        }
+    });
+    let t = send_and_wait(
+        &a,
+        &folder,
+        &format!("{}@{m_addr}", m.id()),
+        Some(pb::SendOptions {
+            compress: Some(false),
+            window: 2,
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_eq!(
+        t.state,
+        pb::TransferState::Completed as i32,
+        "{t:?}\n--- sender stderr ---\n{}",
+        a.stderr()
+    );
+    tokio::time::timeout(STEP, mallory)
+        .await
+        .expect("mallory finished")
+        .expect("mallory's side of the transfer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_idle_connections_does_not_lock_out_real_peers() {
     let a = start(DaemonDirs::new(), auto_accept()).await;
     let b = start(DaemonDirs::new(), auto_accept()).await;

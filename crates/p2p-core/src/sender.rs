@@ -91,12 +91,20 @@ struct Window {
     // Small files (see `transfer::SMALL_FILE`) that may still be started; the producer forgets
     // one per small file, the driver adds one back per OK `FileResult` of a small file.
     small_files: Arc<Semaphore>,
+    // The receiver has the small-file window (`caps::SMALL_FILES`); without it every file
+    // counts against the chunk window.
+    small_window: bool,
     // The frames in flight, kept for re-sending; at most `window` entries plus one per
     // small file in flight.
     in_flight: Mutex<HashMap<(u32, u64), InFlight>>,
 }
 
 impl Window {
+    /// Whether a file of `size` goes on a small-file permit.
+    fn small(&self, size: u64, chunk_size: u32) -> bool {
+        self.small_window && is_small(size, chunk_size)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u64), InFlight>> {
         match self.in_flight.lock() {
             Ok(g) => g,
@@ -298,6 +306,7 @@ async fn drive(
     let window = Arc::new(Window {
         permits: Arc::new(Semaphore::new(opts.window as usize)),
         small_files: Arc::new(Semaphore::new(SMALL_FILE_WINDOW as usize)),
+        small_window: session.caps & crate::wire::caps::SMALL_FILES != 0,
         in_flight: Mutex::new(HashMap::new()),
     });
     let producer_cancel = stop.child_token();
@@ -372,7 +381,7 @@ async fn drive(
                         // FileDone (a small file: its first frame) took a permit: the
                         // receiver has answered it.
                         let size = manifest.files.get(r.file_index as usize).map_or(0, |f| f.entry.size);
-                        if is_small(size, opts.chunk_size) {
+                        if window.small(size, opts.chunk_size) {
                             window.small_files.add_permits(1);
                         } else {
                             window.permits.add_permits(1);
@@ -574,7 +583,7 @@ fn produce(
         let skip = have.chunks.get(&file_index);
         let mut f = open_unchanged(file).map_err(Produce::Failed)?;
         // A small file's frames (its chunk, FileDone) go on one small-file permit.
-        let small = is_small(size, opts.chunk_size);
+        let small = window.small(size, opts.chunk_size);
         if small {
             acquire(&mut out, &window.small_files)?;
         }
@@ -671,8 +680,8 @@ fn produce(
             entry.progress(Some((&file.entry.path, done, size)));
         }
         // A file that grew while it was read would be sent truncated: refuse instead.
-        let mut probe = [0u8; 1];
-        if matches!(f.read(&mut probe), Ok(n) if n > 0) {
+        let mut one_more = [0u8; 1];
+        if matches!(f.read(&mut one_more), Ok(n) if n > 0) {
             return Err(Produce::Failed(format!(
                 "{} grew while it was being sent",
                 file.source.display()

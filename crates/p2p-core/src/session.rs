@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::device_id::DeviceId;
-use crate::transfer::{MAX_CHUNK, MAX_WINDOW, SMALL_FILE_WINDOW};
+use crate::transfer::{MAX_CHUNK, MAX_IN_FLIGHT_BYTES, MAX_WINDOW, SMALL_FILE, SMALL_FILE_WINDOW};
 use crate::wire::{self as codec, FrameReader, OutFrame, WireError, caps};
 
 /// Time allowed for the whole handshake.
@@ -225,7 +225,7 @@ impl Session {
     /// Routes the frames of `transfer_id` to `tx` (the sending side of a transfer).
     pub fn route(&self, transfer_id: &str, tx: mpsc::Sender<Body>) {
         self.lock_routes()
-            .insert(transfer_id.to_owned(), Route { attempt: 0, tx });
+            .insert(transfer_id.to_owned(), Route::new(0, tx));
     }
 
     /// A number for a new attempt at sending a transfer over this session, distinct from the
@@ -257,6 +257,61 @@ impl Session {
 struct Route {
     attempt: u32,
     tx: mpsc::Sender<Body>,
+    // Payload bytes of this transfer's large chunks alive on the receiver (see `LARGE_HELD_MAX`).
+    large_held: Arc<AtomicUsize>,
+}
+
+impl Route {
+    fn new(attempt: u32, tx: mpsc::Sender<Body>) -> Self {
+        Route {
+            attempt,
+            tx,
+            large_held: Arc::default(),
+        }
+    }
+
+    /// Counts a large chunk's payload against the route for as long as it lives (queued for
+    /// the receiving thread, held out of order, being written); false if that would exceed
+    /// what an honest sender can have in flight.
+    fn hold(&self, c: &mut wire::Chunk) -> bool {
+        let len = c.data.len();
+        if len as u64 <= SMALL_FILE {
+            return true;
+        }
+        if self.large_held.fetch_add(len, Ordering::Relaxed) + len > LARGE_HELD_MAX {
+            self.large_held.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        c.data = Bytes::from_owner(Held {
+            data: std::mem::take(&mut c.data),
+            held: self.large_held.clone(),
+        });
+        true
+    }
+}
+
+/// The most payload of large chunks (more than `SMALL_FILE` bytes) a transfer may have alive
+/// on the receiver: an honest sender keeps `window × chunk_size` within `MAX_IN_FLIGHT_BYTES`
+/// (one chunk more of slack). The route's frame count alone would not bound it: its slots for
+/// small files could otherwise be filled with chunks of 16 MiB.
+const LARGE_HELD_MAX: usize = MAX_IN_FLIGHT_BYTES as usize + MAX_CHUNK as usize;
+
+/// A chunk's payload, counted in its route's `large_held` until dropped.
+struct Held {
+    data: Bytes,
+    held: Arc<AtomicUsize>,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.data.len(), Ordering::Relaxed);
+    }
 }
 
 /// Receives what a session's reader cannot route: new offers, and the end of the session.
@@ -871,13 +926,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         continue;
                     }
                     // Routed before the offer is handled, so that an early Cancel is not lost.
-                    routes.insert(
-                        id,
-                        Route {
-                            attempt: info.attempt,
-                            tx,
-                        },
-                    );
+                    routes.insert(id, Route::new(info.attempt, tx));
                 }
                 events.offer(session.clone(), info, rx);
             }
@@ -885,22 +934,28 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Body::Hello(_) | Body::HelloAck(_) | Body::Config(_) | Body::ConfigAck(_) => {
                 break protocol_error("handshake frame on an established session".to_owned());
             }
-            other => {
+            mut other => {
                 let Some(id) = transfer_id(&other) else {
                     continue;
                 };
                 let id = id.to_owned();
                 let route = session.lock_routes().get(&id).cloned();
-                if let (Some(r), Body::Chunk(c)) = (&route, &other) {
+                let mut crowded = false;
+                if let (Some(r), Body::Chunk(c)) = (&route, &mut other) {
                     if c.attempt != r.attempt {
                         // Sent by an earlier attempt on another lane, overtaken by the new
                         // offer: not part of the transfer as it runs now.
                         tracing::debug!(session = session.id, transfer = %id, attempt = c.attempt, "chunk of an earlier attempt dropped");
                         continue;
                     }
+                    crowded = !r.hold(c);
                 }
-                match route.map(|r| r.tx) {
-                    Some(tx) => match tx.try_send(other) {
+                match route {
+                    Some(r) => match if crowded {
+                        Err(mpsc::error::TrySendError::Full(other))
+                    } else {
+                        r.tx.try_send(other)
+                    } {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Closed(frame)) => {
                             session.unroute(&id);
@@ -970,6 +1025,43 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
+
+    /// Large chunks count against their route for as long as they live, up to what an honest
+    /// sender can have in flight; small ones do not count.
+    #[test]
+    fn a_route_holds_large_chunks_up_to_a_bound_in_bytes() {
+        let (tx, _rx) = mpsc::channel(4);
+        let route = Route::new(1, tx);
+        let chunk = |len: usize| wire::Chunk {
+            data: Bytes::from(vec![7u8; len]),
+            ..Default::default()
+        };
+        let big = MAX_CHUNK as usize;
+        let mut held = Vec::new();
+        while held.len() * big + big <= LARGE_HELD_MAX {
+            let mut c = chunk(big);
+            assert!(route.hold(&mut c), "within the bound: {} held", held.len());
+            assert_eq!(c.data.len(), big, "the payload is untouched");
+            held.push(c);
+        }
+        assert!(!route.hold(&mut chunk(big)), "beyond the bound");
+        let mut small = chunk(SMALL_FILE as usize);
+        assert!(route.hold(&mut small), "small chunks do not count");
+        // A chunk the receiver is done with frees its bytes (clones of its payload included).
+        let copy = held[0].data.clone();
+        drop(held.remove(0));
+        assert!(
+            !route.hold(&mut chunk(big)),
+            "a copy of the payload still lives"
+        );
+        drop(copy);
+        assert!(route.hold(&mut chunk(big)));
+        assert_eq!(
+            route.large_held.load(Ordering::Relaxed),
+            held.len() * big,
+            "the chunk just held was dropped again"
+        );
+    }
 
     /// Sessions and offers, as a node would keep them.
     #[derive(Default)]

@@ -29,8 +29,10 @@ pub mod caps {
     pub const WINDOWED: u32 = 8;
     /// More than one TCP connection (lane) per session.
     pub const LANES: u32 = 16;
+    /// Small files have a window of their own (`transfer::SMALL_FILE_WINDOW`).
+    pub const SMALL_FILES: u32 = 32;
     /// What this build supports.
-    pub const SUPPORTED: u32 = COMPRESSION | RESUME | FOLDER | WINDOWED | LANES;
+    pub const SUPPORTED: u32 = COMPRESSION | RESUME | FOLDER | WINDOWED | LANES | SMALL_FILES;
 }
 
 /// Frame limit during the handshake.
