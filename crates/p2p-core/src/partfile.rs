@@ -12,9 +12,10 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A file being received, from its first byte until it is in place (or removed).
 pub(crate) struct PartFile {
@@ -75,20 +76,24 @@ impl PartFile {
     /// Gives the file the name `to`; fails with `AlreadyExists` if `to` exists.
     ///
     /// `adopt_equal` is for a file received again after a crash that may have come between
-    /// linking an unnamed file and recording it: a name that already holds exactly these
-    /// bytes is taken as that earlier link. (A hidden file needs no such guess: `resume`
-    /// recognises it by inode.)
+    /// linking an unnamed file and recording it: a name that already holds this very file —
+    /// see `earlier_link_of` — is taken as that earlier link. (A hidden file needs no such
+    /// guess: `resume` recognises it by inode.)
     pub(crate) fn link(&self, to: &Path, adopt_equal: bool) -> io::Result<()> {
         let linked = match &self.name {
             Some(name) => fs::hard_link(name, to),
-            None => link_unnamed(&self.file, to),
+            None => link_unnamed(&self.file, to).inspect_err(|e| {
+                if e.kind() != io::ErrorKind::AlreadyExists {
+                    unnamed_failed(e);
+                }
+            }),
         };
         match linked {
             Err(e)
                 if e.kind() == io::ErrorKind::AlreadyExists
                     && adopt_equal
                     && self.name.is_none()
-                    && same_bytes(&self.file, to) =>
+                    && earlier_link_of(&self.file, to) =>
             {
                 Ok(())
             }
@@ -114,20 +119,35 @@ impl PartFile {
     }
 }
 
-/// Whether the regular file at `path` (not followed if a symlink) holds exactly the bytes of
-/// `file`. Only ever asked for files of one chunk.
-fn same_bytes(file: &File, path: &Path) -> bool {
+/// Whether `path` is, as far as can be told, an earlier link of `file` (an unnamed file
+/// whose mode and modification time are set, as `verify` sets them before linking): a regular
+/// file (a symlink is not followed), ours, with no other name, of the same mode, modification
+/// time (to the nanosecond) and bytes. Only ever asked for files of one chunk.
+fn earlier_link_of(file: &File, path: &Path) -> bool {
+    let (Ok(mine), Ok(theirs)) = (file.metadata(), fs::symlink_metadata(path)) else {
+        return false;
+    };
+    let ours = theirs.file_type().is_file()
+        && theirs.nlink() == 1
+        && theirs.uid() == rustix::process::geteuid().as_raw()
+        && theirs.len() == mine.len()
+        && theirs.mode() & 0o7777 == mine.mode() & 0o7777
+        && (theirs.mtime(), theirs.mtime_nsec()) == (mine.mtime(), mine.mtime_nsec());
+    if !ours {
+        return false;
+    }
     let Ok(mut other) = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
     else {
         return false;
     };
-    let (Ok(mine), Ok(theirs)) = (file.metadata(), other.metadata()) else {
-        return false;
-    };
-    if !theirs.file_type().is_file() || theirs.len() != mine.len() {
+    // Still the file looked at above.
+    if !other
+        .metadata()
+        .is_ok_and(|m| (m.dev(), m.ino()) == (theirs.dev(), theirs.ino()))
+    {
         return false;
     }
     let mut a = vec![0u8; 64 << 10];
@@ -151,15 +171,15 @@ fn same_bytes(file: &File, path: &Path) -> bool {
 #[cfg(target_os = "linux")]
 fn open_unnamed(dir: &Path) -> Option<File> {
     use rustix::fs::{Mode, OFlags};
-    if !proc_fd_links() {
+    if !proc_fd_links() || UNNAMED_FAILED.load(Ordering::Relaxed) {
         return None;
     }
     // Fails on file systems without O_TMPFILE (EOPNOTSUPP) and kernels before 3.11; the
-    // caller then writes a named file. NOFOLLOW: the directory itself must not be a symlink,
-    // as the named file's O_NOFOLLOW guarantees for its own name.
+    // caller then writes a named file. The directory is reached as the named file's would be
+    // (the destination may well be a symlink to another disk).
     rustix::fs::open(
         dir,
-        OFlags::TMPFILE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o600),
     )
     .ok()
@@ -192,6 +212,16 @@ fn link_unnamed(_file: &File, _to: &Path) -> io::Result<()> {
     Err(io::ErrorKind::Unsupported.into())
 }
 
+/// Set when linking an unnamed file failed other than for a taken name (a `/proc` that
+/// refuses, say): from then on files get named temporary files, which need no `/proc`.
+static UNNAMED_FAILED: AtomicBool = AtomicBool::new(false);
+
+fn unnamed_failed(e: &io::Error) {
+    if !UNNAMED_FAILED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(cause = %e, "cannot link an unnamed temporary file; using named temporary files from now on");
+    }
+}
+
 /// Whether `/proc/self/fd` is there to link unnamed files by (a chroot or container may
 /// lack `/proc`).
 #[cfg(target_os = "linux")]
@@ -201,13 +231,29 @@ fn proc_fd_links() -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
+
+    /// What `verify` gives a received file before it is linked.
+    pub(crate) fn set_received_metadata(file: &File) {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o644))
+            .unwrap();
+        file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 42))
+            .unwrap();
+    }
+
+    /// A file at `path` as an earlier link of a received file would look.
+    pub(crate) fn plant(path: &Path, bytes: &[u8]) {
+        fs::write(path, bytes).unwrap();
+        set_received_metadata(&File::options().write(true).open(path).unwrap());
+    }
 
     fn unnamed_with(dir: &Path, name: &str, bytes: &[u8]) -> Option<PartFile> {
         let part = PartFile::create_unnamed(&dir.join(name))?;
         (&*part.file).write_all(bytes).unwrap();
+        set_received_metadata(&part.file);
         Some(part)
     }
 
@@ -226,10 +272,10 @@ mod tests {
     }
 
     #[test]
-    fn a_link_never_replaces_and_adopts_only_equal_bytes() {
+    fn a_link_never_replaces_and_adopts_only_its_own_earlier_link() {
         let dir = tempfile::tempdir().unwrap();
         let to = dir.path().join("a.txt");
-        fs::write(&to, b"other").unwrap();
+        plant(&to, b"other");
         let Some(part) = unnamed_with(dir.path(), "a.txt", b"hello") else {
             return;
         };
@@ -238,13 +284,24 @@ mod tests {
         let e = part.link(&to, true).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "different bytes");
         assert_eq!(fs::read(&to).unwrap(), b"other");
+        // Same bytes, but not what a received file looks like: another modification time,
+        // another mode, a second name.
         fs::write(&to, b"hello").unwrap();
+        assert!(part.link(&to, true).is_err(), "modification time differs");
+        plant(&to, b"hello");
+        fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        assert!(part.link(&to, true).is_err(), "mode differs");
+        plant(&to, b"hello");
+        fs::hard_link(&to, dir.path().join("second")).unwrap();
+        assert!(part.link(&to, true).is_err(), "a file with another name");
+        fs::remove_file(dir.path().join("second")).unwrap();
         part.link(&to, true).unwrap();
-        // A symlink to equal bytes is not adopted.
+        // A symlink to such a file is not adopted.
         fs::remove_file(&to).unwrap();
-        fs::write(dir.path().join("real"), b"hello").unwrap();
+        plant(&dir.path().join("real"), b"hello");
         std::os::unix::fs::symlink(dir.path().join("real"), &to).unwrap();
         assert!(part.link(&to, true).is_err());
+        assert!(fs::symlink_metadata(&to).unwrap().file_type().is_symlink());
     }
 
     #[test]

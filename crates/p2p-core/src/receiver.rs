@@ -1573,6 +1573,7 @@ mod tests {
     /// other bytes is never taken, and a fresh transfer takes none.
     #[test]
     fn a_resumed_one_chunk_file_adopts_its_own_earlier_link_only() {
+        use crate::partfile::tests::{plant, set_received_metadata};
         let dir = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
         let info = wire::TransferInfo {
@@ -1594,9 +1595,9 @@ mod tests {
         };
         let dest = prepare(dir.path(), &info).unwrap();
         let root = dir.path().join(&dest.roots["d"]);
-        fs::write(root.join("same"), b"hello").unwrap();
-        fs::write(root.join("other"), b"world").unwrap();
-        fs::write(dir.path().join("top.txt"), b"hello").unwrap();
+        plant(&root.join("same"), b"hello");
+        plant(&root.join("other"), b"world");
+        plant(&dir.path().join("top.txt"), b"hello");
         let store = Store::open(state.path()).unwrap();
         let transfers = Transfers::new();
         let entry = receiving_entry(&transfers, &info);
@@ -1616,6 +1617,7 @@ mod tests {
             let final_path = dest.path_of(&info.files[fi].path);
             let part = PartFile::create_unnamed(&final_path)?;
             (&*part.file).write_all(b"hello").unwrap();
+            set_received_metadata(&part.file);
             Some(link_in_place(&ctx, &Verified { fi, part }))
         };
         let Some(fresh_try) = place(0, false) else {
