@@ -1,4 +1,5 @@
-//! Filesystem helpers shared by the engine and the daemon: atomic writes and private directories.
+//! Filesystem helpers shared by the engine and the daemon: atomic writes, private directories
+//! and the open-file limit.
 
 use std::fs;
 use std::io::{self, Write};
@@ -80,9 +81,46 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Raises the soft limit on open files to the hard limit (at most 2^20), as a daemon that keeps
+/// many files open at once should: a receiving transfer holds one descriptor per file until it
+/// is synced and in place (up to a window of chunks plus 256 small files), and the common soft
+/// limit of 1024 would be reached by a few concurrent transfers. Returns the limit now in force
+/// (`None`: unlimited).
+///
+/// # Errors
+/// When the limit cannot be changed; the old one stays.
+pub fn raise_open_file_limit() -> io::Result<Option<u64>> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    const MOST: u64 = 1 << 20;
+    let now = getrlimit(Resource::Nofile);
+    let wanted = now.maximum.map_or(MOST, |m| m.min(MOST));
+    if now.current.is_some_and(|c| c >= wanted) || now.current.is_none() {
+        return Ok(now.current);
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(wanted),
+            maximum: now.maximum,
+        },
+    )?;
+    Ok(Some(wanted))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        use rustix::process::{Resource, getrlimit};
+        let hard = getrlimit(Resource::Nofile).maximum;
+        let now = raise_open_file_limit().unwrap();
+        assert_eq!(now, getrlimit(Resource::Nofile).current);
+        if let (Some(now), Some(hard)) = (now, hard) {
+            assert_eq!(now, hard.min(1 << 20));
+        }
+    }
 
     #[test]
     fn atomic_write_replaces_content_and_sets_mode() {

@@ -49,6 +49,10 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         None => None,
     };
     let log = logging::init(&config.log_level, log_file).map_err(anyhow::Error::msg)?;
+    match p2p_core::fsutil::raise_open_file_limit() {
+        Ok(limit) => tracing::debug!(?limit, "open files limit"),
+        Err(e) => tracing::warn!(cause = %e, "cannot raise the open files limit"),
+    }
 
     let control = ControlSocket::open(&config.socket)?;
     // From here on a failed start must not leave our socket behind.
