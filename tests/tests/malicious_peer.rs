@@ -1473,20 +1473,8 @@ async fn send_to_mallory(stale_before_ready: bool) {
         let a_id = a_id.clone();
         let expected = data.clone();
         tokio::spawn(async move {
-            let (tcp, _) = tokio::time::timeout(STEP, listener.accept())
-                .await
-                .expect("the daemon connects")
-                .unwrap();
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&identity).unwrap());
-            let stream = tokio::time::timeout(STEP, acceptor.accept(tcp))
-                .await
-                .expect("TLS accept timed out")
-                .expect("TLS accept");
-            let proven = tls::peer_id(stream.get_ref().1).unwrap().to_string();
+            let (mut p, proven) = accept_as_mallory(&listener, &identity).await;
             assert_eq!(proven, a_id, "the sender proves its own id");
-            let mut p = Peer {
-                stream: Box::new(stream),
-            };
             receive_as_mallory(
                 &mut p,
                 &identity,
@@ -1542,6 +1530,50 @@ async fn send_to_mallory(stale_before_ready: bool) {
 /// checked and acknowledged — except the first copy of chunk `nack`, reported corrupt — and
 /// the file verified. With `stale_before_ready`, an earlier attempt's reports come first.
 /// Returns how often each chunk arrived.
+/// Mallory as the listening side: accepts the daemon's connection and TLS; returns the peer
+/// and the device id the daemon proved.
+async fn accept_as_mallory(listener: &TcpListener, identity: &Identity) -> (Peer, String) {
+    let (tcp, _) = tokio::time::timeout(STEP, listener.accept())
+        .await
+        .expect("the daemon connects")
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(identity).unwrap());
+    let stream = tokio::time::timeout(STEP, acceptor.accept(tcp))
+        .await
+        .expect("TLS accept timed out")
+        .expect("TLS accept");
+    let proven = tls::peer_id(stream.get_ref().1).unwrap().to_string();
+    let p = Peer {
+        stream: Box::new(stream),
+    };
+    (p, proven)
+}
+
+/// Answers the daemon's Hello with mallory's HelloAck: the capabilities both have, less
+/// `withheld`. Returns the Hello.
+async fn hello_as_mallory(
+    p: &mut Peer,
+    identity: &Identity,
+    listen_port: u16,
+    withheld: u32,
+) -> wire::Hello {
+    let hello = match p.recv().await {
+        Body::Hello(h) => h,
+        other => panic!("expected Hello, got {other:?}"),
+    };
+    p.send(Body::HelloAck(wire::HelloAck {
+        device_id: identity.device_id.to_string(),
+        name: "mallory".into(),
+        protocol_version: PROTOCOL_VERSION,
+        capabilities: hello.capabilities & caps::SUPPORTED & !withheld,
+        listen_port: u32::from(listen_port),
+        software_version: "test-peer".into(),
+        ..Default::default()
+    }))
+    .await;
+    hello
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn receive_as_mallory(
     p: &mut Peer,
@@ -1553,22 +1585,9 @@ async fn receive_as_mallory(
     nack: u64,
     stale_before_ready: bool,
 ) -> BTreeMap<u64, u32> {
-    let hello = match p.recv().await {
-        Body::Hello(h) => h,
-        other => panic!("expected Hello, got {other:?}"),
-    };
+    let hello = hello_as_mallory(p, identity, listen_port, 0).await;
     assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
     assert_eq!(hello.device_id, sender_id, "the Hello names the proven id");
-    p.send(Body::HelloAck(wire::HelloAck {
-        device_id: identity.device_id.to_string(),
-        name: "mallory".into(),
-        protocol_version: PROTOCOL_VERSION,
-        capabilities: hello.capabilities & caps::SUPPORTED,
-        listen_port: u32::from(listen_port),
-        software_version: "test-peer".into(),
-        ..Default::default()
-    }))
-    .await;
     let proposal = match p.recv().await {
         Body::Config(c) => c,
         other => panic!("expected Config, got {other:?}"),
@@ -1930,36 +1949,13 @@ async fn small_files_to_mallory(small_files_cap: bool) -> usize {
     }
     let identity = m.identity.clone();
     let mallory = tokio::spawn(async move {
-        let (tcp, _) = tokio::time::timeout(STEP, listener.accept())
-            .await
-            .expect("the daemon connects")
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&identity).unwrap());
-        let stream = tokio::time::timeout(STEP, acceptor.accept(tcp))
-            .await
-            .expect("TLS accept timed out")
-            .expect("TLS accept");
-        let mut p = Peer {
-            stream: Box::new(stream),
+        let (mut p, _) = accept_as_mallory(&listener, &identity).await;
+        let withheld = if small_files_cap {
+            0
+        } else {
+            caps::SMALL_FILES
         };
-        let hello = match p.recv().await {
-            Body::Hello(h) => h,
-            other => panic!("expected Hello, got {other:?}"),
-        };
-        let mut capabilities = hello.capabilities & caps::SUPPORTED;
-        if !small_files_cap {
-            capabilities &= !caps::SMALL_FILES;
-        }
-        p.send(Body::HelloAck(wire::HelloAck {
-            device_id: identity.device_id.to_string(),
-            name: "mallory".into(),
-            protocol_version: PROTOCOL_VERSION,
-            capabilities,
-            listen_port: u32::from(m_addr.port()),
-            software_version: "test-peer".into(),
-            ..Default::default()
-        }))
-        .await;
+        hello_as_mallory(&mut p, &identity, m_addr.port(), withheld).await;
         let proposal = match p.recv().await {
             Body::Config(c) => c,
             other => panic!("expected Config, got {other:?}"),
