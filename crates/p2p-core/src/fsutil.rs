@@ -81,7 +81,7 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Raises the soft limit on open files to the hard limit (at most 2^20), as a daemon that keeps
+/// Raises the soft limit on open files to the hard limit (at most 2^20; 10240 on macOS), as a daemon that keeps
 /// many files open at once should: a receiving transfer holds one descriptor per file until it
 /// is synced and in place (up to a window of chunks plus 256 small files), and the common soft
 /// limit of 1024 would be reached by a few concurrent transfers. Returns the limit now in force
@@ -91,7 +91,13 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
 /// When the limit cannot be changed; the old one stays.
 pub fn raise_open_file_limit() -> io::Result<Option<u64>> {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    const MOST: u64 = 1 << 20;
+    // macOS refuses a soft limit above kern.maxfilesperproc (EINVAL) and reports the hard
+    // limit as unlimited; 10240 is OPEN_MAX there (Go's choice too).
+    const MOST: u64 = if cfg!(target_os = "macos") {
+        10_240
+    } else {
+        1 << 20
+    };
     let now = getrlimit(Resource::Nofile);
     let wanted = now.maximum.map_or(MOST, |m| m.min(MOST));
     if now.current.is_some_and(|c| c >= wanted) || now.current.is_none() {
@@ -118,7 +124,14 @@ mod tests {
         let now = raise_open_file_limit().unwrap();
         assert_eq!(now, getrlimit(Resource::Nofile).current);
         if let (Some(now), Some(hard)) = (now, hard) {
-            assert_eq!(now, hard.min(1 << 20));
+            assert_eq!(
+                now,
+                hard.min(if cfg!(target_os = "macos") {
+                    10_240
+                } else {
+                    1 << 20
+                })
+            );
         }
     }
 

@@ -83,7 +83,7 @@ impl PartFile {
         let linked = match &self.name {
             Some(name) => fs::hard_link(name, to),
             None => link_unnamed(&self.file, to).inspect_err(|e| {
-                if e.kind() != io::ErrorKind::AlreadyExists {
+                if proc_refused(&self.file, e) {
                     unnamed_failed(e);
                 }
             }),
@@ -129,7 +129,7 @@ fn earlier_link_of(file: &File, path: &Path) -> bool {
     };
     let ours = theirs.file_type().is_file()
         && theirs.nlink() == 1
-        && theirs.uid() == rustix::process::geteuid().as_raw()
+        && theirs.uid() == mine.uid()
         && theirs.len() == mine.len()
         && theirs.mode() & 0o7777 == mine.mode() & 0o7777
         && (theirs.mtime(), theirs.mtime_nsec()) == (mine.mtime(), mine.mtime_nsec());
@@ -212,9 +212,18 @@ fn link_unnamed(_file: &File, _to: &Path) -> io::Result<()> {
     Err(io::ErrorKind::Unsupported.into())
 }
 
-/// Set when linking an unnamed file failed other than for a taken name (a `/proc` that
-/// refuses, say): from then on files get named temporary files, which need no `/proc`.
+/// Set when linking an unnamed file failed because of `/proc` (not for a taken name, a full
+/// disk, a removed directory and the like): from then on files get named temporary files,
+/// which need no `/proc`.
 static UNNAMED_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a failed link of an unnamed file is `/proc`'s doing: its entry for the file is not
+/// there, or linking through it is refused (EPERM; EXDEV: the magic link was not followed).
+fn proc_refused(file: &File, e: &io::Error) -> bool {
+    use std::os::fd::AsRawFd;
+    matches!(e.raw_os_error(), Some(libc::EPERM | libc::EXDEV))
+        || fs::metadata(format!("/proc/self/fd/{}", file.as_raw_fd())).is_err()
+}
 
 fn unnamed_failed(e: &io::Error) {
     if !UNNAMED_FAILED.swap(true, Ordering::Relaxed) {

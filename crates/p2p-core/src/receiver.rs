@@ -959,6 +959,9 @@ impl Receiver<'_> {
             return Ok(());
         }
         self.write(fi, state, &raw)?;
+        // Written and acknowledged: its bytes no longer count against the route (see
+        // `session::Route::hold`) once dropped.
+        drop(raw);
         while let Some(next) = state.pending.remove(&state.next_chunk) {
             self.pending_total -= 1;
             self.write(fi, state, &next)?;
@@ -1568,9 +1571,10 @@ mod tests {
     }
 
     /// A file of one chunk received again after a crash that may have come between its link
-    /// and its record: in a resumed attempt, a final name holding exactly its bytes is taken as
-    /// that earlier link (no failure in a folder, no `name (1)` copy at the top); a name with
-    /// other bytes is never taken, and a fresh transfer takes none.
+    /// and its record: in a resumed attempt, a final name that looks exactly like that earlier
+    /// link (see `partfile::earlier_link_of`) is taken as it (no failure in a folder, no
+    /// `name (1)` copy at the top); a name with other bytes is never taken, and a fresh
+    /// transfer takes none.
     #[test]
     fn a_resumed_one_chunk_file_adopts_its_own_earlier_link_only() {
         use crate::partfile::tests::{plant, set_received_metadata};

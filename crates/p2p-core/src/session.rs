@@ -969,10 +969,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
                             // Dropping the route ends that transfer; the others go on.
                             tracing::warn!(session = session.id, transfer = %id, "peer exceeded the transfer's window; dropping the transfer");
                             session.unroute(&id);
+                            let reason = if crowded {
+                                "more chunk data in flight than the window allows"
+                            } else {
+                                "too many frames in flight"
+                            };
                             let _ = session.tx.try_send(
                                 codec::encode(Body::Cancel(wire::Cancel {
                                     transfer_id: id,
-                                    reason: "too many frames in flight".into(),
+                                    reason: reason.into(),
                                     resumable: false,
                                     failed: true,
                                 }))
