@@ -1909,6 +1909,21 @@ async fn small_files_have_a_window_of_their_own() {
         ended == "all placed" || ended.contains("window") || ended.contains("in flight"),
         "{ended}"
     );
+    if ended == "all placed" {
+        p.send(Body::Complete(wire::Complete {
+            transfer_id: id.clone(),
+        }))
+        .await;
+        assert!(matches!(p.recv().await, Body::CompleteAck(_)));
+    }
+    let t = transfer_final(&d, &id).await;
+    if ended == "all placed" {
+        assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
+    } else {
+        // Cut off for breaking the protocol: failed here too, not waiting for a resume.
+        assert_eq!(t.state, pb::TransferState::Failed as i32, "{t:?}");
+        assert!(t.error.contains("in flight"), "{t:?}");
+    }
     assert_no_part_files(&d.dirs.download_dir, "small-file flood").await;
     for e in std::fs::read_dir(d.dirs.download_dir.join("flood")).unwrap() {
         let e = e.unwrap();

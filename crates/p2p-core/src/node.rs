@@ -338,6 +338,19 @@ impl SessionEvents for Events {
         }
     }
 
+    fn overrun(&self, session: &Arc<Session>, transfer_id: &str, reason: &str) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        if let Some(entry) = inner.transfers.get(transfer_id) {
+            if entry.snapshot().peer_id == session.peer.device_id {
+                let _ = entry
+                    .peer_fault
+                    .set(format!("peer broke the protocol: {reason}"));
+            }
+        }
+    }
+
     fn lane_of(&self, token: &[u8], peer: DeviceId) -> Option<Arc<Session>> {
         let inner = self.0.upgrade()?;
         let sessions = lock(&inner.sessions);

@@ -678,6 +678,13 @@ impl Receiver<'_> {
                 Some(Ok(None)) if entry.cancel.is_cancelled() => {
                     return ReceiveEnd::Cancelled("cancelled by receiver".into());
                 }
+                // The session's reader cut the peer off (and told it so).
+                Some(Ok(None)) if entry.peer_fault.get().is_some() => {
+                    return ReceiveEnd::Failed {
+                        reason: entry.peer_fault.get().cloned().unwrap_or_default(),
+                        tell_peer: false,
+                    };
+                }
                 Some(Ok(None)) => {
                     return ReceiveEnd::Interrupted {
                         reason: SESSION_LOST.into(),

@@ -363,7 +363,9 @@ async fn drive(
                 }
             }
             frame = route.recv() => {
-                match frame.ok_or_else(lost)? {
+                // A route cut off because the receiver broke the protocol is no session loss.
+                let gone = || entry.peer_fault.get().map_or_else(lost, |r| AttemptEnd::PeerFailed(r.clone()));
+                match frame.ok_or_else(gone)? {
                     Body::ChunkAck(ack) => {
                         let (fi, ci) = (ack.file_index, ack.chunk_index);
                         // Only an acknowledgement that settles a chunk in flight is recorded:

@@ -320,6 +320,9 @@ pub trait SessionEvents: Send + Sync + 'static {
     fn offer(&self, session: Arc<Session>, info: wire::TransferInfo, frames: mpsc::Receiver<Body>);
     /// A `Cancel` for a transfer that runs on no session (an interrupted one).
     fn stray_cancel(&self, session: &Arc<Session>, cancel: &wire::Cancel);
+    /// The peer broke a transfer's window: its route is about to be dropped, and the
+    /// transfer must fail with `reason` rather than wait for a resume.
+    fn overrun(&self, _session: &Arc<Session>, _transfer_id: &str, _reason: &str) {}
     /// The session `token` names as its lane token, if it is one with `peer`.
     fn lane_of(&self, token: &[u8], peer: DeviceId) -> Option<Arc<Session>>;
     /// The session ended.
@@ -968,12 +971,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             // Dropping the route ends that transfer; the others go on.
                             tracing::warn!(session = session.id, transfer = %id, "peer exceeded the transfer's window; dropping the transfer");
-                            session.unroute(&id);
                             let reason = if crowded {
                                 "more chunk data in flight than the window allows"
                             } else {
                                 "too many frames in flight"
                             };
+                            // Before the route goes: its worker, seeing its frames end,
+                            // must find why.
+                            events.overrun(&session, &id, reason);
+                            session.unroute(&id);
                             let _ = session.tx.try_send(
                                 codec::encode(Body::Cancel(wire::Cancel {
                                     transfer_id: id,

@@ -293,6 +293,10 @@ pub struct TransferEntry {
     started_instant: Instant,
     /// Cancelled when the transfer must stop (user cancel, peer cancel, session loss).
     pub cancel: CancellationToken,
+    /// Why the peer's frames for this transfer were cut off: it broke the protocol (more in
+    /// flight than its window allows). The transfer then fails with this instead of counting
+    /// as interrupted when its frames stop.
+    pub peer_fault: std::sync::OnceLock<String>,
     // This transfer's own speed limit; the sending thread waits on it, the control API changes
     // it while the transfer runs.
     limit: RateLimiter,
@@ -635,6 +639,7 @@ impl Transfers {
                 .and_then(|age| Instant::now().checked_sub(age))
                 .unwrap_or_else(Instant::now),
             cancel,
+            peer_fault: std::sync::OnceLock::new(),
             limit: RateLimiter::new(t.max_speed),
             global_limit: self.global_limit.clone(),
             inner: Mutex::new(Mutable {
