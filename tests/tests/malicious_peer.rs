@@ -2061,6 +2061,54 @@ async fn small_files_to_mallory(small_files_cap: bool) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_before_the_offer_is_accepted_fails_the_offer() {
+    // The offer waits for the user (mallory is not trusted); a chunk for it now breaks the
+    // protocol: the offer fails on both sides at once, is no longer listed, and is not kept
+    // for a resume as a lost session would be.
+    let m = Mallory::new();
+    let d = start(DaemonDirs::new(), DaemonOptions::default()).await;
+    let addr = listen_addr(&d).await;
+    let (mut p, _) = Peer::handshake(addr, &m).await;
+    let id = tid("chunk-too-early");
+    p.send(one_file_offer(&id, "early.bin", b"too early")).await;
+    // Wait until the daemon lists the offer, so that the chunk meets a waiting offer.
+    let deadline = Instant::now() + STEP;
+    while !incoming_ids(&d).await.contains(&id) {
+        assert!(Instant::now() < deadline, "the offer is never listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.send(chunk(&id, 0, 0, b"too early")).await;
+    match p.recv().await {
+        Body::Cancel(c) => {
+            assert_eq!(c.transfer_id, id);
+            assert!(c.failed && !c.resumable, "{c:?}");
+            assert!(c.reason.contains("before the offer was accepted"), "{c:?}");
+        }
+        other => panic!("expected a Cancel, got {other:?}"),
+    }
+    let t = transfer_final(&d, &id).await;
+    assert_eq!(t.state, pb::TransferState::Failed as i32, "{t:?}");
+    assert!(!incoming_ids(&d).await.contains(&id));
+    assert!(part_files(&d.dirs.download_dir).is_empty());
+    assert!(!d.dirs.download_dir.join("early.bin").exists());
+    assert_status_answers(&d);
+}
+
+/// Ids of the offers waiting for the user.
+async fn incoming_ids(d: &Daemon) -> Vec<String> {
+    control(d)
+        .await
+        .list_incoming(pb::ListIncomingRequest {})
+        .await
+        .expect("ListIncoming")
+        .into_inner()
+        .offers
+        .into_iter()
+        .map(|o| o.transfer_id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_idle_connections_does_not_lock_out_real_peers() {
     let a = start(DaemonDirs::new(), auto_accept()).await;
     let b = start(DaemonDirs::new(), auto_accept()).await;

@@ -1152,7 +1152,21 @@ impl Node {
                             entry.set_state(state, c.reason);
                             return;
                         }
-                        _ => None,
+                        // Chunks (or anything else) before Ready break the protocol: no
+                        // session was lost, and the offer is not kept for a resume.
+                        Some(other) => {
+                            lock(&self.inner.offers).remove(&id);
+                            let reason = format!(
+                                "peer sent {} before the offer was accepted",
+                                crate::wire::body_name(&other)
+                            );
+                            tracing::warn!(transfer = %id, peer = %session.peer.device_id, "{reason}");
+                            entry.set_state(TransferState::Failed, reason.clone());
+                            session.fail(&id, reason).await;
+                            session.unroute(&id);
+                            return;
+                        }
+                        None => None,
                     },
                 };
                 lock(&self.inner.offers).remove(&id);
