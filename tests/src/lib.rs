@@ -574,6 +574,17 @@ pub mod api {
         }
     }
 
+    /// The incoming offers waiting on `d`.
+    pub async fn incoming(d: &Daemon) -> Vec<pb::IncomingOffer> {
+        client(d)
+            .await
+            .list_incoming(pb::ListIncomingRequest {})
+            .await
+            .expect("ListIncoming")
+            .into_inner()
+            .offers
+    }
+
     /// Waits until an incoming offer is listed on `d`, returns it.
     pub async fn wait_offer(d: &Daemon, timeout: Duration) -> pb::IncomingOffer {
         let mut c = client(d).await;

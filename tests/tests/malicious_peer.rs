@@ -23,7 +23,7 @@ use p2p_core::tls;
 use p2p_core::wire::{self as codec, PROTOCOL_VERSION, WireError, caps};
 use p2p_proto::control::v1 as pb;
 use p2p_proto::wire::v1::{self as wire, frame::Body};
-use p2p_tests::api::{control, status};
+use p2p_tests::api::{control, incoming, status, wait_offer};
 use p2p_tests::{Daemon, DaemonDirs, DaemonOptions};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -2071,12 +2071,8 @@ async fn a_chunk_before_the_offer_is_accepted_fails_the_offer() {
     let (mut p, _) = Peer::handshake(addr, &m).await;
     let id = tid("chunk-too-early");
     p.send(one_file_offer(&id, "early.bin", b"too early")).await;
-    // Wait until the daemon lists the offer, so that the chunk meets a waiting offer.
-    let deadline = Instant::now() + STEP;
-    while !incoming_ids(&d).await.contains(&id) {
-        assert!(Instant::now() < deadline, "the offer is never listed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Once the daemon lists the offer, the chunk meets a waiting offer.
+    assert_eq!(wait_offer(&d, STEP).await.transfer_id, id);
     p.send(chunk(&id, 0, 0, b"too early")).await;
     match p.recv().await {
         Body::Cancel(c) => {
@@ -2088,24 +2084,10 @@ async fn a_chunk_before_the_offer_is_accepted_fails_the_offer() {
     }
     let t = transfer_final(&d, &id).await;
     assert_eq!(t.state, pb::TransferState::Failed as i32, "{t:?}");
-    assert!(!incoming_ids(&d).await.contains(&id));
+    assert!(incoming(&d).await.is_empty());
     assert!(part_files(&d.dirs.download_dir).is_empty());
     assert!(!d.dirs.download_dir.join("early.bin").exists());
     assert_status_answers(&d);
-}
-
-/// Ids of the offers waiting for the user.
-async fn incoming_ids(d: &Daemon) -> Vec<String> {
-    control(d)
-        .await
-        .list_incoming(pb::ListIncomingRequest {})
-        .await
-        .expect("ListIncoming")
-        .into_inner()
-        .offers
-        .into_iter()
-        .map(|o| o.transfer_id)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,7 +26,7 @@ use p2p_core::tls;
 use p2p_core::wire::{self as codec, PROTOCOL_VERSION, caps};
 use p2p_proto::control::v1 as pb;
 use p2p_proto::wire::v1::{self as wire, frame::Body};
-use p2p_tests::api::{control, status};
+use p2p_tests::api::{control, incoming, status};
 use p2p_tests::{Daemon, DaemonDirs, DaemonOptions, api};
 use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -110,16 +110,6 @@ async fn sessions(d: &Daemon) -> Vec<pb::Session> {
         .expect("ListSessions")
         .into_inner()
         .sessions
-}
-
-async fn incoming(d: &Daemon) -> Vec<pb::IncomingOffer> {
-    control(d)
-        .await
-        .list_incoming(pb::ListIncomingRequest {})
-        .await
-        .expect("ListIncoming")
-        .into_inner()
-        .offers
 }
 
 /// A small file in a fresh temporary directory.
