@@ -100,7 +100,7 @@ pub fn raise_open_file_limit() -> io::Result<Option<u64>> {
     };
     let now = getrlimit(Resource::Nofile);
     let wanted = now.maximum.map_or(MOST, |m| m.min(MOST));
-    if now.current.is_some_and(|c| c >= wanted) || now.current.is_none() {
+    if now.current.is_none_or(|c| c >= wanted) {
         return Ok(now.current);
     }
     setrlimit(

@@ -678,17 +678,17 @@ impl Receiver<'_> {
                 Some(Ok(None)) if entry.cancel.is_cancelled() => {
                     return ReceiveEnd::Cancelled("cancelled by receiver".into());
                 }
-                // The session's reader cut the peer off (and told it so).
-                Some(Ok(None)) if entry.peer_fault.get().is_some() => {
-                    return ReceiveEnd::Failed {
-                        reason: entry.peer_fault.get().cloned().unwrap_or_default(),
-                        tell_peer: false,
-                    };
-                }
                 Some(Ok(None)) => {
-                    return ReceiveEnd::Interrupted {
-                        reason: SESSION_LOST.into(),
-                        tell_peer: false,
+                    return match entry.peer_fault.get() {
+                        // The session's reader cut the peer off (and told it so).
+                        Some(fault) => ReceiveEnd::Failed {
+                            reason: fault.clone(),
+                            tell_peer: false,
+                        },
+                        None => ReceiveEnd::Interrupted {
+                            reason: SESSION_LOST.into(),
+                            tell_peer: false,
+                        },
                     };
                 }
                 Some(Err(_)) => {
@@ -1232,14 +1232,12 @@ fn sync_loop(
 
 /// The placer: the second half of the syncer's work, for each synced batch in turn.
 fn place_loop(ctx: &SyncContext<'_>, batches: std::sync::mpsc::Receiver<SyncedBatch>) {
-    let mut failed = false;
     while let Ok((batch, synced)) = batches.recv() {
-        if failed || ctx.shared.discard.load(Ordering::Relaxed) {
+        if ctx.shared.has_failed() || ctx.shared.discard.load(Ordering::Relaxed) {
             discard(batch);
             continue;
         }
         if let Err(reason) = place_batch(ctx, batch, synced) {
-            failed = true;
             ctx.shared.fail(reason);
         }
     }
