@@ -80,6 +80,18 @@ async fn kill_and_restart(d: Daemon, args: Vec<String>) -> Daemon {
     start(dirs, args).await
 }
 
+/// Stops `d` with SIGTERM (a clean shutdown, within 10 s) and gives back its directories.
+async fn stop_cleanly(d: Daemon) -> DaemonDirs {
+    tokio::task::spawn_blocking(move || {
+        let mut d = d;
+        d.signal_and_wait(libc::SIGTERM, Duration::from_secs(10))
+            .expect("the daemon stops");
+        d.into_dirs()
+    })
+    .await
+    .unwrap()
+}
+
 fn seed() -> u64 {
     let s = std::env::var("P2PD_TEST_SEED")
         .ok()
@@ -425,14 +437,7 @@ async fn pause_survives_a_restart_and_resume_sends_only_the_rest() {
     assert!(err.contains("sending device"), "{err}");
 
     // A clean restart of the sender: still paused, nothing moves.
-    let dirs = tokio::task::spawn_blocking(move || {
-        let mut a = a;
-        a.signal_and_wait(libc::SIGTERM, Duration::from_secs(10))
-            .expect("sender stops");
-        a.into_dirs()
-    })
-    .await
-    .unwrap();
+    let dirs = stop_cleanly(a).await;
     let a = start(dirs, Vec::new()).await;
     let t = wait_for(&a, &id, api::SHORT, |_| true).await;
     assert_eq!(state(&t), pb::TransferState::Paused, "{t:?}");
@@ -677,14 +682,7 @@ async fn an_offer_waiting_for_accept_survives_a_pause_and_a_sender_restart() {
     assert_eq!(offer.transfer_id, id);
 
     // A clean restart of the sender: the offer is withdrawn, then made again.
-    let dirs = tokio::task::spawn_blocking(move || {
-        let mut a = a;
-        a.signal_and_wait(libc::SIGTERM, Duration::from_secs(10))
-            .expect("sender stops");
-        a.into_dirs()
-    })
-    .await
-    .unwrap();
+    let dirs = stop_cleanly(a).await;
     api::wait_state(&b, &id, pb::TransferState::Interrupted, api::SHORT).await;
     let a = start(dirs, Vec::new()).await;
     let offer = api::wait_offer(&b, api::T).await;
