@@ -563,7 +563,8 @@ pub(crate) fn receive(
                 }
             }
         }
-        // The syncer finishes what is queued and ends; the scope waits for it.
+        // The syncer finishes what is queued and ends, and the placer after it; the scope
+        // waits for both.
         r.jobs = None;
         end
     });
@@ -700,7 +701,7 @@ impl Receiver<'_> {
                         tell_peer: true,
                     };
                 }
-                // The syncer failed (it told the sender already).
+                // The placer failed (it told the sender already).
                 None => {
                     return ReceiveEnd::Failed {
                         reason: self.shared.failure(),
@@ -1123,9 +1124,10 @@ struct Verified {
     part: PartFile,
 }
 
-/// What the receiving thread and the syncer share.
+/// What the receiving thread, the syncer and the placer share.
 struct SyncShared {
-    // Why the syncer failed; `failed` wakes the receiving thread.
+    // Why placing failed (a failed sync is reported by the placer too); `failed` wakes the
+    // receiving thread.
     failure: Mutex<Option<String>>,
     failed: tokio::sync::Notify,
     // Set when the transfer failed or was cancelled: queued files are removed, not placed.
@@ -1180,7 +1182,7 @@ impl SyncShared {
     }
 }
 
-/// What the syncer works with.
+/// What the syncer and the placer work with.
 struct SyncContext<'a> {
     info: &'a wire::TransferInfo,
     dest: &'a Destination,
