@@ -916,7 +916,8 @@ impl Node {
     ) {
         let id = info.transfer_id.clone();
         self.offer_inner(&session, info, frames).await;
-        session.unroute(&id);
+        // `frames` went with offer_inner: this offer's route is closed now.
+        session.unroute_ended(&id);
     }
 
     async fn offer_inner(

@@ -239,6 +239,16 @@ impl Session {
         self.lock_routes().remove(transfer_id);
     }
 
+    /// Stops routing `transfer_id` if nothing receives its frames any more — so that the
+    /// end of an offer's handling does not take the route of a newer offer of the same
+    /// transfer, which may have replaced it once the old one was closed.
+    pub fn unroute_ended(&self, transfer_id: &str) {
+        let mut routes = self.lock_routes();
+        if routes.get(transfer_id).is_some_and(|r| r.tx.is_closed()) {
+            routes.remove(transfer_id);
+        }
+    }
+
     fn lock_routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Route>> {
         match self.routes.lock() {
             Ok(g) => g,
@@ -907,7 +917,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 let (tx, rx) = mpsc::channel(route_capacity(info.window));
                 {
                     let mut routes = session.lock_routes();
-                    if routes.contains_key(&id) {
+                    // A closed route's worker has ended (the attempt is only being wound
+                    // down): the new offer takes its place.
+                    if routes.get(&id).is_some_and(|r| !r.tx.is_closed()) {
                         drop(routes);
                         // A resume while the previous attempt is still being wound down here
                         // (a quick pause and resume): the sender may try again shortly.
@@ -1227,6 +1239,64 @@ mod tests {
             }
         }
         assert_eq!(a.lane_count(), 1);
+        token.cancel();
+    }
+
+    /// A resume offer for a transfer whose route is still open is told to come back; once the
+    /// old offer's frames are gone, the new offer takes the route, and the old offer's end
+    /// does not take it away.
+    #[tokio::test]
+    async fn a_resume_replaces_a_route_whose_worker_has_ended() {
+        async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+            tokio::time::timeout(std::time::Duration::from_secs(10), f)
+                .await
+                .expect("no answer within 10 s")
+        }
+        let token = CancellationToken::new();
+        let (a, b, _ea, eb) = pair(&token).await;
+        let (replies_tx, mut replies) = mpsc::channel(8);
+        a.route("t", replies_tx);
+        let offer = || {
+            Body::TransferInfo(wire::TransferInfo {
+                transfer_id: "t".into(),
+                window: 8,
+                attempt: 1,
+                resume: true,
+                ..Default::default()
+            })
+        };
+        a.send(offer()).await.unwrap();
+        within(eb.offered.notified()).await;
+        let old = eb.offers.lock().unwrap().pop().unwrap();
+
+        a.send(offer()).await.unwrap();
+        match within(replies.recv()).await {
+            Some(Body::Cancel(c)) => {
+                assert!(c.resumable && c.reason.contains("still stopping"), "{c:?}")
+            }
+            other => panic!("expected a resumable Cancel, got {other:?}"),
+        }
+        b.unroute_ended("t");
+        assert!(b.lock_routes().contains_key("t"), "an open route stays");
+
+        drop(old);
+        a.send(offer()).await.unwrap();
+        within(eb.offered.notified()).await;
+        let mut new = eb.offers.lock().unwrap().pop().unwrap();
+        b.unroute_ended("t");
+        let data = Bytes::from_static(b"payload");
+        let crc = crc32fast::hash(&data);
+        a.writer()
+            .send(codec::encode_chunk("t", 1, 0, 3, 0, crc, data))
+            .await
+            .unwrap();
+        match within(new.recv()).await {
+            Some(Body::Chunk(c)) => assert_eq!(c.chunk_index, 3),
+            other => panic!("the new offer lost its route: {other:?}"),
+        }
+        drop(new);
+        b.unroute_ended("t");
+        assert!(b.lock_routes().is_empty());
         token.cancel();
     }
 }

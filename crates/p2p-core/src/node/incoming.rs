@@ -167,6 +167,27 @@ impl Node {
     ) -> Result<(), (wire::TransferInfo, mpsc::Receiver<Body>)> {
         let id = info.transfer_id.clone();
         let peer = session.peer.device_id.clone();
+        // Ended here, its attempt perhaps still winding down (record and claim not yet
+        // given back): answered as history would answer it a moment later.
+        let ended = self.inner.transfers.get(&id).filter(|e| {
+            e.direction == Direction::Receive
+                && e.state().is_final()
+                && e.snapshot().peer_id == peer
+        });
+        if let Some(e) = ended {
+            if e.state() == TransferState::Completed {
+                tracing::info!(transfer = %id, peer = %peer, "resume of a completed transfer; confirming");
+                already_complete(session, &info, frames).await;
+            } else {
+                session
+                    .reject(
+                        &id,
+                        format!("the transfer already ended here: {}", e.snapshot().error),
+                    )
+                    .await;
+            }
+            return Ok(());
+        }
         let record = match self.inner.store.incoming_record(&id) {
             Ok(Some(r)) if r.peer_id == peer => r,
             Ok(Some(_)) => return Err((info, frames)),
