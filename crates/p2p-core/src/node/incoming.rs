@@ -404,9 +404,16 @@ impl Node {
                 } else {
                     reason
                 };
-                entry.set_state(TransferState::Interrupted, reason.clone());
                 if tell || local_stop {
-                    tell_peer(reason, true).await;
+                    tell_peer(reason.clone(), true).await;
+                }
+                // Over before it says so: a cancel or a resume that sees the transfer
+                // interrupted finds no attempt holding it.
+                self.release(&id, &claim);
+                if !entry.set_state(TransferState::Interrupted, reason) {
+                    // Cancelled while it stopped, after the cancel looked for an attempt to
+                    // clean up: nothing will continue it.
+                    self.discard_incoming(&id);
                 }
             }
             Err(e) => {
