@@ -29,8 +29,10 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Longest wait for one expected frame.
-const STEP: Duration = Duration::from_secs(5);
+/// Longest wait for one expected frame (or state). Generous: some come only after the
+/// daemon synced files, which a loaded CI disk may take seconds for; waits end as soon as
+/// the frame is there.
+const STEP: Duration = Duration::from_secs(20);
 /// Largest frame the test peer reads.
 const READ_MAX: usize = 64 << 20;
 /// Chunk size of the hand-made transfers.
@@ -688,6 +690,8 @@ async fn an_untrusted_peers_offer_waits_even_with_accept_auto() {
         p.next(Duration::from_millis(1500)).await.is_none(),
         "an untrusted device's offer got an answer without a decision"
     );
+    // Listed once validated and recorded (bounded wait; the silence above is no measure).
+    assert_eq!(wait_offer(&d, STEP).await.transfer_id, *id);
     let offers = control(&d)
         .await
         .list_incoming(pb::ListIncomingRequest {})
@@ -1997,8 +2001,12 @@ async fn small_files_to_mallory(small_files_cap: bool) -> usize {
         .await;
         let mut most = 0;
         let mut unanswered: Vec<Body> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            match p.next(Duration::from_millis(500)).await {
+            assert!(Instant::now() < deadline, "the transfer did not end");
+            // A quiet second means the sender waits for answers (a shorter one could be a
+            // loaded machine's pause in the middle of a burst).
+            match p.next(Duration::from_secs(1)).await {
                 Some(Ok(f @ (Body::Chunk(_) | Body::FileDone(_)))) => unanswered.push(f),
                 Some(Ok(Body::Complete(c))) => {
                     p.send(Body::CompleteAck(wire::CompleteAck {
@@ -2008,12 +2016,10 @@ async fn small_files_to_mallory(small_files_cap: bool) -> usize {
                     return most;
                 }
                 Some(other) => panic!("unexpected from the sender: {other:?}"),
+                // Nothing out: a pause of the sender's, not a wait for answers.
+                None if unanswered.is_empty() => {}
                 None => {
                     // The sender waits for answers: give them all.
-                    assert!(
-                        !unanswered.is_empty(),
-                        "the sender stopped with nothing out"
-                    );
                     most = most.max(unanswered.len());
                     for f in unanswered.drain(..) {
                         let answer = match f {

@@ -27,7 +27,7 @@ use p2p_core::wire::{self as codec, PROTOCOL_VERSION, caps};
 use p2p_proto::control::v1 as pb;
 use p2p_proto::wire::v1::{self as wire, frame::Body};
 use p2p_tests::api::{control, incoming, status};
-use p2p_tests::{Daemon, DaemonDirs, DaemonOptions, api};
+use p2p_tests::{Daemon, DaemonDirs, DaemonOptions, api, wait_until};
 use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -539,10 +539,11 @@ async fn a_certificate_copied_from_another_device_is_useless_without_its_key() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(sessions(&a).await.is_empty(), "no session appears");
-    let log = a.stderr();
+    // Logged just after the alert went out.
     assert!(
-        log.contains("TLS handshake failed"),
-        "the daemon logs the refused handshake:\n{log}"
+        wait_until(STEP, || a.stderr().contains("TLS handshake failed")),
+        "the daemon logs the refused handshake:\n{}",
+        a.stderr()
     );
     // B itself is still welcome.
     let s = control(&b)
