@@ -26,6 +26,7 @@
 pub mod chunkmap;
 pub mod device_id;
 pub mod discovery;
+mod filehash;
 pub mod fsutil;
 pub mod history;
 pub mod identity;

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -33,7 +33,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::chunkmap::{ChunkMap, chunk_count};
-use crate::partfile::PartFile;
+use crate::filehash::FileHash;
+use crate::partfile::{AlignedBuf, PartFile};
 use crate::records::FileRecord;
 use crate::store::Store;
 use crate::transfer::{Direction, SMALL_FILE_WINDOW, TransferEntry};
@@ -215,7 +216,7 @@ struct FileState {
     temp: Option<PartFile>,
     next_chunk: u64,
     written: u64,
-    hasher: Sha256,
+    hash: FileHash,
     // Chunks that arrived ahead of a re-sent one, held until the gap is filled (bounded by the
     // window).
     pending: BTreeMap<u64, Bytes>,
@@ -433,12 +434,13 @@ fn reopen_temp(temp: &Path, prefix: u64, chunk_size: u32, size: u64) -> Option<F
         hasher.update(&buf[..n]);
         left -= n as u64;
     }
-    file.seek(SeekFrom::Start(keep)).ok()?;
+    let mut temp = PartFile::reopened(temp, file);
+    temp.bypass_cache();
     Some(FileState {
-        temp: Some(PartFile::reopened(temp, file)),
+        temp: Some(temp),
         next_chunk: prefix,
         written: keep,
-        hasher,
+        hash: FileHash::Here(hasher),
         pending: BTreeMap::new(),
         expected_sha: None,
         dirty: false,
@@ -620,6 +622,8 @@ struct Receiver<'a> {
     // Payload bytes written since the last checkpoint.
     unrecorded: u64,
     last_checkpoint: Instant,
+    // Where chunks are copied for direct writes (see `PartFile::write_at`).
+    aligned: AlignedBuf,
 }
 
 impl<'a> Receiver<'a> {
@@ -643,6 +647,7 @@ impl<'a> Receiver<'a> {
             pending_total: 0,
             unrecorded: 0,
             last_checkpoint: Instant::now(),
+            aligned: AlignedBuf::default(),
         }
     }
 }
@@ -966,13 +971,12 @@ impl Receiver<'_> {
             self.pending_total += 1;
             return Ok(());
         }
-        self.write(fi, state, &raw)?;
-        // Written and acknowledged: its bytes no longer count against the route (see
-        // `session::Route::hold`) once dropped.
-        drop(raw);
+        // Its bytes count against the route (see `session::Route::hold`) until written and
+        // hashed.
+        self.write(fi, state, raw)?;
         while let Some(next) = state.pending.remove(&state.next_chunk) {
             self.pending_total -= 1;
-            self.write(fi, state, &next)?;
+            self.write(fi, state, next)?;
         }
         self.entry
             .progress(Some((&entry.path, state.written, entry.size)));
@@ -983,26 +987,29 @@ impl Receiver<'_> {
     }
 
     /// Appends the next chunk of a file, hashes it and acknowledges it.
-    fn write(&mut self, fi: usize, state: &mut FileState, data: &[u8]) -> Result<(), String> {
+    fn write(&mut self, fi: usize, state: &mut FileState, data: Bytes) -> Result<(), String> {
         if state.temp.is_none() {
             state.temp = Some(self.open_temp(fi)?);
         }
-        let Some(part) = state.temp.as_ref() else {
+        let Some(part) = state.temp.as_mut() else {
             return Err("temporary file missing".into());
         };
-        let mut w: &File = &part.file;
-        w.write_all(data)
+        part.write_at(&data, state.written, &mut self.aligned)
             .map_err(|e| format!("cannot write {}: {e}", part.shown.display()))?;
-        state.hasher.update(data);
-        state.written += data.len() as u64;
+        if self.info.files.get(fi).map_or(0, |f| f.size) > u64::from(self.info.chunk_size) {
+            state.hash.go_away();
+        }
+        let len = data.len();
+        state.hash.update(data);
+        state.written += len as u64;
         state.dirty = true;
-        self.unrecorded += data.len() as u64;
+        self.unrecorded += len as u64;
         let index = state.next_chunk;
         state.next_chunk += 1;
         self.entry
             .bytes_done
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.ack(fi as u32, index, ChunkStatus::Ok, data.len())
+            .fetch_add(len as u64, Ordering::Relaxed);
+        self.ack(fi as u32, index, ChunkStatus::Ok, len)
     }
 
     /// A file of one chunk gets an unnamed temporary file where possible (see `partfile`):
@@ -1014,7 +1021,11 @@ impl Receiver<'_> {
                 return Ok(part);
             }
         }
-        PartFile::create_named(temp_path(self.dest, self.info, fi).ok_or("no parent directory")?)
+        let mut part = PartFile::create_named(
+            temp_path(self.dest, self.info, fi).ok_or("no parent directory")?,
+        )?;
+        part.bypass_cache();
+        Ok(part)
     }
 
     fn file_done(&mut self, files: &mut Files, d: wire::FileDone) -> Result<(), String> {
@@ -1071,8 +1082,10 @@ impl Receiver<'_> {
         let Some(part) = state.temp.take() else {
             return Err("temporary file missing".into());
         };
-        let digest = std::mem::take(&mut state.hasher).finalize();
-        let checked = if state.expected_sha.as_deref() != Some(digest.as_slice()) {
+        let digest = std::mem::take(&mut state.hash).finish();
+        let checked = if digest.is_none() {
+            Err(format!("hashing {:?} failed", entry.path))
+        } else if state.expected_sha.as_deref() != digest.as_ref().map(|d| d.as_slice()) {
             Err(format!(
                 "SHA-256 mismatch for {:?}: the file arrived corrupted",
                 entry.path
@@ -1481,6 +1494,7 @@ fn syncfs_suits(_file: &File) -> bool {
 mod tests {
     use super::*;
     use crate::transfer::{NewTransfer, TransferState, Transfers};
+    use std::io::Write;
 
     /// Every chunk gets exactly one answer: its ChunkAck, sent before its file is handed to
     /// the syncer (whose FileResult answers for all the file's chunks), or that FileResult -
