@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::chunkmap::{ChunkMap, chunk_count};
-use crate::filehash::FileHash;
+use crate::filehash::{FileHash, Hashing};
 use crate::partfile::{AlignedBuf, PartFile};
 use crate::records::FileRecord;
 use crate::store::Store;
@@ -208,6 +208,14 @@ fn make_dir_no_follow(base: &Path, path: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a file of `size` bytes is written past the page cache where its file system allows
+/// (see `PartFile::bypass_cache`): one of more than one chunk, of chunks of 1 MiB or more —
+/// a direct write waits for the device before the next starts, which smaller chunks would
+/// pay for on a device with some latency (a cloud volume).
+fn bypasses_cache(size: u64, chunk_size: u32) -> bool {
+    chunk_size >= 1 << 20 && size > u64::from(chunk_size)
 }
 
 /// Per-file progress on the receiver.
@@ -435,7 +443,9 @@ fn reopen_temp(temp: &Path, prefix: u64, chunk_size: u32, size: u64) -> Option<F
         left -= n as u64;
     }
     let mut temp = PartFile::reopened(temp, file);
-    temp.bypass_cache();
+    if bypasses_cache(size, chunk_size) {
+        temp.bypass_cache();
+    }
     Some(FileState {
         temp: Some(temp),
         next_chunk: prefix,
@@ -624,6 +634,8 @@ struct Receiver<'a> {
     last_checkpoint: Instant,
     // Where chunks are copied for direct writes (see `PartFile::write_at`).
     aligned: AlignedBuf,
+    // The hashing thread of the files of more than one chunk.
+    hashing: Hashing,
 }
 
 impl<'a> Receiver<'a> {
@@ -648,6 +660,7 @@ impl<'a> Receiver<'a> {
             unrecorded: 0,
             last_checkpoint: Instant::now(),
             aligned: AlignedBuf::default(),
+            hashing: Hashing::default(),
         }
     }
 }
@@ -996,11 +1009,9 @@ impl Receiver<'_> {
         };
         part.write_at(&data, state.written, &mut self.aligned)
             .map_err(|e| format!("cannot write {}: {e}", part.shown.display()))?;
-        if self.info.files.get(fi).map_or(0, |f| f.size) > u64::from(self.info.chunk_size) {
-            state.hash.go_away();
-        }
+        let large = self.info.files.get(fi).map_or(0, |f| f.size) > u64::from(self.info.chunk_size);
         let len = data.len();
-        state.hash.update(data);
+        self.hashing.update(fi, &mut state.hash, data, large);
         state.written += len as u64;
         state.dirty = true;
         self.unrecorded += len as u64;
@@ -1024,7 +1035,9 @@ impl Receiver<'_> {
         let mut part = PartFile::create_named(
             temp_path(self.dest, self.info, fi).ok_or("no parent directory")?,
         )?;
-        part.bypass_cache();
+        if bypasses_cache(entry.size, self.info.chunk_size) {
+            part.bypass_cache();
+        }
         Ok(part)
     }
 
@@ -1074,7 +1087,7 @@ impl Receiver<'_> {
 
     /// Checks the SHA-256 and sets the mode and modification time: everything that is left
     /// before the file may be synced and linked.
-    fn verify(&self, fi: usize, state: &mut FileState) -> Result<Verified, String> {
+    fn verify(&mut self, fi: usize, state: &mut FileState) -> Result<Verified, String> {
         let entry = &self.info.files[fi];
         if state.temp.is_none() {
             state.temp = Some(self.open_temp(fi)?);
@@ -1082,7 +1095,7 @@ impl Receiver<'_> {
         let Some(part) = state.temp.take() else {
             return Err("temporary file missing".into());
         };
-        let digest = std::mem::take(&mut state.hash).finish();
+        let digest = self.hashing.finish(fi, std::mem::take(&mut state.hash));
         let checked = if digest.is_none() {
             Err(format!("hashing {:?} failed", entry.path))
         } else if state.expected_sha.as_deref() != digest.as_ref().map(|d| d.as_slice()) {

@@ -301,10 +301,13 @@ impl Route {
 }
 
 /// The most payload of large chunks (more than `SMALL_FILE` bytes) a transfer may have alive
-/// on the receiver: an honest sender keeps `window × chunk_size` within `MAX_IN_FLIGHT_BYTES`
-/// (one chunk more of slack). The route's frame count alone would not bound it: its slots for
-/// small files could otherwise be filled with chunks of 16 MiB.
-const LARGE_HELD_MAX: usize = MAX_IN_FLIGHT_BYTES as usize + MAX_CHUNK as usize;
+/// on the receiver: an honest sender keeps `window × chunk_size` within `MAX_IN_FLIGHT_BYTES`;
+/// one chunk more is in the receiving thread's hands, and the chunks it acknowledged but the
+/// hashing thread has yet to hash (`filehash::HASH_QUEUE` queued, one being hashed) live on
+/// beyond the window. The route's frame count alone would not bound it: its slots for small
+/// files could otherwise be filled with chunks of 16 MiB.
+const LARGE_HELD_MAX: usize =
+    MAX_IN_FLIGHT_BYTES as usize + (2 + crate::filehash::HASH_QUEUE) * MAX_CHUNK as usize;
 
 /// A chunk's payload, counted in its route's `large_held` until dropped.
 struct Held {

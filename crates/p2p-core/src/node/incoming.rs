@@ -404,12 +404,13 @@ impl Node {
                 } else {
                     reason
                 };
+                // Over before it says so: a cancel or a resume that sees the transfer
+                // interrupted finds no attempt holding it. No new attempt starts before it
+                // does say so, so the Cancel below reaches the peer as this attempt's.
+                self.release(&id, &claim);
                 if tell || local_stop {
                     tell_peer(reason.clone(), true).await;
                 }
-                // Over before it says so: a cancel or a resume that sees the transfer
-                // interrupted finds no attempt holding it.
-                self.release(&id, &claim);
                 if !entry.set_state(TransferState::Interrupted, reason) {
                     // Cancelled while it stopped, after the cancel looked for an attempt to
                     // clean up: nothing will continue it.
@@ -541,12 +542,24 @@ impl Node {
     /// A `Cancel` for a transfer without a running attempt: the sender gave up on an
     /// interrupted transfer.
     pub(super) fn stray_cancel(&self, session: &Session, c: &wire::Cancel) {
+        // A resumable one (a pause) asks for nothing that is not so already.
+        if c.resumable {
+            return;
+        }
         let Some(entry) = self.inner.transfers.get(&c.transfer_id) else {
             return;
         };
+        // Interrupted, or an attempt that ended and is being wound down (it gave its claim
+        // back and has yet to say Interrupted; it discards what it kept when it finds the
+        // transfer cancelled).
+        let stopped = match entry.state() {
+            TransferState::Interrupted => true,
+            TransferState::Running => !lock(&self.inner.receiving).contains_key(&c.transfer_id),
+            _ => false,
+        };
         if entry.direction != Direction::Receive
             || entry.snapshot().peer_id != session.peer.device_id
-            || entry.state() != TransferState::Interrupted
+            || !stopped
         {
             return;
         }
