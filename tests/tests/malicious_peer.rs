@@ -1333,6 +1333,52 @@ async fn a_peer_that_vanishes_mid_transfer_can_resume_what_it_started() {
     assert_status_answers(&d);
 }
 
+/// A sender's Cancel for a transfer that is stopped here (no attempt runs): a pause keeps
+/// everything for a resume; a final one ends the transfer and removes what was kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_keeps_a_stopped_transfer_and_a_cancel_ends_it() {
+    let m = Mallory::new();
+    let (d, addr) = daemon_trusting(&m, DaemonDirs::new()).await;
+    let dl = d.dirs.download_dir.clone();
+    let (mut p, _) = Peer::handshake(addr, &m).await;
+    let id = &tid("stopped");
+    let data = pseudo_random(3 * CHUNK as usize + 5, 19);
+    let first = &data[..CHUNK as usize];
+    p.send(one_file_offer(id, "kept.bin", &data)).await;
+    assert!(matches!(p.decision(id).await, Body::Ready(_)));
+    p.send(chunk(id, 0, 0, first)).await;
+    expect_ack_ok(&mut p, id, 0).await;
+    drop(p);
+    transfer_interrupted(&d, id).await;
+
+    let (mut p, _) = Peer::handshake(addr, &m).await;
+    let cancel = |resumable: bool, reason: &str| {
+        Body::Cancel(wire::Cancel {
+            transfer_id: id.clone(),
+            reason: reason.into(),
+            resumable,
+            failed: false,
+        })
+    };
+    p.send(cancel(true, "paused")).await;
+    // The daemon reads a session's frames in order: once the Pong is back, the pause was seen.
+    p.send(Body::Ping(wire::Ping { nonce: 7 })).await;
+    match p.recv().await {
+        Body::Pong(pong) => assert_eq!(pong.nonce, 7),
+        other => panic!("expected Pong, got {other:?}"),
+    }
+    let t = transfer(&d, id).await;
+    assert_eq!(t.state, pb::TransferState::Interrupted as i32, "{t:?}");
+    assert_eq!(part_files(&dl).len(), 1, "{:?}", tree(&dl));
+
+    p.send(cancel(false, "changed my mind")).await;
+    let t = transfer_final(&d, id).await;
+    assert_eq!(t.state, pb::TransferState::Cancelled as i32, "{t:?}");
+    assert!(t.error.contains("changed my mind"), "{t:?}");
+    assert_no_part_files(&dl, "cancelled by the sender").await;
+    assert!(!dl.join("kept.bin").exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_resume_replaces_the_first_attempt_after_it_stopped() {
     let m = Mallory::new();

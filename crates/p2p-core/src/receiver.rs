@@ -1791,6 +1791,16 @@ mod tests {
     }
 
     #[test]
+    fn only_files_of_several_large_chunks_bypass_the_page_cache() {
+        const MIB: u32 = 1 << 20;
+        assert!(bypasses_cache(u64::from(MIB) + 1, MIB));
+        assert!(bypasses_cache(100 << 20, 4 * MIB));
+        assert!(!bypasses_cache(u64::from(MIB), MIB), "one chunk");
+        assert!(!bypasses_cache(0, MIB));
+        assert!(!bypasses_cache(100 << 20, 512 << 10), "small chunks");
+    }
+
+    #[test]
     fn kernel_versions_compare() {
         assert!(kernel_at_least("6.18.44-fc-v595\n", 5, 8));
         assert!(kernel_at_least("5.8.0", 5, 8));
