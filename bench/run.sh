@@ -69,12 +69,12 @@ TOOLS=$ROOT/target/release
 
 # --- tools -------------------------------------------------------------------------------------
 missing=()
-for t in socat tar ip ss sha256sum jq awk find sync cargo; do
+for t in socat tar ip ss sha256sum jq awk find sync cargo openssl; do
     command -v "$t" >/dev/null 2>&1 || missing+=("$t")
 done
 if ((${#missing[@]})); then
     echo "bench: missing tools: ${missing[*]}" >&2
-    echo "bench: install them with: apt-get install socat iproute2 jq tar coreutils findutils gawk" >&2
+    echo "bench: install them with: apt-get install socat iproute2 jq tar coreutils findutils gawk openssl" >&2
     exit 1
 fi
 
@@ -330,16 +330,25 @@ wait_listen() { # NS PORT
     die "socat did not listen on port $2"
 }
 
-# Raw TCP copy with socat. MODE file: SRC file -> DEST file; MODE tar: SRC dir via tar into
-# DEST dir. Sets T (copy until the receiver exited) and TS (copy + fsync of what was received).
+# Raw TCP copy with socat. MODE file: SRC file -> DEST file; MODE tls: the same over TLS 1.3
+# (OpenSSL's default suite, a throwaway self-signed certificate, no verification); MODE tar:
+# SRC dir via tar into DEST dir. Sets T (copy until the receiver exited) and TS (copy + fsync
+# of what was received).
 run_raw() { # MODE SRC DEST SEND_NS RECV_NS HOST SEND_OPTS RECV_OPTS
     local mode=$1 src=$2 dest=$3 sns=$4 rns=$5 host=$6 sopt=$7 ropt=$8
+    local listen=TCP-LISTEN connect=TCP
+    if [[ $mode == tls ]]; then
+        listen=OPENSSL-LISTEN connect=OPENSSL
+        ropt+=",cert=$(tls_cert),verify=0"
+        sopt+=",verify=0"
+        mode=file
+    fi
     rm -rf "$dest"
     prep "$src"
     local port=$((20000 + RANDOM % 30000)) rpid rt0 dr0 t0 t1 t2
     nsx "$rns"
     if [[ $mode == file ]]; then
-        "${NSX[@]}" socat -b "$SOCAT_BUF" -u "TCP-LISTEN:$port,bind=$host,reuseaddr$ropt" \
+        "${NSX[@]}" socat -b "$SOCAT_BUF" -u "$listen:$port,bind=$host,reuseaddr$ropt" \
             "OPEN:$dest,creat,trunc" 2>"$WORK/socat-recv.err" &
     else
         mkdir -p "$dest"
@@ -355,7 +364,7 @@ run_raw() { # MODE SRC DEST SEND_NS RECV_NS HOST SEND_OPTS RECV_OPTS
     h0=$(host_ticks)
     t0=$(now)
     if [[ $mode == file ]]; then
-        "${NSX[@]}" socat -b "$SOCAT_BUF" -u "OPEN:$src" "TCP:$host:$port$sopt" 2>"$WORK/socat-send.err" ||
+        "${NSX[@]}" socat -b "$SOCAT_BUF" -u "OPEN:$src" "$connect:$host:$port$sopt" 2>"$WORK/socat-send.err" ||
             die "socat send failed: $(cat "$WORK/socat-send.err")"
     else
         "${NSX[@]}" bash -c 'tar -C "$1" -cf - "$2" | socat -b "$3" -u - "TCP:$4:$5$6"' \
@@ -386,6 +395,18 @@ run_raw() { # MODE SRC DEST SEND_NS RECV_NS HOST SEND_OPTS RECV_OPTS
         NOTE+=", tcp retrans $((rt1 - rt0)) segs, link drops $((dr1 - dr0))"
     fi
     if [[ $mode == tar ]]; then trash "$dest"; else rm -f "$dest"; fi
+}
+
+# A self-signed certificate and key (one PEM file) for the TLS baseline, made once per run.
+tls_cert() {
+    local pem=$WORK/tls-baseline.pem
+    if [[ ! -s $pem ]]; then
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+            -subj /CN=p2pd-bench -keyout "$WORK/tls-key.pem" -out "$WORK/tls-cert.pem" \
+            2>"$WORK/openssl.err" || die "openssl could not make a certificate: $(cat "$WORK/openssl.err")"
+        cat "$WORK/tls-key.pem" "$WORK/tls-cert.pem" >"$pem"
+    fi
+    echo "$pem"
 }
 
 # Starts daemons A and B, makes them trust each other and opens their session with a tiny
@@ -470,6 +491,10 @@ if ((DO_LOOP)); then
         record raw.random "$T" "$NOTE"
         record raw.random.fsync "$TS" "copy + fsync"
     }
+    m_raw_random_tls() {
+        run_raw tls "$DATA/random.bin" "$RAW" "" "" 127.0.0.1 "" ""
+        record raw.random.tls "$T" "$NOTE"
+    }
     m_p2p_text() {
         run_p2pd la lb "$DATA/text.log"
         record p2p.text "$T" "$NOTE"
@@ -505,10 +530,12 @@ if ((DO_LOOP)); then
             m_p2p_random
             m_p2p_random_nc
             m_raw_random
+            m_raw_random_tls
             m_p2p_text
             m_p2p_text_nc
             m_raw_text
         else
+            m_raw_random_tls
             m_raw_random
             m_p2p_random_nc
             m_p2p_random
@@ -522,6 +549,8 @@ if ((DO_LOOP)); then
     stop_daemon lb
     row "1 loopback $BIG_NAME random vs socat" "$BIG" p2p.random raw.random 0.35
     row "  (vs socat + fsync)" "$BIG" p2p.random raw.random.fsync -
+    row "  (vs socat over TLS 1.3)" "$BIG" p2p.random raw.random.tls -
+    row "  (socat over TLS 1.3 vs socat)" "$BIG" raw.random.tls raw.random -
     row "2 loopback $BIG_NAME text vs socat" "$BIG" p2p.text raw.text -
     row "  (vs socat + fsync)" "$BIG" p2p.text raw.text.fsync -
     row "  (p2pd --no-compress vs socat)" "$BIG" p2p.text.nc raw.text -
