@@ -113,6 +113,34 @@ pub fn raise_open_file_limit() -> io::Result<Option<u64>> {
     Ok(Some(wanted))
 }
 
+/// File system kinds the engine tells apart, as `statfs(2)` reports them (`f_type`).
+pub(crate) mod fs_kind {
+    /// ext2, ext3 and ext4.
+    pub(crate) const EXT4: u64 = 0xEF53;
+    pub(crate) const XFS: u64 = 0x5846_5342;
+    pub(crate) const BTRFS: u64 = 0x9123_683E;
+    pub(crate) const F2FS: u64 = 0xF2F5_2010;
+    pub(crate) const TMPFS: u64 = 0x0102_1994;
+}
+
+/// The kind of file system `file` is on (see `fs_kind`); `None` where the platform does not
+/// say or `statfs` fails.
+pub(crate) fn fs_kind_of(file: &fs::File) -> Option<u64> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // `f_type` is signed on some targets; the magic numbers fit in 32 bits.
+        #[allow(clippy::unnecessary_cast)]
+        rustix::fs::fstatfs(file)
+            .ok()
+            .map(|s| s.f_type as u64 & 0xFFFF_FFFF)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = file;
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

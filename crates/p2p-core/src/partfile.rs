@@ -77,23 +77,9 @@ impl PartFile {
     /// SHA-256. Network and other file systems keep the page cache: a direct write there may
     /// wait for a round trip each, or not be direct at all.
     pub(crate) fn bypass_cache(&mut self) {
-        #[cfg(target_os = "linux")]
-        {
-            use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl, fstatfs};
-            const EXT4: u64 = 0xEF53;
-            const XFS: u64 = 0x5846_5342;
-            let Ok(fs) = fstatfs(&*self.file) else {
-                return;
-            };
-            // `f_type` is signed on some targets; the magic numbers fit in 32 bits.
-            #[allow(clippy::unnecessary_cast)]
-            let kind = fs.f_type as u64 & 0xFFFF_FFFF;
-            if kind != EXT4 && kind != XFS {
-                return;
-            }
-            if let Ok(flags) = fcntl_getfl(&*self.file) {
-                self.direct = fcntl_setfl(&*self.file, flags | OFlags::DIRECT).is_ok();
-            }
+        use crate::fsutil::fs_kind::{EXT4, XFS};
+        if matches!(crate::fsutil::fs_kind_of(&self.file), Some(EXT4 | XFS)) {
+            self.direct = set_direct(&self.file, true).is_ok();
         }
     }
 
@@ -116,12 +102,7 @@ impl PartFile {
         }
         if self.direct {
             self.direct = false;
-            #[cfg(target_os = "linux")]
-            {
-                use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
-                let flags = fcntl_getfl(&*self.file)?;
-                fcntl_setfl(&*self.file, flags - OFlags::DIRECT)?;
-            }
+            set_direct(&self.file, false)?;
         }
         self.file.write_all_at(data, offset)
     }
@@ -177,6 +158,31 @@ impl PartFile {
             }
         }
         Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free name"))
+    }
+}
+
+/// Turns `O_DIRECT` on or off for `file` (Linux only; elsewhere it cannot be turned on).
+fn set_direct(file: &File, on: bool) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+        let flags = fcntl_getfl(file)?;
+        let flags = if on {
+            flags | OFlags::DIRECT
+        } else {
+            flags - OFlags::DIRECT
+        };
+        fcntl_setfl(file, flags)?;
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        if on {
+            Err(io::ErrorKind::Unsupported.into())
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -417,11 +423,10 @@ pub(crate) mod tests {
         part.bypass_cache();
         #[cfg(target_os = "linux")]
         {
-            let fs = rustix::fs::fstatfs(&*part.file).unwrap();
-            #[allow(clippy::unnecessary_cast)]
-            let kind = fs.f_type as u64 & 0xFFFF_FFFF;
+            use crate::fsutil::fs_kind::{EXT4, XFS};
+            let kind = crate::fsutil::fs_kind_of(&part.file);
             let flags = rustix::fs::fcntl_getfl(&*part.file).unwrap();
-            if kind == 0xEF53 || kind == 0x5846_5342 {
+            if matches!(kind, Some(EXT4 | XFS)) {
                 assert!(part.direct, "ext4 and XFS take O_DIRECT");
                 assert!(flags.contains(rustix::fs::OFlags::DIRECT));
             } else {

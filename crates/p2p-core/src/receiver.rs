@@ -1095,28 +1095,27 @@ impl Receiver<'_> {
         let Some(part) = state.temp.take() else {
             return Err("temporary file missing".into());
         };
-        let digest = self.hashing.finish(fi, std::mem::take(&mut state.hash));
-        let checked = if digest.is_none() {
-            Err(format!("hashing {:?} failed", entry.path))
-        } else if state.expected_sha.as_deref() != digest.as_ref().map(|d| d.as_slice()) {
-            Err(format!(
+        let checked = match self.hashing.finish(fi, std::mem::take(&mut state.hash)) {
+            None => Err(format!("hashing {:?} failed", entry.path)),
+            Some(digest) if state.expected_sha.as_deref() != Some(&digest[..]) => Err(format!(
                 "SHA-256 mismatch for {:?}: the file arrived corrupted",
                 entry.path
-            ))
-        } else {
-            let mtime = UNIX_EPOCH
-                + Duration::new(
-                    entry.mtime_sec.max(0) as u64,
-                    entry.mtime_nsec.min(999_999_999),
-                );
-            part.file
-                .set_permissions(fs::Permissions::from_mode(entry.mode & 0o777))
-                .map_err(|e| format!("cannot set mode: {e}"))
-                .and_then(|()| {
-                    part.file
-                        .set_modified(mtime)
-                        .map_err(|e| format!("cannot set mtime: {e}"))
-                })
+            )),
+            Some(_) => {
+                let mtime = UNIX_EPOCH
+                    + Duration::new(
+                        entry.mtime_sec.max(0) as u64,
+                        entry.mtime_nsec.min(999_999_999),
+                    );
+                part.file
+                    .set_permissions(fs::Permissions::from_mode(entry.mode & 0o777))
+                    .map_err(|e| format!("cannot set mode: {e}"))
+                    .and_then(|()| {
+                        part.file
+                            .set_modified(mtime)
+                            .map_err(|e| format!("cannot set mtime: {e}"))
+                    })
+            }
         };
         match checked {
             Ok(()) => Ok(Verified { fi, part }),
@@ -1491,16 +1490,12 @@ fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
 /// Local file systems whose `syncfs` writes back and flushes everything (ext2/3/4, XFS, Btrfs,
 /// F2FS, tmpfs). Anything else — network and FUSE file systems above all — gets an fsync per
 /// file.
-#[cfg(any(target_os = "linux", target_os = "android"))]
 fn syncfs_suits(file: &File) -> bool {
-    const LOCAL: [u64; 5] = [0xEF53, 0x5846_5342, 0x9123_683E, 0xF2F5_2010, 0x0102_1994];
-    rustix::fs::fstatfs(file.as_fd())
-        .is_ok_and(|s| LOCAL.contains(&((s.f_type as u64) & 0xffff_ffff)))
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn syncfs_suits(_file: &File) -> bool {
-    false
+    use crate::fsutil::fs_kind::{BTRFS, EXT4, F2FS, TMPFS, XFS};
+    matches!(
+        crate::fsutil::fs_kind_of(file),
+        Some(EXT4 | XFS | BTRFS | F2FS | TMPFS)
+    )
 }
 
 #[cfg(test)]
