@@ -37,6 +37,36 @@ pub(super) const INTERRUPTED_TTL: Duration = Duration::from_secs(30 * 86_400);
 /// How long a sender that resumes a completed transfer has to send `Complete`.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Answers the resume of a transfer that ended here — `ended` is `Ok` if it completed, else
+/// why not: a completed one is confirmed (everything arrived, the sender did not hear so: a
+/// lost CompleteAck, or it stopped just then), any other refused with its reason.
+async fn answer_ended(
+    session: &Session,
+    info: wire::TransferInfo,
+    frames: mpsc::Receiver<Body>,
+    ended: Result<(), String>,
+) {
+    match ended {
+        Ok(()) => {
+            tracing::info!(transfer = %info.transfer_id, peer = %session.peer.device_id, "resume of a completed transfer; confirming");
+            already_complete(session, &info, frames).await;
+        }
+        Err(reason) => session.reject(&info.transfer_id, reason).await,
+    }
+}
+
+/// How a transfer entry that is final here ended, as `answer_ended` takes it.
+fn outcome(e: &TransferEntry) -> Result<(), String> {
+    if e.state() == TransferState::Completed {
+        Ok(())
+    } else {
+        Err(format!(
+            "the transfer already ended here: {}",
+            e.snapshot().error
+        ))
+    }
+}
+
 /// Answers the resume of a transfer that completed here: `Ready` with every file complete,
 /// then `CompleteAck` to its `Complete`.
 async fn already_complete(
@@ -175,17 +205,7 @@ impl Node {
                 && e.snapshot().peer_id == peer
         });
         if let Some(e) = ended {
-            if e.state() == TransferState::Completed {
-                tracing::info!(transfer = %id, peer = %peer, "resume of a completed transfer; confirming");
-                already_complete(session, &info, frames).await;
-            } else {
-                session
-                    .reject(
-                        &id,
-                        format!("the transfer already ended here: {}", e.snapshot().error),
-                    )
-                    .await;
-            }
+            answer_ended(session, info, frames, outcome(&e)).await;
             return Ok(());
         }
         let record = match self.inner.store.incoming_record(&id) {
@@ -196,20 +216,13 @@ impl Node {
                     .inner
                     .store
                     .history_outcome(&id, Direction::Receive, &peer);
-                return match ended {
-                    Ok(Some((HistoryStatus::Completed, _))) => {
-                        // Everything arrived, the sender did not hear so (a lost CompleteAck,
-                        // or it stopped just then): let it finish.
-                        tracing::info!(transfer = %id, peer = %peer, "resume of a completed transfer; confirming");
-                        already_complete(session, &info, frames).await;
-                        Ok(())
-                    }
-                    Ok(Some((_, reason))) => {
-                        session.reject(&id, reason).await;
-                        Ok(())
-                    }
-                    _ => Err((info, frames)),
+                let ended = match ended {
+                    Ok(Some((HistoryStatus::Completed, _))) => Ok(()),
+                    Ok(Some((_, reason))) => Err(reason),
+                    _ => return Err((info, frames)),
                 };
+                answer_ended(session, info, frames, ended).await;
+                return Ok(());
             }
             Err(e) => {
                 tracing::warn!(cause = %error_chain(&e), "cannot read the transfer's record; treating the resume as a new offer");
@@ -243,10 +256,10 @@ impl Node {
         };
         let entry = match self.inner.transfers.get(&id) {
             Some(e) if e.state() == TransferState::Interrupted => e,
+            // Ended since the look above.
             Some(e) if e.state().is_final() => {
                 self.release(&id, &claim);
-                let reason = format!("the transfer already ended here: {}", e.snapshot().error);
-                session.reject(&id, reason).await;
+                answer_ended(session, info, frames, outcome(&e)).await;
                 return Ok(());
             }
             Some(_) => {
