@@ -47,9 +47,9 @@ async fn pair(sender_config: Option<&str>) -> (Daemon, Daemon) {
 }
 
 /// The least time `wire_bytes` can take through a limiter at `rate`: everything but the burst
-/// (100 ms at the rate, `p2p_core::ratelimit::BURST`) is paid for before it is sent.
+/// (100 ms at the rate, `p2p_core::transfer::ratelimit::BURST`) is paid for before it is sent.
 fn least_time(wire_bytes: u64, rate: u64) -> Duration {
-    let burst = p2p_core::ratelimit::BURST.as_secs_f64() * rate as f64;
+    let burst = p2p_core::transfer::ratelimit::BURST.as_secs_f64() * rate as f64;
     Duration::from_secs_f64((wire_bytes as f64 - burst).max(0.0) / rate as f64)
 }
 

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use p2p_core::DeviceId;
-use p2p_core::wire::PROTOCOL_VERSION;
+use p2p_core::net::wire::PROTOCOL_VERSION;
 use p2p_proto::control::v1 as pb;
 use p2p_proto::control::v1::control_service_client::ControlServiceClient;
 use p2p_proto::wire::v1::Beacon;

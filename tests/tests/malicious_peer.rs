@@ -18,9 +18,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use p2p_core::identity::Identity;
-use p2p_core::tls;
-use p2p_core::wire::{self as codec, PROTOCOL_VERSION, WireError, caps};
+use p2p_core::net::identity::Identity;
+use p2p_core::net::tls;
+use p2p_core::net::wire::{self as codec, PROTOCOL_VERSION, WireError, caps};
 use p2p_proto::control::v1 as pb;
 use p2p_proto::wire::v1::{self as wire, frame::Body};
 use p2p_tests::api::{control, incoming, status, wait_offer};

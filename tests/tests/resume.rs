@@ -23,7 +23,7 @@ use p2p_tests::{Daemon, DaemonDirs, DaemonOptions};
 const MIB: u64 = 1 << 20;
 /// The tests' window: small, so that "one window plus one checkpoint" is a tight bound.
 const WINDOW: u32 = 16;
-/// `receiver::CHECKPOINT_BYTES`.
+/// `receive::CHECKPOINT_BYTES`.
 const CHECKPOINT: u64 = 16 * MIB;
 /// Longest wait for one transfer, restarts and backoffs included.
 const LONG: Duration = Duration::from_secs(120);

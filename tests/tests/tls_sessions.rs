@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use p2p_core::identity::{CERT_FILE, Identity};
-use p2p_core::tls;
-use p2p_core::wire::{self as codec, PROTOCOL_VERSION, caps};
+use p2p_core::net::identity::{CERT_FILE, Identity};
+use p2p_core::net::tls;
+use p2p_core::net::wire::{self as codec, PROTOCOL_VERSION, caps};
 use p2p_proto::control::v1 as pb;
 use p2p_proto::wire::v1::{self as wire, frame::Body};
 use p2p_tests::api::{control, incoming, status};

@@ -16,21 +16,21 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::device_id::DeviceId;
-use crate::discovery::{Discovery, DiscoveryConfig, Peer, PeerEvent};
 use crate::error_chain;
-use crate::history::{self, HistoryEntry, HistoryFilter};
-use crate::identity::Identity;
-use crate::manifest::{self, LocalManifest, ManifestError};
-use crate::records::OutgoingRecord;
-use crate::session::{self, LocalInfo, Session, SessionError, SessionEvents};
+use crate::net::device_id::DeviceId;
+use crate::net::discovery::{Discovery, DiscoveryConfig, Peer, PeerEvent};
+use crate::net::identity::Identity;
+use crate::net::session::{self, LocalInfo, Session, SessionError, SessionEvents};
+use crate::net::wire::caps;
+use crate::net::{tls, tune};
+use crate::store::history::{self, HistoryEntry, HistoryFilter};
+use crate::store::records::OutgoingRecord;
 use crate::store::{DeviceAccept, Store};
-use crate::tls;
+use crate::transfer::manifest::{self, LocalManifest, ManifestError};
 use crate::transfer::{
     Direction, MAX_CHUNK, MAX_WINDOW, NewTransfer, SendOptions, TransferEntry, TransferSnapshot,
     TransferState, Transfers,
 };
-use crate::wire::caps;
 
 mod incoming;
 mod outgoing;
@@ -567,7 +567,7 @@ impl Node {
             self.inner.tasks.spawn(async move {
                 let _permit = permit;
                 let _ip_slot = IpSlot(&pending_by_ip, ip);
-                tune(&stream);
+                tune::tune(&stream);
                 // One deadline for TLS and the protocol handshake together: a silent or slow
                 // client is dropped within HANDSHAKE_TIMEOUT whatever it stalls on.
                 let handshake = async {
@@ -672,7 +672,7 @@ impl Node {
                     continue;
                 }
             };
-            tune(&stream);
+            tune::tune(&stream);
             let proposal = wire::Config {
                 chunk_size: MAX_CHUNK,
                 compress: true,
@@ -715,7 +715,7 @@ impl Node {
     /// session gets as many as it takes to have `SESSION_SNDBUF` in all (at most `MAX_LANES`).
     /// A lane that cannot be opened is only logged: the session works with fewer.
     fn open_lanes(&self, addr: SocketAddr, s: &Arc<Session>) {
-        let extra = lanes_wanted().saturating_sub(1);
+        let extra = tune::lanes_wanted().saturating_sub(1);
         if s.lane_token.is_empty() || extra == 0 {
             return;
         }
@@ -736,7 +736,7 @@ impl Node {
                 }
                 let lane = async {
                     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-                    tune(&stream);
+                    tune::tune(&stream);
                     let (tls, proven) = connect_tls(&connector, stream).await?;
                     session::join(tls, proven, &node.local_info(), &s, node.events())
                         .await
@@ -1159,7 +1159,7 @@ impl Node {
                             lock(&self.inner.offers).remove(&id);
                             let reason = format!(
                                 "peer sent {} before the offer was accepted",
-                                crate::wire::body_name(&other)
+                                crate::net::wire::body_name(&other)
                             );
                             tracing::warn!(transfer = %id, peer = %session.peer.device_id, "{reason}");
                             entry.set_state(TransferState::Failed, reason.clone());
@@ -1289,7 +1289,7 @@ impl Node {
                 "transfer {id} has already ended ({state:?})"
             )));
         }
-        crate::ratelimit::check_rate(max_speed)
+        crate::transfer::ratelimit::check_rate(max_speed)
             .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
         // Kept with the transfer's record, so the limit holds after a restart too.
         self.inner
@@ -1571,7 +1571,7 @@ impl Node {
                     id: s.peer.id,
                     name: s.peer.name.clone(),
                     addr: s.peer.listen_addr,
-                    protocol_version: crate::wire::PROTOCOL_VERSION,
+                    protocol_version: crate::net::wire::PROTOCOL_VERSION,
                     last_seen_ms: now_ms(),
                     is_static: true,
                 }),
@@ -1642,14 +1642,14 @@ impl Node {
             return Ok(text.to_owned());
         }
         let peers = self.peers();
-        let want = crate::device_id::normalize(text);
+        let want = crate::net::device_id::normalize(text);
         let matches: Vec<&Peer> = peers
             .iter()
             .map(|(p, _)| p)
             .filter(|p| {
                 p.name.eq_ignore_ascii_case(text)
                     || (want.len() >= 4
-                        && crate::device_id::normalize(&p.id.to_string()).starts_with(&want))
+                        && crate::net::device_id::normalize(&p.id.to_string()).starts_with(&want))
             })
             .collect();
         let describe = |p: &Peer| format!("{} ({}, {})", p.name, p.id.short(), p.addr);
@@ -1658,7 +1658,7 @@ impl Node {
                 "peer {} speaks protocol version {}, this p2pd speaks {}",
                 describe(one),
                 one.protocol_version,
-                crate::wire::PROTOCOL_VERSION
+                crate::net::wire::PROTOCOL_VERSION
             ))),
             // The beacon's id is required: a device answering at that address with another key
             // is an impostor.
@@ -1745,104 +1745,9 @@ fn buffered(stream: TcpStream) -> tokio::io::BufReader<TcpStream> {
     tokio::io::BufReader::with_capacity(256 << 10, stream)
 }
 
-/// Send buffer a session should be able to use over all its connections (lanes): enough for
-/// 1 Gbit/s × 100 ms, or 2.5 Gbit/s × 50 ms.
-const SESSION_SNDBUF: usize = 16 << 20;
-/// Most connections per session.
-const MAX_LANES: usize = 4;
-
-/// Connections a session wants: as many as it takes for `SESSION_SNDBUF` of send buffer,
-/// given what one connection gets here.
-fn lanes_wanted() -> usize {
-    SESSION_SNDBUF
-        .div_ceil(connection_sndbuf().max(1))
-        .clamp(1, MAX_LANES)
-}
-
-/// The send buffer one peer connection can fill: `2 × SO_SNDBUF` where `tune` sets it, else
-/// what auto-tuning reaches (`tcp_wmem`'s maximum); `PEER_SNDBUF` where that is unknown.
-fn connection_sndbuf() -> usize {
-    if let Some(asked) = sndbuf_request() {
-        return 2 * asked;
-    }
-    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
-        .unwrap_or(PEER_SNDBUF)
-}
-
-/// Send buffer asked for on peer connections: room for the bandwidth-delay product of a fast,
-/// long path (1 Gbit/s × 50 ms ≈ 6.25 MB, and some slack).
-const PEER_SNDBUF: usize = 16 << 20;
-
-/// Latency matters for acknowledgements: no Nagle. And a single TCP connection must be able to
-/// fill a long fat path: Linux auto-tunes the send buffer only up to `net.ipv4.tcp_wmem`'s
-/// maximum (4 MiB by default), less than 1 Gbit/s × 50 ms. An unprivileged `SO_SNDBUF` may go up
-/// to `net.core.wmem_max` (the kernel doubles the value for its bookkeeping), so the buffer is
-/// set — only where that gives more than auto-tuning could reach, since a fixed size turns
-/// send auto-tuning off. The receive buffer is left alone: its auto-tuning already goes much
-/// higher (`tcp_rmem`), and setting it would switch that off.
-fn tune(stream: &TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(cause = %e, "cannot set TCP_NODELAY");
-    }
-    let Some(want) = sndbuf_request() else {
-        return;
-    };
-    let sock = socket2::SockRef::from(stream);
-    match sock.set_send_buffer_size(want) {
-        Ok(()) => tracing::debug!(
-            asked = want,
-            got = sock.send_buffer_size().unwrap_or(0),
-            "peer socket send buffer set"
-        ),
-        Err(e) => tracing::debug!(cause = %e, "cannot set SO_SNDBUF"),
-    }
-}
-
-/// The `SO_SNDBUF` to ask for, or `None` where send auto-tuning reaches as far (read once from
-/// `/proc/sys`; elsewhere than Linux the buffer is always asked for).
-fn sndbuf_request() -> Option<usize> {
-    static REQUEST: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    *REQUEST.get_or_init(|| {
-        let read = |path: &str| std::fs::read_to_string(path).ok();
-        let wmem_max = read("/proc/sys/net/core/wmem_max").and_then(|s| s.trim().parse().ok());
-        let autotune_max = read("/proc/sys/net/ipv4/tcp_wmem")
-            .and_then(|s| s.split_whitespace().nth(2).and_then(|v| v.parse().ok()));
-        sndbuf_choice(wmem_max, autotune_max)
-    })
-}
-
-/// What to ask for given `net.core.wmem_max` and `tcp_wmem`'s maximum (when known): the kernel
-/// grants `2 × min(asked, wmem_max)`; asking is worth it only if that beats auto-tuning.
-fn sndbuf_choice(wmem_max: Option<usize>, autotune_max: Option<usize>) -> Option<usize> {
-    match (wmem_max, autotune_max) {
-        (Some(cap), Some(auto)) => {
-            let want = PEER_SNDBUF.min(cap);
-            (2 * want > auto).then_some(want)
-        }
-        _ => Some(PEER_SNDBUF),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_send_buffer_is_set_only_where_it_beats_auto_tuning() {
-        // Debian's defaults: wmem_max 4 MiB (granted doubled), auto-tuning up to 4 MiB.
-        assert_eq!(sndbuf_choice(Some(4 << 20), Some(4 << 20)), Some(4 << 20));
-        // A generous wmem_max: the request itself is the limit.
-        assert_eq!(
-            sndbuf_choice(Some(64 << 20), Some(4 << 20)),
-            Some(PEER_SNDBUF)
-        );
-        // Auto-tuning already goes further than a fixed buffer could.
-        assert_eq!(sndbuf_choice(Some(208 << 10), Some(4 << 20)), None);
-        assert_eq!(sndbuf_choice(Some(16 << 20), Some(64 << 20)), None);
-        assert_eq!(sndbuf_choice(None, None), Some(PEER_SNDBUF));
-    }
 
     fn node(dir: &Path) -> Node {
         let identity = Identity::load_or_create(dir).unwrap();

@@ -1,17 +1,22 @@
 //! The durable state store: an SQLite database (`state.db`) in the state dir, WAL mode, schema
-//! versioned with `PRAGMA user_version` and applied by ordered migrations.
+//! versioned with `PRAGMA user_version` and applied by ordered migrations. This file owns the
+//! connection, the schema and its migrations; each table family has a file of its own:
 //!
-//! It holds the devices this node knows: trusted ones with their per-device rules, and pending
-//! ones (untrusted devices that connected or offered something); and the transfer history
-//! (its queries live in [`crate::history`]).
+//! - [`devices`]: known devices — trusted ones with their rules, pending ones.
+//! - [`history`]: the transfer history — records of ended transfers, filters, retention.
+//! - [`records`]: durable records of unfinished transfers (resume after a break or restart).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
 
-use crate::device_id::{DeviceId, normalize};
+pub mod devices;
+pub mod history;
+pub mod records;
+
+pub use devices::{Device, DeviceAccept};
 
 /// File name of the database inside the state dir.
 pub const STORE_FILE: &str = "state.db";
@@ -29,7 +34,7 @@ const MIGRATIONS: &[&str] = &[
         last_seen_ms INTEGER NOT NULL,
         last_address TEXT NOT NULL DEFAULT ''
     );",
-    // 2: transfer history, one row per ended transfer (see `crate::history`). `seq` orders
+    // 2: transfer history, one row per ended transfer (see `crate::store::history`). `seq` orders
     // rows by the time they were recorded; `roots` is a JSON array of at most
     // `history::MAX_ROOTS` names, `root_count` the number the transfer had.
     "CREATE TABLE history (
@@ -52,8 +57,8 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (id, direction, peer_id)
     );
     CREATE INDEX history_finished ON history (finished_at_ms);",
-    // 3: unfinished transfers, for resume (see `crate::records`).
-    crate::records::MIGRATION,
+    // 3: unfinished transfers, for resume (see `crate::store::records`).
+    crate::store::records::MIGRATION,
 ];
 
 /// Errors of the store.
@@ -80,63 +85,6 @@ pub enum StoreError {
     },
 }
 
-/// A per-device receiving rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceAccept {
-    /// Accept at once.
-    Auto,
-    /// Wait for a decision.
-    Ask,
-    /// Refuse.
-    Reject,
-}
-
-impl DeviceAccept {
-    /// The stored word.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Ask => "ask",
-            Self::Reject => "reject",
-        }
-    }
-}
-
-impl std::str::FromStr for DeviceAccept {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "ask" => Ok(Self::Ask),
-            "reject" => Ok(Self::Reject),
-            other => Err(format!(
-                "{other:?} is not a receiving rule (auto, ask or reject)"
-            )),
-        }
-    }
-}
-
-/// A known device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Device {
-    /// Its id.
-    pub id: DeviceId,
-    /// Its last announced name.
-    pub name: String,
-    /// Whether the user trusts it.
-    pub trusted: bool,
-    /// Its receiving rule; `None` follows the daemon's `--accept`.
-    pub accept: Option<DeviceAccept>,
-    /// Where its files go; `None` is the download dir.
-    pub download_dir: Option<PathBuf>,
-    /// First contact, ms since the epoch.
-    pub first_seen_ms: u64,
-    /// Last contact, ms since the epoch.
-    pub last_seen_ms: u64,
-    /// Its last known peer listen address.
-    pub last_address: String,
-}
-
 /// Handle to the store.
 #[derive(Debug)]
 pub struct Store {
@@ -145,7 +93,7 @@ pub struct Store {
     path: PathBuf,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -213,212 +161,11 @@ impl Store {
             source,
         })
     }
-
-    /// Records contact with a device (creating it as pending if new).
-    ///
-    /// # Errors
-    /// [`StoreError`].
-    pub fn seen(&self, id: &DeviceId, name: &str, address: &str) -> Result<(), StoreError> {
-        let now = now_ms() as i64;
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO devices (id, name, first_seen_ms, last_seen_ms, last_address) VALUES (?1, ?2, ?3, ?3, ?4)
-                 ON CONFLICT(id) DO UPDATE SET name = ?2, last_seen_ms = ?3, last_address = ?4",
-                params![id.to_string(), name, now, address],
-            )
-            .map(|_| ())
-        })
-    }
-
-    /// Trusts a device (creating it if unknown) and sets its rules.
-    ///
-    /// # Errors
-    /// [`StoreError`].
-    pub fn trust(
-        &self,
-        id: &DeviceId,
-        name: Option<&str>,
-        accept: Option<DeviceAccept>,
-        download_dir: Option<&Path>,
-    ) -> Result<(), StoreError> {
-        let now = now_ms() as i64;
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO devices (id, name, trusted, accept, download_dir, first_seen_ms, last_seen_ms) VALUES (?1, COALESCE(?2, ''), 1, ?3, ?4, ?5, ?5)
-                 ON CONFLICT(id) DO UPDATE SET trusted = 1, name = COALESCE(?2, name), accept = ?3, download_dir = ?4",
-                params![
-                    id.to_string(),
-                    name,
-                    accept.map(DeviceAccept::as_str),
-                    download_dir.map(|p| p.display().to_string()),
-                    now
-                ],
-            )
-            .map(|_| ())
-        })
-    }
-
-    /// Forgets a device entirely (trusted or pending). Returns whether it was known.
-    ///
-    /// # Errors
-    /// [`StoreError`].
-    pub fn forget(&self, id: &DeviceId) -> Result<bool, StoreError> {
-        self.with(|c| {
-            c.execute("DELETE FROM devices WHERE id = ?1", params![id.to_string()])
-                .map(|n| n > 0)
-        })
-    }
-
-    /// One device.
-    ///
-    /// # Errors
-    /// [`StoreError`].
-    pub fn get(&self, id: &DeviceId) -> Result<Option<Device>, StoreError> {
-        self.with(|c| {
-            c.query_row(
-                &format!("{SELECT} WHERE id = ?1"),
-                params![id.to_string()],
-                row,
-            )
-            .optional()
-        })
-        .map(Option::flatten)
-    }
-
-    /// Trusted devices (`trusted = true`) or pending ones (`false`), by name.
-    ///
-    /// # Errors
-    /// [`StoreError`].
-    pub fn list(&self, trusted: bool) -> Result<Vec<Device>, StoreError> {
-        self.with(|c| {
-            let mut stmt = c.prepare(&format!("{SELECT} WHERE trusted = ?1 ORDER BY name, id"))?;
-            let rows = stmt.query_map(params![trusted as i64], row)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .map(|v| v.into_iter().flatten().collect())
-    }
-
-    /// The trusted device last seen at `address`, if exactly one.
-    ///
-    /// # Errors
-    /// [`StoreError`].
-    pub fn trusted_at(&self, address: &str) -> Result<Option<DeviceId>, StoreError> {
-        let found: Vec<Device> = self
-            .list(true)?
-            .into_iter()
-            .filter(|d| d.last_address == address)
-            .collect();
-        Ok(if found.len() == 1 {
-            Some(found[0].id)
-        } else {
-            None
-        })
-    }
-
-    /// Resolves a full id, or a unique prefix among known (trusted or pending) devices.
-    ///
-    /// # Errors
-    /// A message: no match, or the ambiguous candidates.
-    pub fn resolve(&self, text: &str) -> Result<Result<DeviceId, String>, StoreError> {
-        if let Ok(id) = text.parse::<DeviceId>() {
-            return Ok(Ok(id));
-        }
-        let want = normalize(text);
-        if want.is_empty() {
-            return Ok(Err("empty device id".into()));
-        }
-        let mut all = self.list(true)?;
-        all.extend(self.list(false)?);
-        let matches: Vec<&Device> = all
-            .iter()
-            .filter(|d| normalize(&d.id.to_string()).starts_with(&want))
-            .collect();
-        Ok(match matches.as_slice() {
-            [one] => Ok(one.id),
-            [] => Err(format!(
-                "no known or pending device matches {text:?}; give the full device id"
-            )),
-            many => Err(format!(
-                "{text:?} matches several devices: {}",
-                many.iter()
-                    .map(|d| format!("{} ({})", d.id, d.name))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-        })
-    }
-}
-
-const SELECT: &str = "SELECT id, name, trusted, accept, download_dir, first_seen_ms, last_seen_ms, last_address FROM devices";
-
-/// A row as a device; a row whose id does not parse (edited by hand) is skipped.
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Device>> {
-    let id: String = r.get(0)?;
-    let Ok(id) = id.parse::<DeviceId>() else {
-        return Ok(None);
-    };
-    let accept: Option<String> = r.get(3)?;
-    let dir: Option<String> = r.get(4)?;
-    Ok(Some(Device {
-        id,
-        name: r.get(1)?,
-        trusted: r.get::<_, i64>(2)? != 0,
-        accept: accept.and_then(|a| a.parse().ok()),
-        download_dir: dir.map(PathBuf::from),
-        first_seen_ms: r.get::<_, i64>(5)?.max(0) as u64,
-        last_seen_ms: r.get::<_, i64>(6)?.max(0) as u64,
-        last_address: r.get(7)?,
-    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn devices_are_pending_until_trusted_and_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = DeviceId::from_spki(b"a");
-        let b = DeviceId::from_spki(b"b");
-        {
-            let s = Store::open(dir.path()).unwrap();
-            s.seen(&a, "alpha", "10.0.0.1:14567").unwrap();
-            s.seen(&b, "beta", "10.0.0.2:14567").unwrap();
-            assert_eq!(s.list(false).unwrap().len(), 2);
-            s.trust(&a, None, Some(DeviceAccept::Auto), Some(Path::new("/x")))
-                .unwrap();
-        }
-        let s = Store::open(dir.path()).unwrap();
-        let t = s.list(true).unwrap();
-        assert_eq!(t.len(), 1);
-        assert_eq!(t[0].name, "alpha");
-        assert_eq!(t[0].accept, Some(DeviceAccept::Auto));
-        assert_eq!(t[0].download_dir.as_deref(), Some(Path::new("/x")));
-        assert_eq!(s.trusted_at("10.0.0.1:14567").unwrap(), Some(a));
-        assert_eq!(
-            s.trusted_at("10.0.0.2:14567").unwrap(),
-            None,
-            "pending devices do not pin"
-        );
-        assert!(s.forget(&a).unwrap());
-        assert!(s.get(&a).unwrap().is_none());
-    }
-
-    #[test]
-    fn prefixes_resolve_only_among_known_devices() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        let a = DeviceId::from_spki(b"a");
-        s.seen(&a, "alpha", "").unwrap();
-        let short = a.short();
-        assert_eq!(s.resolve(&short.to_lowercase()).unwrap(), Ok(a));
-        assert!(s.resolve("ZZZZZZZ").unwrap().is_err());
-        assert_eq!(
-            s.resolve(&a.to_string()).unwrap(),
-            Ok(a),
-            "a full id needs no record"
-        );
-    }
 
     #[test]
     fn a_newer_schema_is_refused() {

@@ -6,7 +6,7 @@
 //! 5 MiB = 5,242,880 bytes. Only the explicit decimal `KB`, `MB`, `GB` and `TB` mean powers of
 //! 1000. A speed is a size per second (a trailing `/s` is allowed: `10M/s`, `10MiB/s`).
 
-use crate::ratelimit::{self, RateTooLow};
+use crate::transfer::ratelimit::{self, RateTooLow};
 
 /// Why a size or speed was not understood. The messages quote the text and say what is
 /// expected.

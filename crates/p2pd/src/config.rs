@@ -189,7 +189,7 @@ impl Config {
         let discovery_port = discovery_on.then(|| {
             cli.discovery_port
                 .or(file.discovery_port)
-                .unwrap_or(p2p_core::discovery::DEFAULT_PORT)
+                .unwrap_or(p2p_core::net::discovery::DEFAULT_PORT)
         });
         let mut peers = file.peers.clone().unwrap_or_default();
         peers.extend(cli.peer_addr.iter().cloned());
@@ -268,7 +268,7 @@ fn rate_of(value: &toml::Value) -> Result<u64, String> {
         toml::Value::Integer(n) => {
             let rate = u64::try_from(*n)
                 .map_err(|_| format!("{n} is negative; use 0 or \"unlimited\" for no limit"))?;
-            p2p_core::ratelimit::check_rate(rate).map_err(|e| e.to_string())?;
+            p2p_core::transfer::ratelimit::check_rate(rate).map_err(|e| e.to_string())?;
             Ok(rate)
         }
         other => Err(format!(

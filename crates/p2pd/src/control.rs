@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use p2p_core::discovery::{Peer, PeerEvent};
+use p2p_core::net::discovery::{Peer, PeerEvent};
 use p2p_core::store::DeviceAccept;
 use p2p_core::{
     DeviceView, Direction, HistoryEntry, HistoryFilter, HistoryStatus, IncomingOffer, Node,

@@ -13,12 +13,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Node, lock, now_ms};
-use crate::chunkmap::{ChunkMap, chunk_count};
 use crate::error_chain;
-use crate::history::HistoryStatus;
-use crate::receiver::{self, Destination, ReceiveEnd};
-use crate::records::IncomingRecord;
-use crate::session::Session;
+use crate::net::session::Session;
+use crate::store::history::HistoryStatus;
+use crate::store::records::IncomingRecord;
+use crate::transfer::chunkmap::{ChunkMap, chunk_count};
+use crate::transfer::receive::{self, Destination, ReceiveEnd};
 use crate::transfer::{Direction, NewTransfer, TransferEntry, TransferState};
 
 /// Gives a claim back when the attempt ends, whichever way.
@@ -353,7 +353,7 @@ impl Node {
             let store = self.inner.store.clone();
             let rt = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || {
-                receiver::receive(&rt, &info, &dest, start, route_rx, &writer, &entry, &store)
+                receive::receive(&rt, &info, &dest, start, route_rx, &writer, &entry, &store)
             })
         };
         // A local cancel, a shutdown or a resume on another session closes the worker's
@@ -544,7 +544,7 @@ impl Node {
                     dir: r.dest_dir.clone(),
                     roots: r.roots.clone(),
                 };
-                receiver::remove_temps(&dest, &r.info);
+                receive::remove_temps(&dest, &r.info);
             }
             if let Err(e) = store.forget_transfer(&id, Direction::Receive) {
                 tracing::warn!(transfer = %id, cause = %error_chain(&e), "cannot remove the cancelled transfer's record");
@@ -596,7 +596,7 @@ fn prepare(
     plan: Plan,
     store: &crate::store::Store,
     peer_id: &str,
-) -> Result<(Destination, receiver::Start), (TransferState, String)> {
+) -> Result<(Destination, receive::Start), (TransferState, String)> {
     let failed = |e: String| (TransferState::Failed, e);
     let rejected = |e: String| (TransferState::Rejected, e);
     let total: u64 = info
@@ -613,13 +613,13 @@ fn prepare(
                     dir: old.dest_dir.clone(),
                     roots: old.roots.clone(),
                 };
-                receiver::remove_temps(&old_dest, &old.info);
+                receive::remove_temps(&old_dest, &old.info);
                 store
                     .forget_transfer(&info.transfer_id, Direction::Receive)
                     .map_err(|e| failed(error_chain(&e)))?;
             }
             check_space(&dir, total).map_err(rejected)?;
-            let dest = receiver::prepare(&dir, info).map_err(|e| failed(e.to_string()))?;
+            let dest = receive::prepare(&dir, info).map_err(|e| failed(e.to_string()))?;
             let record = IncomingRecord {
                 id: info.transfer_id.clone(),
                 peer_id: peer_id.to_owned(),
@@ -634,7 +634,7 @@ fn prepare(
                     error_chain(&e)
                 ))
             })?;
-            Ok((dest, receiver::fresh(info)))
+            Ok((dest, receive::fresh(info)))
         }
         Plan::Resume(record) => {
             let dest = Destination::restore(&record.dest_dir, record.roots.clone(), info)
@@ -647,11 +647,11 @@ fn prepare(
                         error_chain(&e)
                     ))
                 })?;
-            let start = receiver::resume(info, &dest, &recorded, store);
+            let start = receive::resume(info, &dest, &recorded, store);
             if let Err(e) = check_space(&dest.dir, total.saturating_sub(start.have_bytes)) {
                 // The transfer ends here: what it had goes too.
                 drop(start);
-                receiver::remove_temps(&dest, info);
+                receive::remove_temps(&dest, info);
                 return Err(rejected(e));
             }
             Ok((dest, start))

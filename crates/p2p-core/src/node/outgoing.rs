@@ -1,7 +1,7 @@
 //! The life of an outgoing transfer across attempts: dialing, retry with backoff, pause and
 //! resume, continuing after a restart.
 //!
-//! One supervisor task per transfer runs attempts (`sender::attempt`) until the transfer
+//! One supervisor task per transfer runs attempts (`send::attempt`) until the transfer
 //! ends. A transient failure (session lost, peer unreachable, receiver paused or restarting)
 //! waits 2 s, 4 s, … (at most 60 s) and tries again with `resume`, so only the chunks the
 //! receiver lacks are sent; a permanent one ends the transfer at once. The consecutive
@@ -16,12 +16,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Node, NodeError, lock};
-use crate::chunkmap::{ChunkMap, chunk_count};
 use crate::error_chain;
-use crate::manifest::LocalManifest;
-use crate::records::OutgoingRecord;
-use crate::sender::{self, AttemptEnd};
-use crate::session::Session;
+use crate::net::session::Session;
+use crate::store::records::OutgoingRecord;
+use crate::transfer::chunkmap::{ChunkMap, chunk_count};
+use crate::transfer::manifest::LocalManifest;
+use crate::transfer::send::{self, AttemptEnd};
 use crate::transfer::{
     Direction, NewTransfer, SendOptions, TransferEntry, TransferSnapshot, TransferState,
 };
@@ -115,7 +115,7 @@ impl Node {
                         // Paused while dialing.
                         stop.cancel();
                     }
-                    let end = sender::attempt(
+                    let end = send::attempt(
                         s,
                         entry.clone(),
                         manifest.clone(),

@@ -17,8 +17,8 @@ use rustls::{
     ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
 };
 
-use crate::device_id::DeviceId;
-use crate::identity::Identity;
+use crate::net::device_id::DeviceId;
+use crate::net::identity::Identity;
 
 /// Errors of building a TLS configuration.
 #[derive(Debug, thiserror::Error)]

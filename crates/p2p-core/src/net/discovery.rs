@@ -21,8 +21,8 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::device_id::DeviceId;
-use crate::wire::PROTOCOL_VERSION;
+use crate::net::device_id::DeviceId;
+use crate::net::wire::PROTOCOL_VERSION;
 
 /// Default UDP port of the beacons.
 pub const DEFAULT_PORT: u16 = 14566;

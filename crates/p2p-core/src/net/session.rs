@@ -21,9 +21,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::device_id::DeviceId;
+use crate::net::device_id::DeviceId;
+use crate::net::wire::{self as codec, FrameReader, OutFrame, WireError, caps};
 use crate::transfer::{MAX_CHUNK, MAX_IN_FLIGHT_BYTES, MAX_WINDOW, SMALL_FILE, SMALL_FILE_WINDOW};
-use crate::wire::{self as codec, FrameReader, OutFrame, WireError, caps};
 
 /// Time allowed for the whole handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -306,8 +306,8 @@ impl Route {
 /// hashing thread has yet to hash (`filehash::HASH_QUEUE` queued, one being hashed) live on
 /// beyond the window. The route's frame count alone would not bound it: its slots for small
 /// files could otherwise be filled with chunks of 16 MiB.
-const LARGE_HELD_MAX: usize =
-    MAX_IN_FLIGHT_BYTES as usize + (2 + crate::filehash::HASH_QUEUE) * MAX_CHUNK as usize;
+const LARGE_HELD_MAX: usize = MAX_IN_FLIGHT_BYTES as usize
+    + (2 + crate::transfer::place::filehash::HASH_QUEUE) * MAX_CHUNK as usize;
 
 /// A chunk's payload, counted in its route's `large_held` until dropped.
 struct Held {

@@ -20,8 +20,8 @@ use p2p_proto::wire::v1::TransferInfo;
 use prost::Message;
 use rusqlite::params;
 
-use crate::chunkmap::ChunkMap;
 use crate::store::{Store, StoreError};
+use crate::transfer::chunkmap::ChunkMap;
 use crate::transfer::{Direction, SendOptions};
 
 /// The schema of this module, applied as one migration of the store.

@@ -7,7 +7,7 @@
 //! once — hashing (SHA-256), compressing (adaptive zstd) and checksumming (CRC32) every chunk —
 //! and queues the frames. The window is a semaphore: the producer takes a permit per chunk, an
 //! OK acknowledgement gives it back, a CRC failure re-sends the kept frame. The trackers and
-//! their invariants are described in `STATE.md` beside this file. Whether a failed attempt is
+//! their invariants are described in `STATE.md` in this folder. Whether a failed attempt is
 //! tried again is decided by the caller (`node::outgoing`) from [`AttemptEnd`].
 
 use std::collections::HashMap;
@@ -24,14 +24,14 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::chunkmap::{ChunkMap, chunk_count};
-use crate::manifest::{LocalFile, LocalManifest};
-use crate::session::Session;
+use crate::net::session::Session;
+use crate::net::wire::{self as codec, OutFrame};
 use crate::store::Store;
+use crate::transfer::chunkmap::{ChunkMap, chunk_count};
+use crate::transfer::manifest::{LocalFile, LocalManifest};
 use crate::transfer::{
     Direction, SMALL_FILE_WINDOW, SendOptions, TransferEntry, TransferState, is_small,
 };
-use crate::wire::{self as codec, OutFrame};
 
 /// How often one chunk may be re-sent after CRC failures before the transfer fails.
 pub const MAX_RESENDS: u8 = 5;
@@ -165,7 +165,7 @@ pub(crate) async fn attempt(
     store: Arc<Store>,
 ) -> AttemptEnd {
     session.active.fetch_add(1, Ordering::Relaxed);
-    let (route_tx, route_rx) = mpsc::channel(crate::session::route_capacity(opts.window));
+    let (route_tx, route_rx) = mpsc::channel(crate::net::session::route_capacity(opts.window));
     session.route(&entry.id, route_tx);
     let mut acked = Acked {
         chunks: HashMap::new(),
@@ -238,7 +238,7 @@ async fn drive(
     acked: &mut Acked,
 ) -> Result<(), AttemptEnd> {
     // A peer without the capability would take a resume for a new offer.
-    let resume = resume && session.caps & crate::wire::caps::RESUME != 0;
+    let resume = resume && session.caps & crate::net::wire::caps::RESUME != 0;
     let attempt = session.next_attempt();
     let mut info = manifest.offer(&entry.id, opts, resume);
     info.attempt = attempt;
@@ -306,7 +306,7 @@ async fn drive(
     let window = Arc::new(Window {
         permits: Arc::new(Semaphore::new(opts.window as usize)),
         small_files: Arc::new(Semaphore::new(SMALL_FILE_WINDOW as usize)),
-        small_window: session.caps & crate::wire::caps::SMALL_FILES != 0,
+        small_window: session.caps & crate::net::wire::caps::SMALL_FILES != 0,
         in_flight: Mutex::new(HashMap::new()),
     });
     let producer_cancel = stop.child_token();

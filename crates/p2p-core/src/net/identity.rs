@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 
-use crate::device_id::DeviceId;
 use crate::fsutil;
+use crate::net::device_id::DeviceId;
 
 /// The device's settings file inside the state dir.
 pub const IDENTITY_FILE: &str = "identity.json";

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use rusqlite::OptionalExtension;
 use rusqlite::{ToSql, params};
 
-use crate::device_id::normalize;
 use crate::error_chain;
+use crate::net::device_id::normalize;
 use crate::store::{Store, StoreError};
 use crate::transfer::{Direction, FinalHook, TransferSnapshot, TransferState};
 

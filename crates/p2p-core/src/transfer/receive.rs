@@ -32,13 +32,13 @@ use p2p_proto::wire::v1::{self as wire, ChunkStatus};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::chunkmap::{ChunkMap, chunk_count};
-use crate::filehash::{FileHash, Hashing};
-use crate::partfile::{AlignedBuf, PartFile};
-use crate::records::FileRecord;
+use crate::net::wire::{self as codec, OutFrame};
 use crate::store::Store;
+use crate::store::records::FileRecord;
+use crate::transfer::chunkmap::{ChunkMap, chunk_count};
+use crate::transfer::place::filehash::{FileHash, Hashing};
+use crate::transfer::place::partfile::{AlignedBuf, PartFile};
 use crate::transfer::{Direction, SMALL_FILE_WINDOW, TransferEntry};
-use crate::wire::{self as codec, OutFrame};
 
 /// Most attempts at finding a free `name (n)` before giving up.
 const MAX_RENAMES: u32 = 10_000;
@@ -1606,7 +1606,7 @@ mod tests {
     /// transfer takes none.
     #[test]
     fn a_resumed_one_chunk_file_adopts_its_own_earlier_link_only() {
-        use crate::partfile::tests::{plant, set_received_metadata};
+        use crate::transfer::place::partfile::tests::{plant, set_received_metadata};
         let dir = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
         let info = wire::TransferInfo {
