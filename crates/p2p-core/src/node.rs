@@ -525,6 +525,14 @@ impl Node {
         }
     }
 
+    /// Where session tasks are spawned: under the node's shutdown token and tracker.
+    fn task_scope(&self) -> session::TaskScope {
+        session::TaskScope {
+            shutdown: self.inner.shutdown.clone(),
+            tracker: self.inner.tasks.clone(),
+        }
+    }
+
     fn events(&self) -> Arc<dyn SessionEvents> {
         Arc::new(Events(Arc::downgrade(&self.inner)))
     }
@@ -585,7 +593,7 @@ impl Node {
                         proven,
                         &node.local_info(),
                         node.events(),
-                        &node.inner.shutdown,
+                        &node.task_scope(),
                     )
                     .await
                     .map_err(|e| e.to_string())
@@ -689,7 +697,7 @@ impl Node {
                     &self.local_info(),
                     proposal,
                     self.events(),
-                    &self.inner.shutdown,
+                    &self.task_scope(),
                 )
                 .await
                 .map_err(|e: SessionError| e.to_string())
