@@ -4,6 +4,7 @@
 //!
 //! The binaries are located next to the test executable (`target/<profile>/`); `cargo test
 //! --workspace` builds them because the `p2pd` and `p2pctl` packages have integration tests.
+//! The in-process tier is [`inprocess`]: a node and its gRPC API (`p2pd::serve`) in one runtime.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -390,6 +391,7 @@ impl Drop for PidGuard {
     }
 }
 
+pub mod inprocess;
 pub mod netns;
 pub mod proxy;
 
