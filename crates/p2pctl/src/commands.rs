@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use p2p_client::units;
+use p2p_client::words::short_device_id;
 use p2p_proto::control::v1 as pb;
 use p2p_proto::control::v1::control_service_client::ControlServiceClient;
 use serde_json::{Value, json};
@@ -13,7 +15,8 @@ use tonic::transport::Channel;
 use crate::cli::{AcceptRule, Cli, Command, DirectionArg, HistoryAction, HistoryArgs, TrustArgs};
 use crate::client::{self, answer};
 use crate::progress::stdout_line;
-use crate::{json, peers, send, table, units, watch};
+
+use crate::{json, peers, send, table, watch};
 
 /// How a command that did not fail ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,7 +198,7 @@ fn devices_text(list: &[pb::Device], which: DeviceList, now_ms: u64) -> String {
         (DeviceList::Pending, Some(first)) => format!(
             "{}\ntrust one with `p2pctl trust ID` (ID: the full id or a unique beginning, e.g. {})\n",
             table::devices(list, now_ms),
-            table::short_device_id(&first.id),
+            short_device_id(&first.id),
         ),
     }
 }
@@ -231,7 +234,7 @@ fn connected_text(s: &pb::Session) -> String {
     } else {
         format!(
             "not trusted (`p2pctl trust {}` trusts it)",
-            table::short_device_id(&s.peer_id)
+            short_device_id(&s.peer_id)
         )
     };
     format!(

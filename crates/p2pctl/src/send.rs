@@ -13,7 +13,6 @@ use crate::cli::SendArgs;
 use crate::client;
 use crate::commands::Finished;
 use crate::progress::{self, SendView};
-use crate::watch;
 
 /// The paths as absolute text for the daemon (which has another working directory), each
 /// checked to exist here first so that a typo is reported without asking the daemon.
@@ -87,7 +86,7 @@ pub(crate) async fn send(
 
     let mut view = SendView::new(json);
     let followed = tokio::select! {
-        result = watch::follow_one(api, &id, |event| view.event(event)) => Some(result),
+        result = p2p_client::watch::follow_transfer(api, &id, |event| view.event(event)) => Some(result),
         Ok(()) = tokio::signal::ctrl_c() => None,
     };
     view.finish();
