@@ -1,8 +1,8 @@
-//! The daemon as p2pctl reaches it: the socket, the connection, and failures turned into exit
-//! codes. Connecting, RPC errors and short ids are [`p2p_client`]'s; this module adds what is
+//! The daemon as p2pctl reaches it: the connection, and failures turned into exit codes.
+//! Connecting, RPC errors and short ids are [`p2p_client`]'s; this module adds what is
 //! particular to a command-line program.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub(crate) use p2p_client::control::answer;
 pub(crate) use p2p_client::ids::{resolve_offer_id, resolve_transfer_id};
@@ -27,11 +27,6 @@ impl From<ConnectError> for NoDaemon {
     }
 }
 
-/// The socket to use: `--socket`/`P2PD_SOCKET`, else the default.
-pub(crate) fn socket_path(flag: Option<&Path>) -> PathBuf {
-    p2p_client::paths::socket_path(flag)
-}
-
 /// Connects to the control service.
 ///
 /// # Errors
@@ -52,6 +47,8 @@ pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use p2p_client::RpcError;
 
     use super::*;

@@ -2,10 +2,9 @@
 //! listed once or followed over `WatchPeers`.
 
 use anyhow::Result;
+use p2p_client::ControlClient;
 use p2p_client::words::{peer_change_word, short_device_id};
 use p2p_proto::control::v1 as pb;
-use p2p_proto::control::v1::control_service_client::ControlServiceClient;
-use tonic::transport::Channel;
 
 use crate::progress::stdout_line;
 use crate::{json, table};
@@ -48,7 +47,7 @@ pub(crate) fn event_line(e: &pb::PeerEvent) -> Option<String> {
 ///
 /// # Errors
 /// A failed RPC, the connection lost, or stdout closed.
-pub(crate) async fn watch(api: &mut ControlServiceClient<Channel>, as_json: bool) -> Result<()> {
+pub(crate) async fn watch(api: &mut ControlClient, as_json: bool) -> Result<()> {
     let mut events = p2p_client::watch::peers(api).await?;
     while let Some(event) = events.next().await? {
         if as_json {

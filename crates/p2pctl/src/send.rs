@@ -4,10 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+use p2p_client::ControlClient;
 use p2p_proto::control::v1 as pb;
-use p2p_proto::control::v1::control_service_client::ControlServiceClient;
 use serde_json::json;
-use tonic::transport::Channel;
 
 use crate::cli::SendArgs;
 use crate::client;
@@ -64,7 +63,7 @@ fn options(args: &SendArgs) -> pb::SendOptions {
 /// # Errors
 /// A failed RPC, stdout closed, or a transfer that did not complete.
 pub(crate) async fn send(
-    api: &mut ControlServiceClient<Channel>,
+    api: &mut ControlClient,
     args: &SendArgs,
     paths: Vec<String>,
     json: bool,

@@ -2,9 +2,8 @@
 //! [`p2p_client::watch`]'s), one line or one JSON object per event.
 
 use anyhow::{Result, bail};
+use p2p_client::ControlClient;
 use p2p_proto::control::v1 as pb;
-use p2p_proto::control::v1::control_service_client::ControlServiceClient;
-use tonic::transport::Channel;
 
 use crate::client;
 use crate::json;
@@ -15,11 +14,7 @@ use crate::progress::{self, RateLimiter};
 ///
 /// # Errors
 /// A failed RPC, stdout closed, or (with an ID) a transfer that did not complete.
-pub(crate) async fn watch(
-    api: &mut ControlServiceClient<Channel>,
-    id: Option<&str>,
-    json: bool,
-) -> Result<()> {
+pub(crate) async fn watch(api: &mut ControlClient, id: Option<&str>, json: bool) -> Result<()> {
     let mut limiter = RateLimiter::new(std::time::Duration::from_secs(1));
     let mut show = |event: &pb::TransferEvent| -> Result<()> {
         if json {
