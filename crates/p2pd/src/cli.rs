@@ -65,7 +65,7 @@ pub struct Cli {
         long,
         value_name = "RATE",
         allow_negative_numbers = true,
-        value_parser = p2p_core::units::parse_rate
+        value_parser = p2p_client::units::parse_rate
     )]
     pub(crate) max_speed: Option<u64>,
 
