@@ -95,7 +95,7 @@ impl Netns {
         ns
     }
 
-    fn build(&mut self, n: usize, x: u8, y: u8) -> Result<(), String> {
+    fn build(&mut self, n: usize, x: u8, y: u8) -> anyhow::Result<()> {
         let br = self.bridge.clone();
         self.namespaces.add(&br)?;
         ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
