@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use p2p_tests::ctl::describe;
 use p2p_tests::{Daemon, DaemonDirs, repo_root, run_with_timeout};
 use serde_json::Value;
 
@@ -78,15 +79,6 @@ fn run_client(python: &Path, socket: &Path, extra: &[&str]) -> Output {
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .current_dir(repo_root());
     run_with_timeout(&mut cmd, CLIENT_TIMEOUT)
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Runs the client, expects success, and returns its JSON object.

@@ -19,6 +19,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use p2p_tests::repo_root;
+
 /// Where the units run the daemon from.
 const INSTALLED_BINARY: &str = "/usr/local/bin/p2pd";
 
@@ -29,13 +31,6 @@ const INSTALLED_BINARY: &str = "/usr/local/bin/p2pd";
 /// that `systemd-analyze` judges the unit rather than the container. Any other missing
 /// command (say a misspelt `/bin/kil`) is still reported.
 const HOST_COMMANDS: &[&str] = &["/bin/kill", "/usr/bin/install"];
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent directory")
-        .to_path_buf()
-}
 
 fn read_repo_file(rel: &str) -> String {
     let path = repo_root().join(rel);
