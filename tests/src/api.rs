@@ -177,6 +177,17 @@ pub async fn wait_for(
     }
 }
 
+/// `ListPending` of `d`: devices that connected but are not trusted.
+pub async fn pending(d: &Daemon) -> Vec<pb::Device> {
+    client(d)
+        .await
+        .list_pending(pb::ListPendingRequest {})
+        .await
+        .expect("ListPending")
+        .into_inner()
+        .devices
+}
+
 /// Waits until transfer `id` on `d` is in `want` (or has ended), at most `timeout`, and
 /// checks it is `want`.
 pub async fn wait_state(
