@@ -1,6 +1,7 @@
 //! The control API over gRPC, as tests call it: a client per daemon, sends and the waits that
-//! follow a transfer to a state or to its end, offers, sessions, peers, history, device trust,
-//! and a trusting pair of daemons to start from.
+//! follow a transfer to a state or to its end, offers (accept, reject), cancel, sessions,
+//! peers, history, device trust, and a trusting pair of daemons to start from. Each helper
+//! panics with the call and its status on an RPC error; the `try_` ones return the result.
 
 use std::path::Path;
 use std::time::Duration;
@@ -177,17 +178,6 @@ pub async fn wait_for(
     }
 }
 
-/// `ListPending` of `d`: devices that connected but are not trusted.
-pub async fn pending(d: &Daemon) -> Vec<pb::Device> {
-    client(d)
-        .await
-        .list_pending(pb::ListPendingRequest {})
-        .await
-        .expect("ListPending")
-        .into_inner()
-        .devices
-}
-
 /// Waits until transfer `id` on `d` is in `want` (or has ended), at most `timeout`, and
 /// checks it is `want`.
 pub async fn wait_state(
@@ -275,8 +265,74 @@ pub async fn wait_offer(d: &Daemon, timeout: Duration) -> pb::IncomingOffer {
     }
 }
 
+/// Accepts the incoming offer `id` on `d`, into `destination` (the default download dir
+/// if `None`); panics on an RPC error.
+pub async fn accept(d: &Daemon, id: &str, destination: Option<&Path>) {
+    try_accept(d, id, destination)
+        .await
+        .unwrap_or_else(|e| panic!("AcceptIncoming {id}: {e}"));
+}
+
+/// Accepts the incoming offer `id` on `d` (see [`accept`]); the RPC's result.
+pub async fn try_accept(
+    d: &Daemon,
+    id: &str,
+    destination: Option<&Path>,
+) -> Result<(), tonic::Status> {
+    client(d)
+        .await
+        .accept_incoming(pb::AcceptIncomingRequest {
+            transfer_id: id.to_owned(),
+            destination: destination
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Rejects the incoming offer `id` on `d` with `reason`; panics on an RPC error.
+pub async fn reject(d: &Daemon, id: &str, reason: &str) {
+    client(d)
+        .await
+        .reject_incoming(pb::RejectIncomingRequest {
+            transfer_id: id.to_owned(),
+            reason: reason.to_owned(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RejectIncoming {id}: {e}"));
+}
+
+/// Cancels transfer `id` on `d`; panics on an RPC error.
+pub async fn cancel(d: &Daemon, id: &str) {
+    try_cancel(d, id)
+        .await
+        .unwrap_or_else(|e| panic!("CancelTransfer {id}: {e}"));
+}
+
+/// Cancels transfer `id` on `d`; the RPC's result.
+pub async fn try_cancel(d: &Daemon, id: &str) -> Result<(), tonic::Status> {
+    client(d)
+        .await
+        .cancel_transfer(pb::CancelTransferRequest { id: id.to_owned() })
+        .await
+        .map(|_| ())
+}
+
 // ---------------------------------------------------------------------------------------
 // Sessions, peers, history
+
+/// Opens (or reuses) a session from `d` to `peer`; panics on an RPC error.
+pub async fn connect(d: &Daemon, peer: &str) -> pb::Session {
+    client(d)
+        .await
+        .connect(pb::ConnectRequest {
+            peer: peer.to_owned(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("Connect to {peer}: {e}"))
+        .into_inner()
+}
 
 /// `ListSessions` of `d`.
 pub async fn sessions(d: &Daemon) -> Vec<pb::Session> {
@@ -367,6 +423,17 @@ pub async fn trust_each_other(a: &Daemon, b: &Daemon) {
     trust(b, a.device_id()).await;
 }
 
+/// `ListPending` of `d`: devices that connected but are not trusted.
+pub async fn pending(d: &Daemon) -> Vec<pb::Device> {
+    client(d)
+        .await
+        .list_pending(pb::ListPendingRequest {})
+        .await
+        .expect("ListPending")
+        .into_inner()
+        .devices
+}
+
 /// Whether `s` has the device id format: 8 groups of 7 base32 characters (Syncthing's).
 pub fn is_device_id_format(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
@@ -376,29 +443,4 @@ pub fn is_device_id_format(s: &str) -> bool {
                 && g.bytes()
                     .all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(&c))
         })
-}
-
-// ---------------------------------------------------------------------------------------
-// Old names, kept while the test files move to the new homes.
-
-pub use crate::files::{part_files, random_file, sha256_file, wait_no_part_files};
-
-/// The same as [`client`].
-pub async fn control(d: &Daemon) -> ControlServiceClient<Channel> {
-    client(d).await
-}
-
-/// [`Daemon::peer_addr`].
-pub fn peer_addr(d: &Daemon) -> String {
-    d.peer_addr()
-}
-
-/// [`Daemon::device_id`].
-pub fn device_id(d: &Daemon) -> String {
-    d.device_id().to_owned()
-}
-
-/// [`trust_each_other`] from synchronous code.
-pub fn trust_each_other_blocking(a: &Daemon, b: &Daemon) {
-    crate::process::block_on(trust_each_other(a, b));
 }

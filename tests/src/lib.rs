@@ -3,16 +3,25 @@
 //! control API, on loopback or in network namespaces the tests create; every process a test
 //! starts is killed by PID when it ends, every wait is bounded.
 //!
-//! | module | owns |
-//! | --- | --- |
-//! | [`daemon`] | where the binaries are; a daemon's directories and options; [`Daemon`], a running `p2pd` (its id and listen address, signals, restart on the same dirs); `run_p2pd` for commands that must fail fast |
-//! | [`ctl`] | running `p2pctl` (against a socket or a [`Daemon`]), `status --json`, reading its output |
-//! | [`api`] | the gRPC control API: client, send and the waits that follow a transfer, offers, sessions, peers, history, trust, a trusting pair of daemons |
-//! | [`files`] | deterministic random data and files, SHA-256, the receiver's part files, listings of trees to compare |
-//! | [`hostile`] | a device of the test's own that speaks TLS and the wire protocol by hand, either side, well or badly |
-//! | [`netns`] | network namespaces: `ip`, a cleaning guard, a LAN of `n` hosts with daemons that discover each other, a bad link through `tun-delay` |
-//! | [`proxy`] | a TCP proxy on the path that flips a byte, records, cuts, stalls or delays |
-//! | [`process`] | commands with a time limit, signals and liveness by PID, kill guards, bounded polling, blocking work from async tests |
+//! Module map:
+//!
+//! - [`daemon`]: where the binaries are; a daemon's directories and options; [`Daemon`], a
+//!   running `p2pd` (its device id and listen address, signals, a restart on the same
+//!   directories); [`run_p2pd`] for commands that must fail fast.
+//! - [`ctl`](mod@ctl): running `p2pctl` against a socket or a [`Daemon`] (`status --json` too), and
+//!   reading what it printed.
+//! - [`api`]: the gRPC control API — a client, sends and the waits that follow a transfer to a
+//!   state or its end, offers (accept, reject), cancel, sessions, peers, history, device trust,
+//!   and a trusting pair of daemons to start from.
+//! - [`files`]: deterministic random data and files, SHA-256, the receiver's part files,
+//!   listings of whole trees to compare.
+//! - [`hostile`]: a device of the test's own that speaks TLS and the wire protocol by hand,
+//!   either side, well or badly.
+//! - [`netns`]: network namespaces — `ip`, a guard that cleans up, a LAN of `n` hosts with
+//!   daemons that discover each other, a bad link through `tun-delay`.
+//! - [`proxy`]: a TCP proxy on the path that flips a byte, records, cuts, stalls or delays.
+//! - [`process`]: commands with a time limit, signals and liveness by PID, kill guards,
+//!   bounded polling, blocking work from async tests and async work from blocking ones.
 //!
 //! The most common items are re-exported here, so that a test file can `use p2p_tests::{…}`.
 

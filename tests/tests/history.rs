@@ -79,27 +79,14 @@ async fn every_ending_is_recorded_on_both_sides_with_its_reason() {
     api::trust_with(&b, &ida, pb::DeviceAccept::Ask, None).await;
     let rejected = api::send(&a, &[&single], &b.peer_addr(), None).await;
     api::wait_offer(&b, SHORT).await;
-    api::client(&b)
-        .await
-        .reject_incoming(pb::RejectIncomingRequest {
-            transfer_id: rejected.clone(),
-            reason: "not now, thanks".into(),
-        })
-        .await
-        .expect("reject");
+    api::reject(&b, &rejected, "not now, thanks").await;
     wait_done(&a, &rejected, SHORT).await;
     wait_done(&b, &rejected, SHORT).await;
 
     // Cancelled by a while b's user has not decided yet.
     let cancelled = api::send(&a, &[&single], &b.peer_addr(), None).await;
     api::wait_offer(&b, SHORT).await;
-    api::client(&a)
-        .await
-        .cancel_transfer(pb::CancelTransferRequest {
-            id: cancelled.clone(),
-        })
-        .await
-        .expect("cancel");
+    api::cancel(&a, &cancelled).await;
     wait_done(&a, &cancelled, SHORT).await;
     wait_done(&b, &cancelled, SHORT).await;
 

@@ -161,14 +161,7 @@ async fn an_untrusted_peers_offer_waits_even_with_accept_auto() {
     );
 
     // An explicit accept lets it through.
-    api::client(&d)
-        .await
-        .accept_incoming(pb::AcceptIncomingRequest {
-            transfer_id: id.clone(),
-            destination: String::new(),
-        })
-        .await
-        .expect("AcceptIncoming");
+    api::accept(&d, id, None).await;
     assert!(matches!(p.decision(id).await, Body::Ready(_)));
     raw_send_accepted(&mut p, id, &data).await;
     assert!(std::fs::read(d.dirs.download_dir.join("waits.bin")).unwrap() == data);

@@ -26,7 +26,7 @@ use p2p_core::tls;
 use p2p_proto::control::v1 as pb;
 use p2p_proto::wire::v1::{self as wire, frame::Body};
 use p2p_tests::api::{self, incoming, is_device_id_format, sessions, trust, trust_with};
-use p2p_tests::files::temp_file;
+use p2p_tests::files::{random_file, sha256_file, temp_file};
 use p2p_tests::hostile::tls::{client_with, tls12_client_hello, tls13_any_server};
 use p2p_tests::hostile::{Device, Peer, hello_claiming};
 use p2p_tests::{Daemon, DaemonOptions, start, wait_until};
@@ -194,14 +194,14 @@ async fn two_daemons_that_trust_each_other_transfer_a_file() {
     let (a_id, b_id) = (a.device_id().to_owned(), b.device_id().to_owned());
     let src = tempfile::tempdir().unwrap();
     let path = src.path().join("sanity.bin");
-    api::random_file(&path, 3 << 20, 5);
+    random_file(&path, 3 << 20, 5);
 
     let t = send_and_wait(&a, &path, &b.peer_addr()).await;
     assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
     assert_eq!(t.peer_id, b_id);
     assert_eq!(
-        api::sha256_file(&b.dirs.download_dir.join("sanity.bin")),
-        api::sha256_file(&path)
+        sha256_file(&b.dirs.download_dir.join("sanity.bin")),
+        sha256_file(&path)
     );
     let (sa, sb) = (sessions(&a).await, sessions(&b).await);
     assert_eq!(sa.len(), 1, "{sa:?}");
@@ -259,14 +259,7 @@ async fn a_certificate_copied_from_another_device_is_useless_without_its_key() {
         a.stderr()
     );
     // B itself is still welcome.
-    let s = api::client(&b)
-        .await
-        .connect(pb::ConnectRequest {
-            peer: a_addr.to_string(),
-        })
-        .await
-        .expect("the real B connects")
-        .into_inner();
+    let s = api::connect(&b, &a_addr.to_string()).await;
     assert_eq!(s.peer_id, a.device_id());
     let on_a = api::wait_sessions(&a, 1, STEP).await;
     assert!(on_a[0].peer_id == b_id && on_a[0].trusted, "{on_a:?}");
@@ -331,14 +324,7 @@ async fn a_man_in_the_middle_with_its_own_key_is_detected() {
 
     // 2. A knows B at an address (a trusted device's last address pins it), and the proxy
     // takes that address over while B moves to another port.
-    let s = api::client(&a)
-        .await
-        .connect(pb::ConnectRequest {
-            peer: b_addr.to_string(),
-        })
-        .await
-        .expect("connect to B")
-        .into_inner();
+    let s = api::connect(&a, &b_addr.to_string()).await;
     assert_eq!(s.peer_id, b_id);
     let b_dirs = b.into_dirs();
     api::wait_sessions(&a, 0, STEP).await;
@@ -576,14 +562,7 @@ async fn offers_from_untrusted_devices_wait_or_are_refused() {
 
     // Trusting A, then accepting the waiting offer, lets it through.
     trust(&b, &a_id).await;
-    api::client(&b)
-        .await
-        .accept_incoming(pb::AcceptIncomingRequest {
-            transfer_id: id.clone(),
-            destination: String::new(),
-        })
-        .await
-        .expect("AcceptIncoming");
+    api::accept(&b, &id, None).await;
     let t = api::wait_done(&a, &id, Duration::from_secs(20)).await;
     assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
     assert_eq!(

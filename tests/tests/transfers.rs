@@ -271,11 +271,7 @@ async fn cancel_midway_leaves_no_partial_file() {
     // Small chunks, one at a time: slow enough to cancel in the middle.
     let id = api::send(&a, &[&src], &b.peer_addr(), opts(4096, 1, Some(false))).await;
     api::wait_for(&a, &id, T, |t| t.bytes_done > 256 << 10).await;
-    api::client(&a)
-        .await
-        .cancel_transfer(pb::CancelTransferRequest { id: id.clone() })
-        .await
-        .expect("cancel");
+    api::cancel(&a, &id).await;
     let t = wait_done(&a, &id, SHORT).await;
     assert_eq!(state(&t), pb::TransferState::Cancelled);
     assert!(t.bytes_done < t.total_bytes);
@@ -293,11 +289,7 @@ async fn cancel_midway_leaves_no_partial_file() {
     // Temporary files removed.
     wait_no_part_files(&b.dirs.download_dir, SHORT).await;
     // Cancelling again is a precondition error.
-    let again = api::client(&a)
-        .await
-        .cancel_transfer(pb::CancelTransferRequest { id })
-        .await
-        .unwrap_err();
+    let again = api::try_cancel(&a, &id).await.unwrap_err();
     assert_eq!(again.code(), tonic::Code::FailedPrecondition);
 }
 
@@ -308,11 +300,7 @@ async fn the_receiver_can_cancel_too() {
     random_file(&src, 64 << 20, 8);
     let id = api::send(&a, &[&src], &b.peer_addr(), opts(4096, 1, Some(false))).await;
     api::wait_for(&b, &id, T, |t| t.bytes_done > 256 << 10).await;
-    api::client(&b)
-        .await
-        .cancel_transfer(pb::CancelTransferRequest { id: id.clone() })
-        .await
-        .expect("cancel");
+    api::cancel(&b, &id).await;
     let t = wait_done(&a, &id, SHORT).await;
     assert_eq!(state(&t), pb::TransferState::Cancelled, "{}", t.error);
     assert!(!b.dirs.download_dir.join("slow.bin").exists());
@@ -333,26 +321,12 @@ async fn ask_policy_waits_then_reject_is_reported_to_the_sender() {
     let t = api::wait_for(&a, &id, SHORT, |t| state(t) == pb::TransferState::Offered).await;
     assert_eq!(t.bytes_done, 0);
 
-    api::client(&b)
-        .await
-        .reject_incoming(pb::RejectIncomingRequest {
-            transfer_id: id.clone(),
-            reason: "not now".into(),
-        })
-        .await
-        .expect("reject");
+    api::reject(&b, &id, "not now").await;
     let t = wait_done(&a, &id, SHORT).await;
     assert_eq!(state(&t), pb::TransferState::Rejected);
     assert!(t.error.contains("not now"), "{}", t.error);
     assert!(!b.dirs.download_dir.join("offer.txt").exists());
-    let err = api::client(&b)
-        .await
-        .accept_incoming(pb::AcceptIncomingRequest {
-            transfer_id: id,
-            destination: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let err = api::try_accept(&b, &id, None).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
 
@@ -364,14 +338,7 @@ async fn ask_then_accept_into_another_directory() {
     let id = api::send(&a, &[&src], &b.peer_addr(), None).await;
     let offer = api::wait_offer(&b, SHORT).await;
     let elsewhere = b.dirs.root.path().join("elsewhere/inbox");
-    api::client(&b)
-        .await
-        .accept_incoming(pb::AcceptIncomingRequest {
-            transfer_id: offer.transfer_id,
-            destination: elsewhere.display().to_string(),
-        })
-        .await
-        .expect("accept");
+    api::accept(&b, &offer.transfer_id, Some(&elsewhere)).await;
     api::expect_completed(&wait_done(&a, &id, T).await);
     assert_eq!(
         sha256_file(&elsewhere.join("report.pdf")),
@@ -446,14 +413,7 @@ async fn errors_map_to_fitting_status_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_and_disconnect_sessions() {
     let (a, b) = pair("auto").await;
-    let s = api::client(&a)
-        .await
-        .connect(pb::ConnectRequest {
-            peer: b.peer_addr(),
-        })
-        .await
-        .expect("connect")
-        .into_inner();
+    let s = api::connect(&a, &b.peer_addr()).await;
     assert_eq!(s.peer_id, b.status()["device_id"].as_str().unwrap());
     assert_eq!(s.peer_address, b.peer_addr());
     assert!(p2p_tests::wait_until(SHORT, || b.status()["session_count"] == 1));
