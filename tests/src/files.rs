@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+/// One mebibyte.
+pub const MIB: u64 = 1 << 20;
+
 /// The suffix of a receiver's temporary part file.
 pub const PART_SUFFIX: &str = ".p2pd-part";
 

@@ -1,6 +1,6 @@
-//! Processes and waiting: running a command with a time limit, signals and liveness by PID,
-//! guards that kill what a test started, bounded polling, and the crossings between blocking
-//! and async test code.
+//! Processes and waiting: finding a program, running a command with a time limit, signals
+//! and liveness by PID, guards that kill what a test started, bounded polling, and the
+//! crossings between blocking and async test code.
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -45,6 +45,15 @@ pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
         .build()
         .expect("runtime")
         .block_on(f)
+}
+
+/// Looks a program up in `$PATH` (plus the usual system directories).
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin", "/bin", "/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
 }
 
 /// Sends a signal to a process.

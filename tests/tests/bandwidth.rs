@@ -13,10 +13,8 @@ use std::time::{Duration, Instant};
 
 use p2p_proto::control::v1 as pb;
 use p2p_tests::api::{self, SHORT, T, state, wait_done, wait_for};
-use p2p_tests::files::{assert_same_file, random_file};
+use p2p_tests::files::{MIB, assert_same_file, random_file};
 use p2p_tests::{Daemon, DaemonDirs, DaemonOptions, text, wait_until};
-
-const MIB: u64 = 1 << 20;
 
 /// Two daemons that trust each other, both `--accept auto`; the first (the sender) with
 /// `sender_config` as its config file.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use p2p_proto::control::v1 as pb;
 use p2p_tests::api;
-use p2p_tests::files::{part_files, random_bytes, write_file};
+use p2p_tests::files::{part_files, random_bytes, temp_file};
 use p2p_tests::proxy::{Proxy, ProxyOptions};
 use p2p_tests::{Daemon, DaemonOptions};
 use sha2::{Digest, Sha256};
@@ -107,9 +107,8 @@ async fn a_flipped_byte_breaks_the_session_and_the_transfer_resumes_intact() {
         ..Default::default()
     })
     .await;
-    let src = tempfile::tempdir().unwrap();
     let data = random_bytes(FILE_SIZE, 0x9e37_79b9_7f4a_7c15);
-    let path = write_file(src.path(), "random.bin", &data);
+    let (_src, path) = temp_file("random.bin", &data);
     let dl = &b.dirs.download_dir;
 
     let t = send_uncompressed(&a, &path, proxy.addr).await;
@@ -179,8 +178,7 @@ async fn a_proxy_on_the_path_that_records_the_bytes_finds_no_plaintext_of_the_fi
         }
     }
     assert!(contains(&data, MARKER));
-    let src = tempfile::tempdir().unwrap();
-    let path = write_file(src.path(), NAME, &data);
+    let (_src, path) = temp_file(NAME, &data);
 
     let t = send_uncompressed(&a, &path, proxy.addr).await;
     assert_eq!(

@@ -14,10 +14,9 @@ use std::time::Duration;
 use p2p_proto::control::v1 as pb;
 use p2p_tests::Daemon;
 use p2p_tests::api::{self, trust_each_other, wait_done, wait_for};
-use p2p_tests::files::{sha256_file, temp_random_file};
+use p2p_tests::files::{MIB, sha256_file, temp_random_file};
 use p2p_tests::netns::{End, Link};
 
-const MIB: u64 = 1 << 20;
 const LONG: Duration = Duration::from_secs(120);
 
 /// A at one end, B (`--accept auto`) at the other, trusting each other.

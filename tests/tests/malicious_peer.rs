@@ -21,7 +21,7 @@ use p2p_core::wire::{self as codec, PROTOCOL_VERSION, caps};
 use p2p_proto::control::v1 as pb;
 use p2p_proto::wire::v1::{self as wire, frame::Body};
 use p2p_tests::api::{self, incoming, wait_offer};
-use p2p_tests::files::{part_files, paths_under, random_bytes, wait_no_part_files};
+use p2p_tests::files::{part_files, paths_under, random_bytes, temp_file, wait_no_part_files};
 use p2p_tests::hostile::frames::{
     expect_ack, expect_ack_ok, finish_file, raw_send_accepted, raw_send_file, send_rest,
 };
@@ -340,9 +340,7 @@ async fn oversized_frames_drop_the_session_without_allocating() {
     // Still serving: status, and a normal transfer from another real daemon it trusts.
     assert_status_answers(&a);
     api::trust(&a, b.device_id()).await;
-    let src_dir = tempfile::tempdir().unwrap();
-    let src = src_dir.path().join("after-abuse.txt");
-    std::fs::write(&src, b"still here\n").unwrap();
+    let (_src_dir, src) = temp_file("after-abuse.txt", b"still here\n");
     let last = api::send_and_wait(&b, &[&src], &addr.to_string(), None, SEND_WITHIN).await;
     assert_eq!(
         last.state,
@@ -737,10 +735,7 @@ async fn a_peer_that_vanishes_mid_transfer_can_resume_what_it_started() {
 
     // The same after the receiver restarted: history remembers.
     drop(p);
-    let dirs = tokio::task::spawn_blocking(move || d.into_dirs())
-        .await
-        .unwrap();
-    let (d, addr) = daemon_trusting(&m, dirs).await;
+    let (d, addr) = daemon_trusting(&m, d.into_dirs()).await;
     let (mut p, _) = Peer::handshake(addr, &m).await;
     p.send(late_resume(&data)).await;
     assert!(
@@ -930,10 +925,8 @@ async fn send_to_mallory(stale_before_ready: bool) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let m_addr = listener.local_addr().unwrap();
 
-    let src = tempfile::tempdir().unwrap();
     let data = random_bytes(5 * CS + 100, 21);
-    let path = src.path().join("to-mallory.bin");
-    std::fs::write(&path, &data).unwrap();
+    let (_src, path) = temp_file("to-mallory.bin", &data);
 
     let mallory = {
         let identity = m.identity.clone();

@@ -14,11 +14,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use p2p_proto::control::v1 as pb;
 use p2p_tests::api::{self, client, state, wait_done, wait_for};
-use p2p_tests::files::{Rng, part_files, random_file, sha256_file, wait_no_part_files};
+use p2p_tests::files::{MIB, Rng, part_files, random_file, sha256_file, wait_no_part_files};
 use p2p_tests::proxy::{Proxy, ProxyOptions};
 use p2p_tests::{Daemon, DaemonDirs, DaemonOptions};
 
-const MIB: u64 = 1 << 20;
 /// The tests' window: small, so that "one window plus one checkpoint" is a tight bound.
 const WINDOW: u32 = 16;
 /// `receiver::CHECKPOINT_BYTES`.

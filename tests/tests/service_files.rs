@@ -19,6 +19,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use p2p_tests::process::which;
 use p2p_tests::repo_root;
 
 /// Where the units run the daemon from.
@@ -35,15 +36,6 @@ const HOST_COMMANDS: &[&str] = &["/bin/kill", "/usr/bin/install"];
 fn read_repo_file(rel: &str) -> String {
     let path = repo_root().join(rel);
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-/// Looks a program up in `$PATH` (plus the usual system directories).
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin", "/bin", "/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
 }
 
 fn systemd_analyze() -> PathBuf {
