@@ -8,7 +8,8 @@ use std::time::Duration;
 use p2p_core::AcceptPolicy;
 use p2p_proto::control::v1 as pb;
 use p2p_proto::control::v1::control_service_client::ControlServiceClient;
-use p2p_tests::api::{random_file, sha256_file, state};
+use p2p_tests::api::state;
+use p2p_tests::files::{random_file, sha256_file};
 use p2p_tests::inprocess::{
     self, InProcessNode, alive_tasks, settle_tasks, trust_each_other, wait_done,
 };
