@@ -32,8 +32,13 @@ use crate::transfer::{
     TransferState, Transfers,
 };
 
+mod errors;
 mod incoming;
 mod outgoing;
+mod views;
+
+pub use errors::NodeError;
+pub use views::{AcceptPolicy, DeviceView, IncomingOffer, SessionInfo, Status, UntrustedPolicy};
 
 /// How long an incoming offer waits for a decision before it is rejected as expired.
 pub const OFFER_TIMEOUT: Duration = Duration::from_secs(600);
@@ -69,27 +74,6 @@ impl Drop for IpSlot<'_> {
     }
 }
 
-/// What to do with an incoming offer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AcceptPolicy {
-    /// Wait for `accept` or `reject` from the user.
-    #[default]
-    Ask,
-    /// Accept into the download directory at once.
-    Auto,
-}
-
-impl std::str::FromStr for AcceptPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "ask" => Ok(Self::Ask),
-            "auto" => Ok(Self::Auto),
-            other => Err(format!("{other:?} is not a receiving policy (ask or auto)")),
-        }
-    }
-}
-
 /// Settings that can change while the node runs (on a config reload).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSettings {
@@ -107,111 +91,6 @@ pub struct NodeSettings {
     pub max_speed: u64,
 }
 
-/// What to do with offers from devices that are not trusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum UntrustedPolicy {
-    /// Keep them waiting for an explicit accept (whatever `--accept` says).
-    #[default]
-    Ask,
-    /// Refuse them outright.
-    Reject,
-}
-
-impl std::str::FromStr for UntrustedPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "ask" => Ok(Self::Ask),
-            "reject" => Ok(Self::Reject),
-            other => Err(format!(
-                "{other:?} is not a policy for untrusted devices (ask or reject)"
-            )),
-        }
-    }
-}
-
-/// A device as the control API shows it.
-#[derive(Debug, Clone)]
-pub struct DeviceView {
-    /// The stored record.
-    pub device: crate::store::Device,
-    /// Whether a session with it is up.
-    pub connected: bool,
-}
-
-/// A snapshot of the node, as reported by `GetStatus`.
-#[derive(Debug, Clone)]
-pub struct Status {
-    /// The device id.
-    pub device_id: String,
-    /// The device name.
-    pub device_name: String,
-    /// The software version.
-    pub version: &'static str,
-    /// Time since the node started.
-    pub uptime: Duration,
-    /// The bound peer listen address.
-    pub listen_addr: SocketAddr,
-    /// Live peer sessions.
-    pub session_count: u32,
-    /// Transfers not yet finished.
-    pub active_transfer_count: u32,
-    /// The state directory.
-    pub state_dir: PathBuf,
-    /// The default download directory.
-    pub download_dir: PathBuf,
-    /// The global speed limit of outgoing transfers, bytes per second (0 = none).
-    pub max_speed: u64,
-}
-
-/// An offer waiting for a local decision.
-#[derive(Debug, Clone)]
-pub struct IncomingOffer {
-    /// Whether the offering device is trusted.
-    pub peer_trusted: bool,
-    /// Transfer id.
-    pub transfer_id: String,
-    /// Peer device id.
-    pub peer_id: String,
-    /// Peer name.
-    pub peer_name: String,
-    /// Peer listen address.
-    pub peer_address: String,
-    /// Top-level names.
-    pub roots: Vec<String>,
-    /// Number of files.
-    pub total_files: u64,
-    /// Payload bytes.
-    pub total_bytes: u64,
-    /// When it arrived (ms since the epoch).
-    pub offered_at_ms: u64,
-    /// When it expires (ms since the epoch).
-    pub expires_at_ms: u64,
-}
-
-/// A view of a live session.
-#[derive(Debug, Clone)]
-pub struct SessionInfo {
-    /// Peer device id.
-    pub peer_id: String,
-    /// Peer name.
-    pub peer_name: String,
-    /// Peer listen address.
-    pub peer_address: SocketAddr,
-    /// Remote address of the connection.
-    pub remote_address: SocketAddr,
-    /// Whether we connected.
-    pub outgoing: bool,
-    /// When it was established (ms since the epoch).
-    pub established_at_ms: u64,
-    /// Transfers using it.
-    pub active_transfers: u32,
-    /// Peer software version.
-    pub peer_version: String,
-    /// Whether the peer is a trusted device.
-    pub trusted: bool,
-}
-
 enum Decision {
     Accept(Option<PathBuf>),
     Reject(String),
@@ -220,40 +99,6 @@ enum Decision {
 struct PendingOffer {
     offer: IncomingOffer,
     decide: oneshot::Sender<Decision>,
-}
-
-/// Errors of node operations, each mapped to one gRPC status by the control service.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    /// The peer listener's address could not be read.
-    #[error("cannot read the peer listener's address")]
-    ListenerAddr(#[source] std::io::Error),
-    /// The state store or TLS could not be set up.
-    #[error("{0}")]
-    Setup(String),
-    /// A path to send does not exist.
-    #[error("no such file or directory: {0}")]
-    PathNotFound(PathBuf),
-    /// An argument is not acceptable.
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// The peer cannot be reached or the handshake failed.
-    #[error("cannot reach peer {peer}: {reason}")]
-    Unreachable {
-        /// The address given.
-        peer: String,
-        /// Why.
-        reason: String,
-    },
-    /// No such transfer, offer or session.
-    #[error("{0}")]
-    NotFound(String),
-    /// The operation does not fit the current state.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// Reading the files to send failed.
-    #[error("{0}")]
-    Io(String),
 }
 
 /// Handle to the running node.
@@ -1352,7 +1197,7 @@ impl Node {
     pub fn sessions(&self) -> Vec<SessionInfo> {
         let mut v: Vec<SessionInfo> = lock(&self.inner.sessions)
             .values()
-            .map(|s| session_info(s, self.is_trusted(&s.peer.id)))
+            .map(|s| SessionInfo::of(s, self.is_trusted(&s.peer.id)))
             .collect();
         v.sort_by_key(|s| s.established_at_ms);
         v
@@ -1365,7 +1210,7 @@ impl Node {
     pub async fn open_session(&self, peer: &str) -> Result<SessionInfo, NodeError> {
         self.connect(peer)
             .await
-            .map(|s| session_info(&s, self.is_trusted(&s.peer.id)))
+            .map(|s| SessionInfo::of(&s, self.is_trusted(&s.peer.id)))
     }
 
     /// Closes the sessions whose peer id, listen address or remote address is `peer`.
@@ -1682,24 +1527,6 @@ impl Node {
                     .join(", ")
             ))),
         }
-    }
-}
-
-fn session_info(s: &Session, trusted: bool) -> SessionInfo {
-    SessionInfo {
-        trusted,
-        peer_id: s.peer.device_id.clone(),
-        peer_name: s.peer.name.clone(),
-        peer_address: s.peer.listen_addr,
-        remote_address: s.remote,
-        outgoing: s.outgoing,
-        established_at_ms: s
-            .established
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        active_transfers: s.active.load(std::sync::atomic::Ordering::Relaxed),
-        peer_version: s.peer.version.clone(),
     }
 }
 
