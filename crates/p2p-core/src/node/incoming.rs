@@ -1,10 +1,12 @@
 //! The receiving side's life across sessions: running an accepted transfer, keeping what
 //! arrived when it is interrupted, and continuing it when the sender offers it again
-//! (`resume`) — also after this daemon restarted.
+//! (`resume`) — also after this daemon restarted. The receives running now are this file's
+//! state ([`Claims`]).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use p2p_proto::wire::v1::frame::Body;
@@ -138,9 +140,6 @@ fn check_space(dir: &Path, need: u64) -> Result<(), String> {
     }
 }
 
-/// Numbers the receive attempts, so that an attempt releases only its own claim.
-static NEXT_CLAIM: AtomicU64 = AtomicU64::new(1);
-
 /// The right to run the receive of one transfer: at most one attempt holds it at a time.
 #[derive(Debug, Clone)]
 pub(super) struct Claim {
@@ -153,10 +152,53 @@ pub(super) struct Claim {
 /// tries again a little later.
 const STILL_STOPPING: &str = "the previous attempt of this transfer is still stopping";
 
-impl Claim {
-    /// Asks the attempt holding this claim to stop (it keeps what it has).
-    pub(super) fn stop_now(&self) {
-        self.stop.cancel();
+/// The receives running now: at most one attempt per transfer holds its claim.
+#[derive(Debug, Default)]
+pub(super) struct Claims {
+    // Claims held, by transfer id, with how to stop each attempt (shutdown, or a resume on a
+    // new session that replaces it). Taken and given back by the attempts, read by cancels:
+    // a short std lock, never held across an await.
+    held: Mutex<HashMap<String, Claim>>,
+    // Numbers the claims, so that an attempt releases only its own.
+    next: AtomicU64,
+}
+
+impl Claims {
+    /// Claims transfer `id` for a new attempt, stopped with `parent` or on its own; if another
+    /// attempt holds it, asks that one to stop and returns `None`.
+    fn try_claim(&self, id: &str, parent: &CancellationToken) -> Option<Claim> {
+        let mut map = lock(&self.held);
+        if let Some(previous) = map.get(id) {
+            previous.stop.cancel();
+            return None;
+        }
+        let claim = Claim {
+            seq: self.next.fetch_add(1, Ordering::Relaxed),
+            stop: parent.child_token(),
+        };
+        map.insert(id.to_owned(), claim.clone());
+        Some(claim)
+    }
+
+    /// Gives a claim back (only if it is still the one held).
+    fn release(&self, id: &str, claim: &Claim) {
+        let mut map = lock(&self.held);
+        if map.get(id).is_some_and(|c| c.seq == claim.seq) {
+            map.remove(id);
+        }
+    }
+
+    /// Whether an attempt holds the claim of transfer `id`.
+    pub(super) fn holds(&self, id: &str) -> bool {
+        lock(&self.held).contains_key(id)
+    }
+
+    /// Asks the attempt holding the claim of transfer `id`, if any, to stop (it keeps what it
+    /// has).
+    pub(super) fn stop(&self, id: &str) {
+        if let Some(c) = lock(&self.held).get(id) {
+            c.stop.cancel();
+        }
     }
 }
 
@@ -165,25 +207,12 @@ impl Node {
     /// that one is asked to stop and `None` comes back: the caller tells the sender to try
     /// again (`Cancel{resumable}`), by when the other has stopped.
     pub(super) fn try_claim(&self, id: &str) -> Option<Claim> {
-        let mut map = lock(&self.inner.receiving);
-        if let Some(previous) = map.get(id) {
-            previous.stop.cancel();
-            return None;
-        }
-        let claim = Claim {
-            seq: NEXT_CLAIM.fetch_add(1, Ordering::Relaxed),
-            stop: self.inner.shutdown.child_token(),
-        };
-        map.insert(id.to_owned(), claim.clone());
-        Some(claim)
+        self.inner.receiving.try_claim(id, &self.inner.shutdown)
     }
 
     /// Gives a claim back (only if it is still the one held).
     pub(super) fn release(&self, id: &str, claim: &Claim) {
-        let mut map = lock(&self.inner.receiving);
-        if map.get(id).is_some_and(|c| c.seq == claim.seq) {
-            map.remove(id);
-        }
+        self.inner.receiving.release(id, claim);
     }
 
     /// Handles an offer marked `resume`: when this node holds a record of that transfer from
@@ -567,7 +596,7 @@ impl Node {
         // transfer cancelled).
         let stopped = match entry.state() {
             TransferState::Interrupted => true,
-            TransferState::Running => !lock(&self.inner.receiving).contains_key(&c.transfer_id),
+            TransferState::Running => !self.inner.receiving.holds(&c.transfer_id),
             _ => false,
         };
         if entry.direction != Direction::Receive

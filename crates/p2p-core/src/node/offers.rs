@@ -1,0 +1,447 @@
+//! An incoming offer, from its `TransferInfo` to a decision: the checks every offer passes
+//! (id, load, manifest), a resume or a new transfer, the device's receiving rule, the wait for
+//! the user's `accept` or `reject` (at most [`OFFER_TIMEOUT`]), and the hand-over of an accepted
+//! offer to the receive supervision (`incoming`). The offers waiting for a decision are this
+//! file's state ([`Offers`]).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use p2p_proto::wire::v1::frame::Body;
+use p2p_proto::wire::v1::{self as wire};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    AcceptPolicy, IncomingOffer, Node, NodeError, UntrustedPolicy, incoming, lock, now_ms,
+};
+use crate::net::device_id::DeviceId;
+use crate::net::session::Session;
+use crate::store::DeviceAccept;
+use crate::transfer::manifest;
+use crate::transfer::{Direction, NewTransfer, TransferEntry, TransferState};
+
+/// How long an incoming offer waits for a decision before it is rejected as expired.
+pub const OFFER_TIMEOUT: Duration = Duration::from_secs(600);
+/// Incoming transfers (running or waiting) at once; more are rejected as busy.
+const MAX_INCOMING_TRANSFERS: usize = 64;
+/// Offers waiting for a decision at once; more are rejected as busy.
+const MAX_WAITING_OFFERS: usize = 32;
+
+/// What the user decided about an offer.
+enum Decision {
+    Accept(Option<PathBuf>),
+    Reject(String),
+}
+
+/// An offer waiting for a decision, and where to send it.
+struct PendingOffer {
+    offer: IncomingOffer,
+    decide: oneshot::Sender<Decision>,
+}
+
+/// The offers waiting for a decision, by transfer id.
+#[derive(Default)]
+pub(super) struct Offers {
+    // Inserted by the task that waits for the decision; taken by `decide` (an RPC), or removed
+    // by the waiting task when it stops waiting (expiry, cancel, session lost). A short std
+    // lock, never held across an await.
+    waiting: Mutex<HashMap<String, PendingOffer>>,
+}
+
+impl std::fmt::Debug for Offers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Offers")
+            .field("waiting", &lock(&self.waiting).len())
+            .finish()
+    }
+}
+
+impl Offers {
+    fn len(&self) -> usize {
+        lock(&self.waiting).len()
+    }
+
+    fn insert(&self, id: String, offer: PendingOffer) {
+        lock(&self.waiting).insert(id, offer);
+    }
+
+    /// Takes offer `id` out of the waiting ones.
+    fn take(&self, id: &str) -> Option<PendingOffer> {
+        lock(&self.waiting).remove(id)
+    }
+
+    /// Withdraws offer `id`, if it waits (its waiting task sees its decision channel close).
+    pub(super) fn withdraw(&self, id: &str) {
+        lock(&self.waiting).remove(id);
+    }
+
+    /// The waiting offers, oldest first.
+    fn list(&self) -> Vec<IncomingOffer> {
+        let mut v: Vec<IncomingOffer> = lock(&self.waiting)
+            .values()
+            .map(|p| p.offer.clone())
+            .collect();
+        v.sort_by_key(|o| o.offered_at_ms);
+        v
+    }
+}
+
+impl Node {
+    /// Handles a new `TransferInfo` from `session`, to its end; then closes its route.
+    pub(super) async fn handle_offer(
+        self,
+        session: Arc<Session>,
+        info: wire::TransferInfo,
+        frames: mpsc::Receiver<Body>,
+    ) {
+        let id = info.transfer_id.clone();
+        self.offer_inner(&session, info, frames).await;
+        // `frames` went with offer_inner: this offer's route is closed now.
+        session.unroute_ended(&id);
+    }
+
+    async fn offer_inner(
+        &self,
+        session: &Arc<Session>,
+        info: wire::TransferInfo,
+        frames: mpsc::Receiver<Body>,
+    ) {
+        let id = info.transfer_id.clone();
+        let reject = |reason: String| session.reject(&id, reason);
+        // Ids are UUIDs in their canonical form (lowercase, hyphenated): short, printable,
+        // never equal to a short id the user types, and one spelling per transfer (temporary
+        // file names carry it).
+        if !uuid::Uuid::parse_str(&id).is_ok_and(|u| u.hyphenated().to_string() == id) {
+            reject("the transfer id is not a UUID in its canonical form".into()).await;
+            return;
+        }
+        let active = self.inner.transfers.active_receives();
+        if active >= MAX_INCOMING_TRANSFERS {
+            reject(format!(
+                "receiver busy: {active} incoming transfers already running or waiting"
+            ))
+            .await;
+            return;
+        }
+        let total_bytes: u64 = info
+            .files
+            .iter()
+            .map(|f| f.size)
+            .fold(0, u64::saturating_add);
+        // Validation is linear but may walk a million entries: keep it off the reactor.
+        let (limits_chunk, limits_window) = (session.limits.chunk_size, session.limits.window_size);
+        let (info, verdict) = match tokio::task::spawn_blocking(move || {
+            let v = manifest::validate(&info, limits_chunk, limits_window);
+            (info, v)
+        })
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                reject(format!("receiver error: {e}")).await;
+                return;
+            }
+        };
+        let (info, frames) = if verdict.is_ok() && info.resume {
+            match self.resume_offer(session, info, frames).await {
+                Ok(()) => return,
+                Err(back) => back,
+            }
+        } else {
+            (info, frames)
+        };
+        let new = NewTransfer {
+            id: id.clone(),
+            direction: Direction::Receive,
+            state: TransferState::WaitingAccept,
+            peer_id: session.peer.device_id.clone(),
+            peer_name: session.peer.name.clone(),
+            peer_address: session.peer.listen_addr.to_string(),
+            roots: if verdict.is_ok() {
+                info.roots.clone()
+            } else {
+                Vec::new()
+            },
+            total_files: info.files.len() as u64,
+            total_bytes,
+            destination: String::new(),
+            started: None,
+            max_speed: 0,
+        };
+        let token = CancellationToken::new();
+        let entry = match self.inner.transfers.insert_new(new, token) {
+            Some(e) => e,
+            None => {
+                let existing = self.inner.transfers.get(&id).filter(|e| {
+                    e.direction == Direction::Receive
+                        && e.snapshot().peer_id == session.peer.device_id
+                });
+                let Some(e) = existing.filter(|_| verdict.is_ok()) else {
+                    let reason = match &verdict {
+                        Err(v) => v.to_string(),
+                        Ok(()) => "a transfer with this id already exists".into(),
+                    };
+                    reject(reason).await;
+                    return;
+                };
+                match e.state() {
+                    // Offered before, interrupted before anyone accepted it: it waits again.
+                    TransferState::Interrupted => {
+                        e.set_state(TransferState::WaitingAccept, "");
+                        e
+                    }
+                    s if s.is_final() => {
+                        let error = e.snapshot().error;
+                        reject(if error.is_empty() {
+                            format!("the transfer already ended here ({s:?})")
+                        } else {
+                            error
+                        })
+                        .await;
+                        return;
+                    }
+                    // Still waiting or running on a session this side has not seen end yet
+                    // (the sender noticed first): withdraw it, and let the sender come back.
+                    _ => {
+                        self.inner.offers.withdraw(&id);
+                        self.inner.receiving.stop(&id);
+                        session
+                            .cancel(
+                                &id,
+                                "the previous attempt of this transfer is still stopping",
+                                true,
+                            )
+                            .await;
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(e) = verdict {
+            tracing::warn!(transfer = %id, peer = %session.peer.device_id, cause = %e, "rejected an unsafe offer");
+            entry.set_state(TransferState::Rejected, e.to_string());
+            reject(e.to_string()).await;
+            return;
+        }
+        session
+            .active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.receive(session, &entry, info, frames).await;
+        session
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The receiving rule for offers of device `peer`: its own rule, else the daemon's
+    /// policy (untrusted devices never get `auto`); its download dir; whether it is trusted.
+    fn rule_for(&self, peer: &DeviceId) -> (DeviceAccept, Option<PathBuf>, bool) {
+        let settings = self.settings();
+        let device = self
+            .inner
+            .store
+            .get(peer)
+            .ok()
+            .flatten()
+            .filter(|d| d.trusted);
+        match &device {
+            Some(d) => (
+                d.accept.unwrap_or(match settings.accept {
+                    AcceptPolicy::Auto => DeviceAccept::Auto,
+                    AcceptPolicy::Ask => DeviceAccept::Ask,
+                }),
+                d.download_dir.clone(),
+                true,
+            ),
+            None => match settings.accept_untrusted {
+                UntrustedPolicy::Ask => (DeviceAccept::Ask, None, false),
+                UntrustedPolicy::Reject => (DeviceAccept::Reject, None, false),
+            },
+        }
+    }
+
+    fn refusal_text(&self, trusted: bool) -> String {
+        if trusted {
+            format!(
+                "device {} refuses transfers from this device",
+                self.inner.identity.device_id
+            )
+        } else {
+            format!(
+                "device {} does not accept transfers from untrusted devices",
+                self.inner.identity.device_id
+            )
+        }
+    }
+
+    /// Why offers of device `peer` are refused now, if they are.
+    pub(super) fn refusal(&self, peer: &DeviceId) -> Option<String> {
+        let (rule, _, trusted) = self.rule_for(peer);
+        (rule == DeviceAccept::Reject).then(|| self.refusal_text(trusted))
+    }
+
+    /// Decides a new offer by the device's rule — at once, or after waiting for the user — and
+    /// runs an accepted one.
+    async fn receive(
+        &self,
+        session: &Arc<Session>,
+        entry: &Arc<TransferEntry>,
+        info: wire::TransferInfo,
+        mut route_rx: mpsc::Receiver<Body>,
+    ) {
+        let id = info.transfer_id.clone();
+        let send_reject = |reason: String| session.reject(&id, reason);
+        let (rule, device_dir, trusted) = self.rule_for(&session.peer.id);
+        let decision = match rule {
+            DeviceAccept::Auto => Decision::Accept(device_dir.clone()),
+            DeviceAccept::Reject => Decision::Reject(self.refusal_text(trusted)),
+            DeviceAccept::Ask if self.inner.offers.len() >= MAX_WAITING_OFFERS => Decision::Reject(
+                format!("receiver busy: {MAX_WAITING_OFFERS} offers already wait for a decision"),
+            ),
+            DeviceAccept::Ask => {
+                let (tx, rx) = oneshot::channel();
+                let offer = IncomingOffer {
+                    peer_trusted: trusted,
+                    transfer_id: id.clone(),
+                    peer_id: session.peer.device_id.clone(),
+                    peer_name: session.peer.name.clone(),
+                    peer_address: session.peer.listen_addr.to_string(),
+                    roots: info.roots.clone(),
+                    total_files: info.files.len() as u64,
+                    total_bytes: info.total_bytes,
+                    offered_at_ms: now_ms(),
+                    expires_at_ms: now_ms() + OFFER_TIMEOUT.as_millis() as u64,
+                };
+                tracing::info!(transfer = %id, peer = %session.peer.device_id, "offer waits for accept or reject");
+                self.inner
+                    .offers
+                    .insert(id.clone(), PendingOffer { offer, decide: tx });
+                let decided = tokio::select! {
+                    d = rx => d.ok(),
+                    _ = tokio::time::sleep(OFFER_TIMEOUT) => Some(Decision::Reject("offer expired".into())),
+                    _ = entry.cancel.cancelled() => Some(Decision::Reject("cancelled by receiver".into())),
+                    _ = session.closed.cancelled() => None,
+                    f = route_rx.recv() => match f {
+                        Some(Body::Cancel(c)) => {
+                            self.inner.offers.withdraw(&id);
+                            // A pause or a restart of the sender withdraws the offer for now:
+                            // when it comes back, the offer waits again.
+                            let state = if c.resumable {
+                                TransferState::Interrupted
+                            } else {
+                                TransferState::Cancelled
+                            };
+                            entry.set_state(state, c.reason);
+                            return;
+                        }
+                        // Chunks (or anything else) before Ready break the protocol: no
+                        // session was lost, and the offer is not kept for a resume.
+                        Some(other) => {
+                            self.inner.offers.withdraw(&id);
+                            let reason = format!(
+                                "peer sent {} before the offer was accepted",
+                                crate::net::wire::body_name(&other)
+                            );
+                            tracing::warn!(transfer = %id, peer = %session.peer.device_id, "{reason}");
+                            entry.set_state(TransferState::Failed, reason.clone());
+                            session.fail(&id, reason).await;
+                            session.unroute(&id);
+                            return;
+                        }
+                        None => None,
+                    },
+                };
+                self.inner.offers.withdraw(&id);
+                match decided {
+                    Some(d) => d,
+                    None => {
+                        // The sender offers it again when it reconnects; it waits again then.
+                        entry.set_state(TransferState::Interrupted, "session to peer lost");
+                        return;
+                    }
+                }
+            }
+        };
+        let dest_dir = match decision {
+            Decision::Reject(reason) => {
+                entry.set_state(TransferState::Rejected, reason.clone());
+                send_reject(reason).await;
+                return;
+            }
+            Decision::Accept(dir) => dir
+                .or(device_dir)
+                .unwrap_or_else(|| self.settings().download_dir),
+        };
+        let Some(claim) = self.try_claim(&id) else {
+            entry.set_state(
+                TransferState::Interrupted,
+                "another attempt is still stopping",
+            );
+            session
+                .cancel(
+                    &id,
+                    "another attempt of this transfer is still stopping",
+                    true,
+                )
+                .await;
+            return;
+        };
+        self.run_receive(
+            session,
+            entry,
+            info,
+            route_rx,
+            incoming::Plan::Fresh(dest_dir),
+            claim,
+        )
+        .await;
+    }
+
+    /// Offers waiting for a decision.
+    pub fn incoming(&self) -> Vec<IncomingOffer> {
+        self.inner.offers.list()
+    }
+
+    /// Accepts a waiting offer, into `dest` or the download dir.
+    ///
+    /// # Errors
+    /// `NotFound` if no such offer waits; `InvalidArgument` for a relative `dest`.
+    pub fn accept(&self, id: &str, dest: Option<PathBuf>) -> Result<(), NodeError> {
+        if let Some(d) = &dest {
+            if !d.is_absolute() {
+                return Err(NodeError::InvalidArgument(format!(
+                    "destination {} is not absolute",
+                    d.display()
+                )));
+            }
+        }
+        self.decide(id, Decision::Accept(dest))
+    }
+
+    /// Rejects a waiting offer; the sender is told `reason`.
+    ///
+    /// # Errors
+    /// `NotFound` if no such offer waits.
+    pub fn reject(&self, id: &str, reason: &str) -> Result<(), NodeError> {
+        let reason = if reason.is_empty() {
+            "rejected by receiver"
+        } else {
+            reason
+        };
+        self.decide(id, Decision::Reject(reason.to_owned()))
+    }
+
+    fn decide(&self, id: &str, d: Decision) -> Result<(), NodeError> {
+        let pending = self
+            .inner
+            .offers
+            .take(id)
+            .ok_or_else(|| NodeError::NotFound(format!("no offer {id} is waiting")))?;
+        pending
+            .decide
+            .send(d)
+            .map_err(|_| NodeError::FailedPrecondition(format!("offer {id} is no longer waiting")))
+    }
+}
