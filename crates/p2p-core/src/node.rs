@@ -14,7 +14,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::error_chain;
 use crate::net::device_id::DeviceId;
-use crate::net::discovery::{Discovery, DiscoveryConfig, Peer, PeerEvent};
 use crate::net::identity::Identity;
 use crate::net::tls;
 use crate::net::wire::caps;
@@ -31,6 +30,7 @@ mod errors;
 mod incoming;
 mod offers;
 mod outgoing;
+mod peers;
 mod views;
 
 pub use errors::NodeError;
@@ -75,11 +75,7 @@ struct Inner {
     // Control of each outgoing transfer's supervisor (pause, resume, wake), by transfer id.
     outgoing: Mutex<HashMap<String, Arc<outgoing::Control>>>,
     receiving: incoming::Claims,
-    // LAN discovery, once started (it needs the runtime and may be disabled).
-    discovery: std::sync::OnceLock<Arc<Discovery>>,
-    // Static peers by the address the user gave, with what their last session told us.
-    static_peers: Mutex<Vec<(String, Option<Peer>)>>,
-    peer_events: tokio::sync::broadcast::Sender<PeerEvent>,
+    peers: peers::PeerBook,
     tls_acceptor: tokio_rustls::TlsAcceptor,
     offers: offers::Offers,
     shutdown: CancellationToken,
@@ -144,9 +140,7 @@ impl Node {
         tracing::info!(%listen_addr, device_id = %identity.device_id, name = %settings.name, "node started");
         let node = Node {
             inner: Arc::new(Inner {
-                discovery: std::sync::OnceLock::new(),
-                static_peers: Mutex::new(Vec::new()),
-                peer_events: tokio::sync::broadcast::channel(1024).0,
+                peers: peers::PeerBook::default(),
                 store,
                 outgoing: Mutex::new(HashMap::new()),
                 receiving: incoming::Claims::default(),
@@ -192,9 +186,7 @@ impl Node {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(d) = self.inner.discovery.get() {
-            d.set_name(&new.name);
-        }
+        self.inner.peers.rename(&new.name);
         self.inner.transfers.set_max_speed(new.max_speed);
         std::mem::replace(&mut *guard, new)
     }
@@ -555,171 +547,10 @@ impl Node {
     }
 }
 
-/// How long a static peer waits between connection attempts.
-const STATIC_PROBE_EVERY: Duration = Duration::from_secs(10);
-
-/// Whether `text` is an address (`HOST:PORT`, `[V6]:PORT`, optionally `ID@…`) rather than a
-/// peer name.
-fn looks_like_address(text: &str) -> bool {
-    if text.contains('@') || text.parse::<SocketAddr>().is_ok() {
-        return true;
-    }
-    matches!(text.rsplit_once(':'), Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok())
-}
-
 impl Node {
-    /// Starts LAN discovery on UDP `port`.
-    ///
-    /// # Errors
-    /// `Setup` if the socket cannot be opened.
-    pub fn start_discovery(&self, port: u16) -> Result<u16, NodeError> {
-        let d = Discovery::start(
-            DiscoveryConfig {
-                port,
-                device_id: self.inner.identity.device_id,
-                listen_port: self.inner.listen_addr.port(),
-            },
-            self.settings().name,
-            self.inner.peer_events.clone(),
-            &self.inner.tasks,
-            &self.inner.shutdown,
-        )
-        .map_err(|e| NodeError::Setup(error_chain(&e)))?;
-        let port = d.port();
-        let _ = self.inner.discovery.set(d);
-        Ok(port)
-    }
-
-    /// Keeps sessions to these addresses (for networks broadcast does not reach) and lists
-    /// them as peers while they are up. Each is retried every 10 s.
-    pub fn add_static_peers(&self, addrs: Vec<String>) {
-        for addr in addrs {
-            lock(&self.inner.static_peers).push((addr.clone(), None));
-            let node = self.clone();
-            self.inner
-                .tasks
-                .spawn(async move { node.probe_static(addr).await });
-        }
-    }
-
-    async fn probe_static(self, addr: String) {
-        loop {
-            let up = match self.connect(&addr).await {
-                Ok(s) => Some(Peer {
-                    id: s.peer.id,
-                    name: s.peer.name.clone(),
-                    addr: s.peer.listen_addr,
-                    protocol_version: crate::net::wire::PROTOCOL_VERSION,
-                    last_seen_ms: now_ms(),
-                    is_static: true,
-                }),
-                Err(e) => {
-                    tracing::debug!(peer = %addr, cause = %e, "static peer not reachable");
-                    None
-                }
-            };
-            let event = {
-                let mut list = lock(&self.inner.static_peers);
-                let Some(slot) = list.iter_mut().find(|(a, _)| *a == addr) else {
-                    return;
-                };
-                let event = match (&slot.1, &up) {
-                    (None, Some(p)) => Some(PeerEvent::Appeared(p.clone())),
-                    (Some(old), None) => Some(PeerEvent::Lost(old.clone())),
-                    (Some(old), Some(p)) if old.id != p.id || old.name != p.name => {
-                        Some(PeerEvent::Changed(p.clone()))
-                    }
-                    _ => None,
-                };
-                slot.1 = up;
-                event
-            };
-            if let Some(ev) = event {
-                let _ = self.inner.peer_events.send(ev);
-            }
-            tokio::select! {
-                _ = self.inner.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(STATIC_PROBE_EVERY) => {}
-            }
-        }
-    }
-
-    /// Peers found by discovery and static peers that are up: (peer, whether static).
-    pub fn peers(&self) -> Vec<(Peer, bool)> {
-        let mut v: Vec<(Peer, bool)> = self
-            .inner
-            .discovery
-            .get()
-            .map(|d| d.peers().into_iter().map(|p| (p, false)).collect())
-            .unwrap_or_default();
-        for (_, p) in lock(&self.inner.static_peers).iter() {
-            if let Some(p) = p {
-                if !v.iter().any(|(q, _)| q.id == p.id) {
-                    v.push((p.clone(), true));
-                }
-            }
-        }
-        v
-    }
-
-    /// Subscribes to peer changes (discovered and static).
-    pub fn subscribe_peers(&self) -> tokio::sync::broadcast::Receiver<PeerEvent> {
-        self.inner.peer_events.subscribe()
-    }
-
     /// Whether a device is trusted.
     pub fn trusted(&self, id: &DeviceId) -> bool {
         self.is_trusted(id)
-    }
-
-    /// Turns what the user typed as a peer into `HOST:PORT` or `ID@HOST:PORT`: addresses pass
-    /// through; anything else is a peer name (or id prefix) looked up among discovered peers.
-    pub(super) fn resolve_target(&self, text: &str) -> Result<String, NodeError> {
-        let text = text.trim();
-        if looks_like_address(text) {
-            return Ok(text.to_owned());
-        }
-        let peers = self.peers();
-        let want = crate::net::device_id::normalize(text);
-        let matches: Vec<&Peer> = peers
-            .iter()
-            .map(|(p, _)| p)
-            .filter(|p| {
-                p.name.eq_ignore_ascii_case(text)
-                    || (want.len() >= 4
-                        && crate::net::device_id::normalize(&p.id.to_string()).starts_with(&want))
-            })
-            .collect();
-        let describe = |p: &Peer| format!("{} ({}, {})", p.name, p.id.short(), p.addr);
-        match matches.as_slice() {
-            [one] if !one.compatible() => Err(NodeError::InvalidArgument(format!(
-                "peer {} speaks protocol version {}, this p2pd speaks {}",
-                describe(one),
-                one.protocol_version,
-                crate::net::wire::PROTOCOL_VERSION
-            ))),
-            // The beacon's id is required: a device answering at that address with another key
-            // is an impostor.
-            [one] => Ok(format!("{}@{}", one.id, one.addr)),
-            [] if peers.is_empty() => Err(NodeError::InvalidArgument(format!(
-                "no peer named {text:?}: no peers are known (give HOST:PORT, or check that discovery reaches them)"
-            ))),
-            [] => Err(NodeError::InvalidArgument(format!(
-                "no peer named {text:?}; known peers: {}",
-                peers
-                    .iter()
-                    .map(|(p, _)| describe(p))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
-            many => Err(NodeError::InvalidArgument(format!(
-                "{text:?} matches several peers: {}; use the device id or HOST:PORT",
-                many.iter()
-                    .map(|p| describe(p))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
-        }
     }
 }
 
