@@ -1,5 +1,6 @@
-//! The life of an outgoing transfer across attempts: dialing, retry with backoff, pause and
-//! resume, continuing after a restart.
+//! The life of an outgoing transfer across attempts: starting a send, dialing, retry with
+//! backoff, pause and resume, continuing after a restart. The controls of the running
+//! supervisors are this file's state ([`Outgoing`]).
 //!
 //! One supervisor task per transfer runs attempts (`send::attempt`) until the transfer
 //! ends. A transient failure (session lost, peer unreachable, receiver paused or restarting)
@@ -8,6 +9,8 @@
 //! failures count restarts after an attempt that moved data, so a long transfer over a flaky
 //! link is not given up by `max_attempts`.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,12 +18,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Node, NodeError, lock};
+use super::{Node, NodeError, lock, now_ms};
 use crate::error_chain;
 use crate::net::session::Session;
+use crate::net::wire::caps;
 use crate::store::records::OutgoingRecord;
 use crate::transfer::chunkmap::{ChunkMap, chunk_count};
-use crate::transfer::manifest::LocalManifest;
+use crate::transfer::manifest::{LocalManifest, ManifestError};
 use crate::transfer::send::{self, AttemptEnd};
 use crate::transfer::{
     Direction, NewTransfer, SendOptions, TransferEntry, TransferSnapshot, TransferState,
@@ -55,10 +59,126 @@ impl Control {
     }
 }
 
+/// The controls of the outgoing transfers whose supervisor runs, by transfer id.
+#[derive(Debug, Default)]
+pub(super) struct Outgoing {
+    // Inserted when a supervisor starts and removed when it ends; RPCs (pause, resume) look
+    // their transfer's control up. A short std lock, never held across an await.
+    controls: std::sync::Mutex<HashMap<String, Arc<Control>>>,
+}
+
+impl Outgoing {
+    fn insert(&self, id: &str, control: Arc<Control>) {
+        lock(&self.controls).insert(id.to_owned(), control);
+    }
+
+    fn remove(&self, id: &str) {
+        lock(&self.controls).remove(id);
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<Control>> {
+        lock(&self.controls).get(id).cloned()
+    }
+}
+
 impl Node {
+    /// Starts sending `paths` to `peer`; returns the transfer id once the offer is on its way.
+    ///
+    /// # Errors
+    /// `PathNotFound`, `InvalidArgument` (options, paths, peer), `Unreachable`.
+    pub async fn send(
+        &self,
+        paths: Vec<PathBuf>,
+        peer: &str,
+        opts: SendOptions,
+    ) -> Result<String, NodeError> {
+        opts.validate().map_err(NodeError::InvalidArgument)?;
+        if let Some(p) = paths.iter().find(|p| !p.is_absolute()) {
+            return Err(NodeError::InvalidArgument(format!(
+                "path {} is not absolute",
+                p.display()
+            )));
+        }
+        let manifest = tokio::task::spawn_blocking(move || LocalManifest::build(&paths))
+            .await
+            .map_err(|e| NodeError::Io(format!("reading the files failed: {e}")))?
+            .map_err(|e| match e {
+                ManifestError::NotFound(p) => NodeError::PathNotFound(p),
+                ManifestError::Io { .. } => NodeError::Io(error_chain(&e)),
+                other => NodeError::InvalidArgument(other.to_string()),
+            })?;
+        let session = self.connect(peer).await?;
+        if manifest.has_folder && session.caps & caps::FOLDER == 0 {
+            return Err(NodeError::InvalidArgument(
+                "the peer does not accept folders".into(),
+            ));
+        }
+        let opts = SendOptions {
+            chunk_size: opts.chunk_size.min(session.limits.chunk_size),
+            window: if session.limits.windowed {
+                opts.window.min(session.limits.window_size)
+            } else {
+                1
+            },
+            compress: opts.compress && session.limits.compress,
+            level: opts.level,
+            max_speed: opts.max_speed,
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        // Retries dial the same device at the address that worked (an incoming session's
+        // peer is dialed at its listen address).
+        let dial = format!(
+            "{}@{}",
+            session.peer.id,
+            if session.outgoing {
+                session.remote
+            } else {
+                session.peer.listen_addr
+            }
+        );
+        let manifest = Arc::new(manifest);
+        let record = OutgoingRecord {
+            id: id.clone(),
+            peer_id: session.peer.device_id.clone(),
+            dial: dial.clone(),
+            info: manifest.offer(&id, opts, false),
+            sources: manifest.files.iter().map(|f| f.source.clone()).collect(),
+            options: opts,
+            paused: false,
+            started_ms: now_ms(),
+        };
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.save_outgoing(&record))
+            .await
+            .map_err(|e| NodeError::Io(format!("recording the transfer failed: {e}")))?
+            .map_err(|e| {
+                NodeError::Io(format!("cannot record the transfer: {}", error_chain(&e)))
+            })?;
+        let entry = self.inner.transfers.insert(
+            NewTransfer {
+                id: id.clone(),
+                direction: Direction::Send,
+                state: TransferState::Offered,
+                peer_id: session.peer.device_id.clone(),
+                peer_name: session.peer.name.clone(),
+                peer_address: session.peer.listen_addr.to_string(),
+                roots: manifest.roots.clone(),
+                total_files: manifest.files.len() as u64,
+                total_bytes: manifest.total_bytes,
+                destination: String::new(),
+                started: None,
+                max_speed: opts.max_speed,
+            },
+            CancellationToken::new(),
+        );
+        tracing::info!(transfer = %id, peer = %session.peer.device_id, files = manifest.files.len(), bytes = manifest.total_bytes, "sending");
+        self.spawn_outgoing(entry, manifest, opts, dial, Some(session), false, false);
+        Ok(id)
+    }
+
     /// Starts the supervisor of an outgoing transfer.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn spawn_outgoing(
+    fn spawn_outgoing(
         &self,
         entry: Arc<TransferEntry>,
         manifest: Arc<LocalManifest>,
@@ -70,12 +190,12 @@ impl Node {
     ) {
         let control = Arc::new(Control::default());
         control.paused.store(paused, Ordering::Relaxed);
-        lock(&self.inner.outgoing).insert(entry.id.clone(), control.clone());
+        self.inner.outgoing.insert(&entry.id, control.clone());
         let node = self.clone();
         self.inner.tasks.spawn(async move {
             node.supervise(&entry, manifest, opts, &dial, session, resume, &control)
                 .await;
-            lock(&node.inner.outgoing).remove(&entry.id);
+            node.inner.outgoing.remove(&entry.id);
         });
     }
 
@@ -291,7 +411,7 @@ impl Node {
 
     fn outgoing_control(&self, id: &str) -> Result<(Arc<TransferEntry>, Arc<Control>), NodeError> {
         let entry = self.outgoing_entry(id, "pause and resume it on the sending device")?;
-        let control = lock(&self.inner.outgoing).get(id).cloned().ok_or_else(|| {
+        let control = self.inner.outgoing.get(id).ok_or_else(|| {
             NodeError::FailedPrecondition(format!(
                 "transfer {id} has already ended ({:?})",
                 entry.state()
