@@ -26,7 +26,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::error_chain;
 use crate::net::identity::Identity;
 use crate::net::tls;
 use crate::store::Store;
@@ -43,7 +42,7 @@ mod peers;
 mod transfers;
 mod views;
 
-pub use errors::NodeError;
+pub use errors::{DialError, ErrorKind, NodeError, PeerLookupError, TlsHandshakeError};
 pub use offers::OFFER_TIMEOUT;
 pub use views::{AcceptPolicy, DeviceView, IncomingOffer, SessionInfo, Status, UntrustedPolicy};
 
@@ -124,8 +123,8 @@ impl Node {
     /// inside a tokio runtime.
     ///
     /// # Errors
-    /// [`NodeError::ListenerAddr`] if the listener cannot be used, [`NodeError::Setup`] if the
-    /// state store or TLS cannot be set up.
+    /// [`NodeError::ListenerAddr`] if the listener cannot be used, [`NodeError::Store`] or
+    /// [`NodeError::TlsSetup`] if the state store or TLS cannot be set up.
     pub fn start(
         identity: Identity,
         settings: NodeSettings,
@@ -141,14 +140,11 @@ impl Node {
             .map_err(NodeError::ListenerAddr)?;
         let listener =
             tokio::net::TcpListener::from_std(peer_listener).map_err(NodeError::ListenerAddr)?;
-        let store =
-            Arc::new(Store::open(state_dir).map_err(|e| NodeError::Setup(error_chain(&e)))?);
+        let store = Arc::new(Store::open(state_dir)?);
         // Every transfer that ends is recorded in history before its final event goes out.
         let transfers = Transfers::with_final_hook(history::recorder(store.clone()));
         transfers.set_max_speed(settings.max_speed);
-        let tls_acceptor = tokio_rustls::TlsAcceptor::from(
-            tls::server_config(&identity).map_err(|e| NodeError::Setup(error_chain(&e)))?,
-        );
+        let tls_acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&identity)?);
         tracing::info!(%listen_addr, device_id = %identity.device_id, name = %settings.name, "node started");
         let node = Node {
             inner: Arc::new(Inner {

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use p2p_core::net::discovery::{Peer, PeerEvent};
 use p2p_core::store::DeviceAccept;
 use p2p_core::{
-    DeviceView, Direction, HistoryEntry, HistoryFilter, HistoryStatus, IncomingOffer, Node,
-    NodeError, SendOptions, SessionInfo, TransferSnapshot, TransferState,
+    DeviceView, Direction, ErrorKind, HistoryEntry, HistoryFilter, HistoryStatus, IncomingOffer,
+    Node, NodeError, SendOptions, SessionInfo, TransferSnapshot, TransferState,
 };
 use p2p_proto::control::v1 as pb;
 use p2p_proto::control::v1::control_service_server::ControlService;
@@ -58,16 +58,16 @@ pub(crate) fn check_caller(req: Request<()>) -> Result<Request<()>, Status> {
     }
 }
 
-/// The one mapping from core errors to gRPC status codes.
+/// The one mapping from core errors to gRPC status codes: the error's kind gives the code, its
+/// chain of causes the message.
 fn status_of(e: NodeError) -> Status {
-    let msg = e.to_string();
-    match e {
-        NodeError::PathNotFound(_) | NodeError::NotFound(_) => Status::not_found(msg),
-        NodeError::InvalidArgument(_) => Status::invalid_argument(msg),
-        NodeError::Unreachable { .. } => Status::unavailable(msg),
-        NodeError::FailedPrecondition(_) => Status::failed_precondition(msg),
-        NodeError::Io(_) => Status::failed_precondition(msg),
-        NodeError::ListenerAddr(_) | NodeError::Setup(_) => Status::internal(msg),
+    let msg = p2p_core::error_chain(&e);
+    match e.kind() {
+        ErrorKind::NotFound => Status::not_found(msg),
+        ErrorKind::InvalidArgument => Status::invalid_argument(msg),
+        ErrorKind::FailedPrecondition => Status::failed_precondition(msg),
+        ErrorKind::Unavailable => Status::unavailable(msg),
+        ErrorKind::Internal => Status::internal(msg),
     }
 }
 

@@ -13,7 +13,9 @@ use p2p_proto::wire::v1::{self as wire};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 
+use super::errors::{DialError, TlsHandshakeError};
 use super::{Inner, Node, NodeError, SessionInfo, lock};
+use crate::error_chain;
 use crate::net::device_id::DeviceId;
 use crate::net::session::{self, LocalInfo, Session, SessionError, SessionEvents};
 use crate::net::{tls, tune};
@@ -150,6 +152,17 @@ impl Drop for IpSlot<'_> {
     }
 }
 
+/// Why an incoming connection did not become a session (it is only logged).
+#[derive(Debug, thiserror::Error)]
+enum AcceptError {
+    #[error("TLS handshake failed")]
+    Tls(#[source] TlsHandshakeError),
+    #[error(transparent)]
+    Certificate(rustls::Error),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
 /// The node as the sessions see it: a weak handle, so sessions do not keep the node alive.
 struct Events(Weak<Inner>);
 
@@ -258,10 +271,10 @@ impl Node {
                         .tls_acceptor
                         .accept(buffered(stream))
                         .await
-                        .map_err(|e| format!("TLS handshake failed: {}", tls_reason(&e)))?;
+                        .map_err(|e| AcceptError::Tls(e.into()))?;
                     tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
-                    let proven = tls::peer_id(tls.get_ref().1).map_err(|e| e.to_string())?;
-                    session::accept(
+                    let proven = tls::peer_id(tls.get_ref().1).map_err(AcceptError::Certificate)?;
+                    let accepted = session::accept(
                         tls,
                         remote,
                         proven,
@@ -269,8 +282,8 @@ impl Node {
                         node.events(),
                         &node.inner.shutdown,
                     )
-                    .await
-                    .map_err(|e| e.to_string())
+                    .await?;
+                    Ok::<_, AcceptError>(accepted)
                 };
                 match tokio::time::timeout(session::HANDSHAKE_TIMEOUT, handshake).await {
                     Ok(Ok(session::Accepted::Session(s))) => node.register(s),
@@ -278,7 +291,7 @@ impl Node {
                         tracing::debug!(%remote, session = s.id, "connection joined a session as a lane")
                     }
                     Ok(Err(e)) => {
-                        tracing::info!(%remote, cause = %e, "incoming peer handshake failed")
+                        tracing::info!(%remote, cause = %error_chain(&e), "incoming peer handshake failed")
                     }
                     Err(_) => tracing::info!(%remote, "incoming peer handshake timed out"),
                 }
@@ -293,9 +306,10 @@ impl Node {
     /// contact.
     ///
     /// # Errors
-    /// `InvalidArgument` for an address or id that does not parse or resolve, `Unreachable`
-    /// when the connection or handshake fails (including a peer that is not the device
-    /// expected).
+    /// [`NodeError::BadAddress`], [`NodeError::NoAddress`], [`NodeError::PeerLookup`] or
+    /// [`NodeError::DeviceLookup`] for a peer that does not parse or resolve;
+    /// [`NodeError::Unreachable`] when the connection or handshake fails (including a peer
+    /// that is not the device expected); [`NodeError::TlsSetup`].
     pub async fn connect(&self, peer: &str) -> Result<Arc<Session>, NodeError> {
         let target = self.resolve_target(peer)?;
         let peer = target.as_str();
@@ -305,20 +319,19 @@ impl Node {
         };
         let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(hostport).await {
             Ok(a) => a.collect(),
-            Err(e) => {
-                return Err(NodeError::InvalidArgument(format!(
-                    "peer {hostport:?} is not a usable HOST:PORT: {e}"
-                )));
+            Err(source) => {
+                return Err(NodeError::BadAddress {
+                    peer: hostport.to_owned(),
+                    source,
+                });
             }
         };
         if addrs.is_empty() {
-            return Err(NodeError::InvalidArgument(format!(
-                "peer {hostport:?} resolves to no address"
-            )));
+            return Err(NodeError::NoAddress(hostport.to_owned()));
         }
-        let unreachable = |reason: String| NodeError::Unreachable {
+        let unreachable = |source: DialError| NodeError::Unreachable {
             peer: peer.to_owned(),
-            reason,
+            source,
         };
         let expected = match explicit {
             Some(id) => Some(id),
@@ -329,28 +342,26 @@ impl Node {
         let _dialing = self.inner.sessions.dial.lock().await;
         if let Some(s) = self.inner.sessions.reusable(&addrs, expected) {
             return match expected {
-                Some(want) if want != s.peer.id => Err(unreachable(format!(
-                    "peer is device {} but expected {want}",
-                    s.peer.id
-                ))),
+                Some(want) if want != s.peer.id => Err(unreachable(DialError::WrongDevice {
+                    found: s.peer.id,
+                    expected: want,
+                })),
                 _ => Ok(s),
             };
         }
-        let connector = tokio_rustls::TlsConnector::from(
-            tls::client_config(&self.inner.identity, expected)
-                .map_err(|e| NodeError::Io(e.to_string()))?,
-        );
-        let mut last = String::from("no address");
+        let connector =
+            tokio_rustls::TlsConnector::from(tls::client_config(&self.inner.identity, expected)?);
+        let mut last = None;
         for addr in addrs {
             let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
             {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    last = e.to_string();
+                    last = Some(DialError::Connect(e));
                     continue;
                 }
                 Err(_) => {
-                    last = format!("no answer within {CONNECT_TIMEOUT:?}");
+                    last = Some(DialError::ConnectTimeout(CONNECT_TIMEOUT));
                     continue;
                 }
             };
@@ -374,22 +385,20 @@ impl Node {
                     &self.inner.shutdown,
                 )
                 .await
-                .map_err(|e: SessionError| e.to_string())
+                .map_err(DialError::Session)
             };
             let s = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, handshake)
                 .await
-                .map_err(|_| {
-                    unreachable(format!(
-                        "handshake timed out after {:?}",
-                        session::HANDSHAKE_TIMEOUT
-                    ))
-                })?
+                .map_err(|_| unreachable(DialError::HandshakeTimeout(session::HANDSHAKE_TIMEOUT)))?
                 .map_err(unreachable)?;
             self.register(s.clone());
             self.open_lanes(addr, &s);
             return Ok(s);
         }
-        Err(unreachable(last))
+        Err(match last {
+            Some(e) => unreachable(e),
+            None => NodeError::NoAddress(hostport.to_owned()),
+        })
     }
 
     /// Opens the further connections (lanes) of a new outgoing session, in the background:
@@ -407,7 +416,7 @@ impl Node {
             let config = match tls::client_config(&node.inner.identity, Some(s.peer.id)) {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::debug!(cause = %e, "no TLS configuration for lanes");
+                    tracing::debug!(cause = %error_chain(&e), "no TLS configuration for lanes");
                     return;
                 }
             };
@@ -417,12 +426,11 @@ impl Node {
                     return;
                 }
                 let lane = async {
-                    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+                    let stream = TcpStream::connect(addr).await.map_err(DialError::Connect)?;
                     tune::tune(&stream);
                     let (tls, proven) = connect_tls(&connector, stream).await?;
-                    session::join(tls, proven, &node.local_info(), &s, node.events())
-                        .await
-                        .map_err(|e| e.to_string())
+                    session::join(tls, proven, &node.local_info(), &s, node.events()).await?;
+                    Ok::<_, DialError>(())
                 };
                 let joined = tokio::select! {
                     r = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, lane) => r,
@@ -431,7 +439,7 @@ impl Node {
                 match joined {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
-                        tracing::debug!(session = s.id, cause = %e, "cannot open a lane");
+                        tracing::debug!(session = s.id, cause = %error_chain(&e), "cannot open a lane");
                         return;
                     }
                     Err(_) => {
@@ -483,28 +491,16 @@ impl Node {
     /// Closes the sessions whose peer id, listen address or remote address is `peer`.
     ///
     /// # Errors
-    /// `NotFound` if none matches.
+    /// [`NodeError::NoSession`] if none matches.
     pub fn disconnect(&self, peer: &str) -> Result<u32, NodeError> {
         let sessions = self.inner.sessions.matching(peer);
         if sessions.is_empty() {
-            return Err(NodeError::NotFound(format!("no session with {peer}")));
+            return Err(NodeError::NoSession(peer.to_owned()));
         }
         for s in &sessions {
             s.close();
         }
         Ok(sessions.len() as u32)
-    }
-}
-
-/// The reason inside a TLS failure, without rustls' "unexpected error:" wrapping.
-fn tls_reason(e: &std::io::Error) -> String {
-    match e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        Some(rustls::Error::General(msg)) => msg.clone(),
-        Some(other) => other.to_string(),
-        None => e.to_string(),
     }
 }
 
@@ -517,14 +513,14 @@ async fn connect_tls(
         tokio_rustls::client::TlsStream<tokio::io::BufReader<TcpStream>>,
         crate::DeviceId,
     ),
-    String,
+    DialError,
 > {
     let mut tls = connector
         .connect(tls::server_name(), buffered(stream))
         .await
-        .map_err(|e| tls_reason(&e))?;
+        .map_err(|e| DialError::Tls(e.into()))?;
     tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
-    let proven = tls::peer_id(tls.get_ref().1).map_err(|e| e.to_string())?;
+    let proven = tls::peer_id(tls.get_ref().1).map_err(DialError::Certificate)?;
     Ok((tls, proven))
 }
 

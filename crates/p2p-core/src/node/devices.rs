@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use super::{DeviceView, Node, NodeError};
-use crate::error_chain;
 use crate::net::device_id::DeviceId;
 use crate::store::DeviceAccept;
 use crate::transfer::Direction;
@@ -14,14 +13,10 @@ impl Node {
     /// Trusted devices (`trusted`) or pending ones (untrusted devices that connected).
     ///
     /// # Errors
-    /// `Io` if the state store fails.
+    /// [`NodeError::Store`] if the state store fails.
     pub fn devices(&self, trusted: bool) -> Result<Vec<DeviceView>, NodeError> {
         let connected = self.inner.sessions.connected_devices();
-        let list = self
-            .inner
-            .store
-            .list(trusted)
-            .map_err(|e| NodeError::Io(error_chain(&e)))?;
+        let list = self.inner.store.list(trusted)?;
         Ok(list
             .into_iter()
             .map(|d| DeviceView {
@@ -35,8 +30,9 @@ impl Node {
     /// its rules. Returns the stored record.
     ///
     /// # Errors
-    /// `InvalidArgument` for an id that does not resolve or a relative download dir; `Io` if
-    /// the store fails.
+    /// [`NodeError::DeviceLookup`] for an id that does not resolve, [`NodeError::OwnDevice`],
+    /// [`NodeError::NotAbsolute`] for a relative download dir; [`NodeError::Store`] if the
+    /// store fails.
     pub fn trust(
         &self,
         id: &str,
@@ -46,44 +42,33 @@ impl Node {
     ) -> Result<crate::store::Device, NodeError> {
         let id = self.resolve_device(id)?;
         if id == self.inner.identity.device_id {
-            return Err(NodeError::InvalidArgument(
-                "that is this device's own id".into(),
-            ));
+            return Err(NodeError::OwnDevice);
         }
         if let Some(d) = download_dir {
             if !d.is_absolute() {
-                return Err(NodeError::InvalidArgument(format!(
-                    "download dir {} is not absolute",
-                    d.display()
-                )));
+                return Err(NodeError::NotAbsolute {
+                    what: "download dir",
+                    path: d.to_path_buf(),
+                });
             }
         }
-        let io = |e: crate::store::StoreError| NodeError::Io(error_chain(&e));
-        self.inner
-            .store
-            .trust(&id, name, accept, download_dir)
-            .map_err(io)?;
+        self.inner.store.trust(&id, name, accept, download_dir)?;
         tracing::info!(device = %id, "device trusted");
         self.inner
             .store
-            .get(&id)
-            .map_err(io)?
-            .ok_or_else(|| NodeError::Io("trusted device vanished".into()))
+            .get(&id)?
+            .ok_or(NodeError::DeviceVanished(id))
     }
 
     /// Forgets a device (trusted or pending); live sessions with it are closed.
     ///
     /// # Errors
-    /// `InvalidArgument` for an id that does not resolve, `NotFound` if it is not known.
+    /// [`NodeError::DeviceLookup`] for an id that does not resolve, [`NodeError::UnknownDevice`]
+    /// if it is not known, [`NodeError::Store`] if the store fails.
     pub fn untrust(&self, id: &str) -> Result<DeviceId, NodeError> {
         let id = self.resolve_device(id)?;
-        if !self
-            .inner
-            .store
-            .forget(&id)
-            .map_err(|e| NodeError::Io(error_chain(&e)))?
-        {
-            return Err(NodeError::NotFound(format!("device {id} is not known")));
+        if !self.inner.store.forget(&id)? {
+            return Err(NodeError::UnknownDevice(id));
         }
         // What it was sending here ends: a device no longer trusted does not get to resume
         // into the download dir.
@@ -109,10 +94,6 @@ impl Node {
 
     /// The device a full id or a unique prefix of a known one names.
     pub(super) fn resolve_device(&self, text: &str) -> Result<DeviceId, NodeError> {
-        match self.inner.store.resolve(text) {
-            Ok(Ok(id)) => Ok(id),
-            Ok(Err(msg)) => Err(NodeError::InvalidArgument(msg)),
-            Err(e) => Err(NodeError::Io(error_chain(&e))),
-        }
+        Ok(self.inner.store.resolve(text)??)
     }
 }

@@ -407,14 +407,15 @@ impl Node {
     /// Accepts a waiting offer, into `dest` or the download dir.
     ///
     /// # Errors
-    /// `NotFound` if no such offer waits; `InvalidArgument` for a relative `dest`.
+    /// [`NodeError::NoOffer`] if no such offer waits, [`NodeError::OfferGone`] if it stopped
+    /// waiting just now; [`NodeError::NotAbsolute`] for a relative `dest`.
     pub fn accept(&self, id: &str, dest: Option<PathBuf>) -> Result<(), NodeError> {
         if let Some(d) = &dest {
             if !d.is_absolute() {
-                return Err(NodeError::InvalidArgument(format!(
-                    "destination {} is not absolute",
-                    d.display()
-                )));
+                return Err(NodeError::NotAbsolute {
+                    what: "destination",
+                    path: d.clone(),
+                });
             }
         }
         self.decide(id, Decision::Accept(dest))
@@ -423,7 +424,8 @@ impl Node {
     /// Rejects a waiting offer; the sender is told `reason`.
     ///
     /// # Errors
-    /// `NotFound` if no such offer waits.
+    /// [`NodeError::NoOffer`] if no such offer waits, [`NodeError::OfferGone`] if it stopped
+    /// waiting just now.
     pub fn reject(&self, id: &str, reason: &str) -> Result<(), NodeError> {
         let reason = if reason.is_empty() {
             "rejected by receiver"
@@ -438,10 +440,10 @@ impl Node {
             .inner
             .offers
             .take(id)
-            .ok_or_else(|| NodeError::NotFound(format!("no offer {id} is waiting")))?;
+            .ok_or_else(|| NodeError::NoOffer(id.to_owned()))?;
         pending
             .decide
             .send(d)
-            .map_err(|_| NodeError::FailedPrecondition(format!("offer {id} is no longer waiting")))
+            .map_err(|_| NodeError::OfferGone(id.to_owned()))
     }
 }

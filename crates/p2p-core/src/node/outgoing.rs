@@ -85,33 +85,37 @@ impl Node {
     /// Starts sending `paths` to `peer`; returns the transfer id once the offer is on its way.
     ///
     /// # Errors
-    /// `PathNotFound`, `InvalidArgument` (options, paths, peer), `Unreachable`.
+    /// [`NodeError::Options`] or [`NodeError::NotAbsolute`] for what was asked;
+    /// [`NodeError::PathNotFound`], [`NodeError::ReadPath`] or [`NodeError::Sources`] for the
+    /// paths; what [`Node::connect`] returns; [`NodeError::NoFolders`];
+    /// [`NodeError::RecordTransfer`] or [`NodeError::Task`] if the transfer cannot be recorded.
     pub async fn send(
         &self,
         paths: Vec<PathBuf>,
         peer: &str,
         opts: SendOptions,
     ) -> Result<String, NodeError> {
-        opts.validate().map_err(NodeError::InvalidArgument)?;
+        opts.validate()?;
         if let Some(p) = paths.iter().find(|p| !p.is_absolute()) {
-            return Err(NodeError::InvalidArgument(format!(
-                "path {} is not absolute",
-                p.display()
-            )));
+            return Err(NodeError::NotAbsolute {
+                what: "path",
+                path: p.clone(),
+            });
         }
         let manifest = tokio::task::spawn_blocking(move || LocalManifest::build(&paths))
             .await
-            .map_err(|e| NodeError::Io(format!("reading the files failed: {e}")))?
+            .map_err(|source| NodeError::Task {
+                what: "reading the files",
+                source,
+            })?
             .map_err(|e| match e {
                 ManifestError::NotFound(p) => NodeError::PathNotFound(p),
-                ManifestError::Io { .. } => NodeError::Io(error_chain(&e)),
-                other => NodeError::InvalidArgument(other.to_string()),
+                ManifestError::Io { path, source } => NodeError::ReadPath { path, source },
+                other => NodeError::Sources(other),
             })?;
         let session = self.connect(peer).await?;
         if manifest.has_folder && session.caps & caps::FOLDER == 0 {
-            return Err(NodeError::InvalidArgument(
-                "the peer does not accept folders".into(),
-            ));
+            return Err(NodeError::NoFolders);
         }
         let opts = SendOptions {
             chunk_size: opts.chunk_size.min(session.limits.chunk_size),
@@ -150,10 +154,11 @@ impl Node {
         let store = self.inner.store.clone();
         tokio::task::spawn_blocking(move || store.save_outgoing(&record))
             .await
-            .map_err(|e| NodeError::Io(format!("recording the transfer failed: {e}")))?
-            .map_err(|e| {
-                NodeError::Io(format!("cannot record the transfer: {}", error_chain(&e)))
-            })?;
+            .map_err(|source| NodeError::Task {
+                what: "recording the transfer",
+                source,
+            })?
+            .map_err(NodeError::RecordTransfer)?;
         let entry = self.inner.transfers.insert(
             NewTransfer {
                 id: id.clone(),
@@ -248,7 +253,7 @@ impl Node {
                     *lock(&control.attempt) = None;
                     end
                 }
-                Err(e) => AttemptEnd::Transient(e.to_string()),
+                Err(e) => AttemptEnd::Transient(error_chain(&e)),
             };
             let snap = entry.snapshot();
             // Data moved in this attempt: the link works, only the failures since count.
@@ -354,26 +359,21 @@ impl Node {
     /// Pauses an outgoing transfer.
     ///
     /// # Errors
-    /// `NotFound`, or `FailedPrecondition` for a receiving, ended or paused transfer.
+    /// [`NodeError::NoTransfer`]; [`NodeError::Incoming`], [`NodeError::TransferEnded`] or
+    /// [`NodeError::AlreadyPaused`]; [`NodeError::Store`] if the pause cannot be recorded.
     pub fn pause(&self, id: &str) -> Result<TransferSnapshot, NodeError> {
         let (entry, control) = self.outgoing_control(id)?;
         match entry.state() {
-            TransferState::Paused => {
-                return Err(NodeError::FailedPrecondition(format!(
-                    "transfer {id} is already paused"
-                )));
-            }
+            TransferState::Paused => return Err(NodeError::AlreadyPaused(id.to_owned())),
             s if s.is_final() => {
-                return Err(NodeError::FailedPrecondition(format!(
-                    "transfer {id} has already ended ({s:?})"
-                )));
+                return Err(NodeError::TransferEnded {
+                    id: id.to_owned(),
+                    state: s,
+                });
             }
             _ => {}
         }
-        self.inner
-            .store
-            .set_outgoing_paused(id, true)
-            .map_err(|e| NodeError::Io(error_chain(&e)))?;
+        self.inner.store.set_outgoing_paused(id, true)?;
         control.paused.store(true, Ordering::Relaxed);
         entry.set_state(TransferState::Paused, "paused by user");
         control.stop_attempt();
@@ -384,26 +384,26 @@ impl Node {
     /// Resumes a paused outgoing transfer, or makes a retrying one try again now.
     ///
     /// # Errors
-    /// `NotFound`, or `FailedPrecondition` for a receiving, ended or running transfer.
+    /// [`NodeError::NoTransfer`]; [`NodeError::Incoming`], [`NodeError::TransferEnded`] or
+    /// [`NodeError::NotPaused`]; [`NodeError::Store`] if the resume cannot be recorded.
     pub fn resume(&self, id: &str) -> Result<TransferSnapshot, NodeError> {
         let (entry, control) = self.outgoing_control(id)?;
         match entry.state() {
             TransferState::Paused | TransferState::Retrying => {}
             s if s.is_final() => {
-                return Err(NodeError::FailedPrecondition(format!(
-                    "transfer {id} has already ended ({s:?})"
-                )));
+                return Err(NodeError::TransferEnded {
+                    id: id.to_owned(),
+                    state: s,
+                });
             }
             s => {
-                return Err(NodeError::FailedPrecondition(format!(
-                    "transfer {id} is not paused or waiting to retry ({s:?})"
-                )));
+                return Err(NodeError::NotPaused {
+                    id: id.to_owned(),
+                    state: s,
+                });
             }
         }
-        self.inner
-            .store
-            .set_outgoing_paused(id, false)
-            .map_err(|e| NodeError::Io(error_chain(&e)))?;
+        self.inner.store.set_outgoing_paused(id, false)?;
         control.paused.store(false, Ordering::Relaxed);
         control.wake.notify_one();
         Ok(entry.snapshot())
@@ -411,31 +411,34 @@ impl Node {
 
     fn outgoing_control(&self, id: &str) -> Result<(Arc<TransferEntry>, Arc<Control>), NodeError> {
         let entry = self.outgoing_entry(id, "pause and resume it on the sending device")?;
-        let control = self.inner.outgoing.get(id).ok_or_else(|| {
-            NodeError::FailedPrecondition(format!(
-                "transfer {id} has already ended ({:?})",
-                entry.state()
-            ))
-        })?;
+        let control = self
+            .inner
+            .outgoing
+            .get(id)
+            .ok_or_else(|| NodeError::TransferEnded {
+                id: id.to_owned(),
+                state: entry.state(),
+            })?;
         Ok((entry, control))
     }
 
-    /// The outgoing transfer `id`; `NotFound`, or `FailedPrecondition` saying `what_instead`
-    /// for a receiving one.
+    /// The outgoing transfer `id`; [`NodeError::NoTransfer`], or [`NodeError::Incoming`]
+    /// saying `instead` for a receiving one.
     pub(super) fn outgoing_entry(
         &self,
         id: &str,
-        what_instead: &str,
+        instead: &'static str,
     ) -> Result<Arc<TransferEntry>, NodeError> {
         let entry = self
             .inner
             .transfers
             .get(id)
-            .ok_or_else(|| NodeError::NotFound(format!("no transfer {id}")))?;
+            .ok_or_else(|| NodeError::NoTransfer(id.to_owned()))?;
         if entry.direction == Direction::Receive {
-            return Err(NodeError::FailedPrecondition(format!(
-                "transfer {id} is incoming: {what_instead}"
-            )));
+            return Err(NodeError::Incoming {
+                id: id.to_owned(),
+                instead,
+            });
         }
         Ok(entry)
     }

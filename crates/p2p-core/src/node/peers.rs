@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
+use super::errors::PeerLookupError;
 use super::{Node, NodeError, lock, now_ms};
 use crate::error_chain;
 use crate::net::discovery::{Discovery, DiscoveryConfig, Peer, PeerEvent};
@@ -105,7 +106,7 @@ impl Node {
     /// Starts LAN discovery on UDP `port`.
     ///
     /// # Errors
-    /// `Setup` if the socket cannot be opened.
+    /// [`NodeError::Discovery`] if the socket cannot be opened.
     pub fn start_discovery(&self, port: u16) -> Result<u16, NodeError> {
         let d = Discovery::start(
             DiscoveryConfig {
@@ -117,8 +118,7 @@ impl Node {
             self.inner.peers.events.clone(),
             &self.inner.tasks,
             &self.inner.shutdown,
-        )
-        .map_err(|e| NodeError::Setup(error_chain(&e)))?;
+        )?;
         let port = d.port();
         let _ = self.inner.peers.discovery.set(d);
         Ok(port)
@@ -148,7 +148,7 @@ impl Node {
                     is_static: true,
                 }),
                 Err(e) => {
-                    tracing::debug!(peer = %addr, cause = %e, "static peer not reachable");
+                    tracing::debug!(peer = %addr, cause = %error_chain(&e), "static peer not reachable");
                     None
                 }
             };
@@ -174,7 +174,7 @@ impl Node {
 
     /// Turns what the user typed as a peer into `HOST:PORT` or `ID@HOST:PORT`: addresses pass
     /// through; anything else is a peer name (or id prefix) looked up among discovered peers.
-    pub(super) fn resolve_target(&self, text: &str) -> Result<String, NodeError> {
+    pub(super) fn resolve_target(&self, text: &str) -> Result<String, PeerLookupError> {
         let text = text.trim();
         if looks_like_address(text) {
             return Ok(text.to_owned());
@@ -192,33 +192,23 @@ impl Node {
             .collect();
         let describe = |p: &Peer| format!("{} ({}, {})", p.name, p.id.short(), p.addr);
         match matches.as_slice() {
-            [one] if !one.compatible() => Err(NodeError::InvalidArgument(format!(
-                "peer {} speaks protocol version {}, this p2pd speaks {}",
-                describe(one),
-                one.protocol_version,
-                crate::net::wire::PROTOCOL_VERSION
-            ))),
+            [one] if !one.compatible() => Err(PeerLookupError::Incompatible {
+                peer: describe(one),
+                version: one.protocol_version,
+                ours: crate::net::wire::PROTOCOL_VERSION,
+            }),
             // The beacon's id is required: a device answering at that address with another key
             // is an impostor.
             [one] => Ok(format!("{}@{}", one.id, one.addr)),
-            [] if peers.is_empty() => Err(NodeError::InvalidArgument(format!(
-                "no peer named {text:?}: no peers are known (give HOST:PORT, or check that discovery reaches them)"
-            ))),
-            [] => Err(NodeError::InvalidArgument(format!(
-                "no peer named {text:?}; known peers: {}",
-                peers
-                    .iter()
-                    .map(|(p, _)| describe(p))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
-            many => Err(NodeError::InvalidArgument(format!(
-                "{text:?} matches several peers: {}; use the device id or HOST:PORT",
-                many.iter()
-                    .map(|p| describe(p))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
+            [] if peers.is_empty() => Err(PeerLookupError::NoPeers(text.to_owned())),
+            [] => Err(PeerLookupError::NoMatch {
+                name: text.to_owned(),
+                known: peers.iter().map(|(p, _)| describe(p)).collect(),
+            }),
+            many => Err(PeerLookupError::Ambiguous {
+                name: text.to_owned(),
+                matches: many.iter().map(|p| describe(p)).collect(),
+            }),
         }
     }
 }

@@ -3,7 +3,6 @@
 //! Pausing and resuming belong to the sending side (`outgoing`).
 
 use super::{Node, NodeError};
-use crate::error_chain;
 use crate::store::history::{HistoryEntry, HistoryFilter};
 use crate::transfer::{Direction, TransferSnapshot, TransferState};
 
@@ -16,13 +15,13 @@ impl Node {
     /// One transfer.
     ///
     /// # Errors
-    /// `NotFound`.
+    /// [`NodeError::NoTransfer`].
     pub fn transfer(&self, id: &str) -> Result<TransferSnapshot, NodeError> {
         self.inner
             .transfers
             .get(id)
             .map(|e| e.snapshot())
-            .ok_or_else(|| NodeError::NotFound(format!("no transfer {id}")))
+            .ok_or_else(|| NodeError::NoTransfer(id.to_owned()))
     }
 
     /// Subscribes to transfer events (subscribe before listing to miss nothing).
@@ -33,7 +32,7 @@ impl Node {
     /// Cancels a transfer in either direction.
     ///
     /// # Errors
-    /// `NotFound`, or `FailedPrecondition` if it already ended.
+    /// [`NodeError::NoTransfer`], or [`NodeError::TransferEnded`] if it already ended.
     pub fn cancel(&self, id: &str) -> Result<(), NodeError> {
         self.cancel_because(id, "cancelled by user")
     }
@@ -44,13 +43,13 @@ impl Node {
             .inner
             .transfers
             .get(id)
-            .ok_or_else(|| NodeError::NotFound(format!("no transfer {id}")))?;
+            .ok_or_else(|| NodeError::NoTransfer(id.to_owned()))?;
         let was = entry.state();
         if !entry.set_state(TransferState::Cancelled, reason) {
-            return Err(NodeError::FailedPrecondition(format!(
-                "transfer {id} has already ended ({:?})",
-                entry.state()
-            )));
+            return Err(NodeError::TransferEnded {
+                id: id.to_owned(),
+                state: entry.state(),
+            });
         }
         self.inner.offers.withdraw(id);
         let running_here = self.inner.receiving.holds(id);
@@ -67,8 +66,9 @@ impl Node {
     /// at once. Returns the transfer with its new limit.
     ///
     /// # Errors
-    /// `NotFound`; `InvalidArgument` for a limit below the minimum; `FailedPrecondition` if the
-    /// transfer has ended or is an incoming one (limits apply on the sending daemon).
+    /// [`NodeError::NoTransfer`]; [`NodeError::Rate`] for a limit below the minimum;
+    /// [`NodeError::TransferEnded`] or [`NodeError::Incoming`] (limits apply on the sending
+    /// daemon); [`NodeError::Store`] if the limit cannot be recorded.
     pub fn set_transfer_limit(
         &self,
         id: &str,
@@ -78,42 +78,33 @@ impl Node {
             self.outgoing_entry(id, "speed limits apply on the sending daemon, set it there")?;
         let state = entry.state();
         if state.is_final() {
-            return Err(NodeError::FailedPrecondition(format!(
-                "transfer {id} has already ended ({state:?})"
-            )));
+            return Err(NodeError::TransferEnded {
+                id: id.to_owned(),
+                state,
+            });
         }
-        crate::transfer::ratelimit::check_rate(max_speed)
-            .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+        crate::transfer::ratelimit::check_rate(max_speed)?;
         // Kept with the transfer's record, so the limit holds after a restart too.
-        self.inner
-            .store
-            .set_outgoing_max_speed(id, max_speed)
-            .map_err(|e| NodeError::Io(error_chain(&e)))?;
+        self.inner.store.set_outgoing_max_speed(id, max_speed)?;
         Ok(entry.set_max_speed(max_speed))
     }
 
     /// Ended transfers matching `filter`, newest first.
     ///
     /// # Errors
-    /// `InvalidArgument` for a bad filter value; `Io` if the state store fails.
+    /// [`NodeError::HistoryFilter`] for a bad filter value; [`NodeError::Store`] if the state
+    /// store fails.
     pub fn history(&self, filter: &HistoryFilter) -> Result<Vec<HistoryEntry>, NodeError> {
-        filter.validate().map_err(NodeError::InvalidArgument)?;
-        self.inner
-            .store
-            .list_history(filter)
-            .map_err(|e| NodeError::Io(error_chain(&e)))
+        filter.validate()?;
+        Ok(self.inner.store.list_history(filter)?)
     }
 
     /// Deletes the whole history. Returns how many records it held.
     ///
     /// # Errors
-    /// `Io` if the state store fails.
+    /// [`NodeError::Store`] if the state store fails.
     pub fn clear_history(&self) -> Result<u64, NodeError> {
-        let removed = self
-            .inner
-            .store
-            .clear_history()
-            .map_err(|e| NodeError::Io(error_chain(&e)))?;
+        let removed = self.inner.store.clear_history()?;
         tracing::info!(removed, "history cleared");
         Ok(removed)
     }
