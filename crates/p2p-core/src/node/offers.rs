@@ -447,3 +447,150 @@ impl Node {
             .map_err(|_| NodeError::OfferGone(id.to_owned()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::super::tests::{node_with, settings};
+    use super::super::{ErrorKind, NodeSettings};
+    use super::*;
+    use crate::net::session::{self, LocalInfo, SessionEvents};
+    use crate::transfer::SendOptions;
+    use crate::transfer::manifest::LocalManifest;
+
+    /// The sending side of a bare session: it offers nothing to the node, only frames.
+    struct Sender;
+
+    impl SessionEvents for Sender {
+        fn offer(&self, _: Arc<Session>, _: wire::TransferInfo, _: mpsc::Receiver<Body>) {}
+        fn stray_cancel(&self, _: &Arc<Session>, _: &wire::Cancel) {}
+        fn lane_of(&self, _: &[u8], _: DeviceId) -> Option<Arc<Session>> {
+            None
+        }
+        fn ended(&self, _: &Arc<Session>, _: &str) {}
+    }
+
+    /// A session from a sender of our own to `node`, over an in-memory pipe: no socket, so
+    /// that a paused clock only moves when everything waits for a timer.
+    async fn session_to(node: &Node, parent: &CancellationToken) -> Arc<Session> {
+        let id = DeviceId::from_spki(b"sender");
+        let local = LocalInfo {
+            device_id: id.to_string(),
+            name: "sender".into(),
+            listen_port: 1,
+        };
+        let remote: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let proposal = wire::Config {
+            chunk_size: crate::transfer::DEFAULT_CHUNK,
+            compress: true,
+            level: crate::transfer::DEFAULT_LEVEL,
+            windowed: true,
+            window_size: crate::transfer::DEFAULT_WINDOW,
+        };
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let node_id = node.identity().device_id;
+        let node_info = node.local_info();
+        let (sender, accepted) = tokio::join!(
+            session::initiate(
+                ours,
+                remote,
+                node_id,
+                &local,
+                proposal,
+                Arc::new(Sender),
+                parent
+            ),
+            session::accept(
+                theirs,
+                remote,
+                id,
+                &node_info,
+                node.events(),
+                &node.inner.shutdown
+            )
+        );
+        let session::Accepted::Session(s) = accepted.unwrap() else {
+            panic!("a lane instead of a session");
+        };
+        node.register(s);
+        sender.unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_offer_nobody_decides_is_rejected_as_expired_after_offer_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = node_with(
+            dir.path(),
+            NodeSettings {
+                accept: AcceptPolicy::Ask,
+                ..settings(dir.path())
+            },
+        );
+        let parent = CancellationToken::new();
+        let sender = session_to(&node, &parent).await;
+
+        let src = dir.path().join("offered.txt");
+        std::fs::write(&src, b"wait for me").unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        let info = LocalManifest::build(&[src])
+            .unwrap()
+            .offer(&id, SendOptions::default(), false);
+        let (tx, mut answers) = mpsc::channel(8);
+        sender.route(&id, tx);
+        sender.send(Body::TransferInfo(info)).await.unwrap();
+
+        // The offer waits (the sender is not trusted: it is asked about whatever the policy).
+        let mut offers = Vec::new();
+        for _ in 0..1000 {
+            offers = node.incoming();
+            if !offers.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let [offer] = offers.as_slice() else {
+            panic!("one offer waits: {offers:?}");
+        };
+        assert_eq!(offer.transfer_id, id);
+        assert!(!offer.peer_trusted);
+        assert_eq!(
+            offer.expires_at_ms - offer.offered_at_ms,
+            OFFER_TIMEOUT.as_millis() as u64
+        );
+
+        // A second before the timeout it still waits, and the sender has heard nothing.
+        tokio::time::sleep(OFFER_TIMEOUT - Duration::from_secs(1)).await;
+        assert_eq!(node.incoming().len(), 1);
+        assert_eq!(
+            node.transfer(&id).unwrap().state,
+            TransferState::WaitingAccept
+        );
+        assert!(answers.try_recv().is_err());
+
+        // Then it is rejected as expired, here and to the sender.
+        let answer = tokio::time::timeout(Duration::from_secs(2), answers.recv())
+            .await
+            .expect("an answer within the timeout")
+            .expect("the route is open");
+        match answer {
+            Body::Reject(r) => assert_eq!(
+                (r.transfer_id, r.reason.as_str()),
+                (id.clone(), "offer expired")
+            ),
+            other => panic!("expected Reject, got {other:?}"),
+        }
+        assert!(node.incoming().is_empty());
+        let t = node.transfer(&id).unwrap();
+        assert_eq!(
+            (t.state, t.error.as_str()),
+            (TransferState::Rejected, "offer expired")
+        );
+        let late = node.accept(&id, None).unwrap_err();
+        assert_eq!(late.kind(), ErrorKind::NotFound, "{late}");
+
+        sender.close();
+        parent.cancel();
+        assert!(node.shutdown(Duration::from_secs(5)).await);
+    }
+}

@@ -527,6 +527,8 @@ impl Node {
 
 #[cfg(test)]
 mod tests {
+    use super::super::NodeSettings;
+    use super::super::tests::{node_with, settings};
     use super::*;
 
     #[test]
@@ -534,5 +536,136 @@ mod tests {
         let secs: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(secs, vec![2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
+
+    /// A node whose outgoing transfers give up after `max_attempts`, and a transfer of one
+    /// small file to a peer that cannot be dialed: a name no discovery heard of, so that every
+    /// attempt fails at once, with no socket to wait for (the clock is paused).
+    fn unreachable_send(
+        dir: &std::path::Path,
+        max_attempts: u32,
+    ) -> (Node, Arc<TransferEntry>, Arc<LocalManifest>) {
+        let node = node_with(
+            dir,
+            NodeSettings {
+                max_attempts,
+                ..settings(dir)
+            },
+        );
+        let src = dir.join("f.txt");
+        std::fs::write(&src, b"x").unwrap();
+        let manifest = Arc::new(LocalManifest::build(&[src]).unwrap());
+        let entry = node.inner.transfers.insert(
+            NewTransfer {
+                id: uuid::Uuid::new_v4().to_string(),
+                direction: Direction::Send,
+                state: TransferState::Offered,
+                peer_id: crate::DeviceId::from_spki(b"peer").to_string(),
+                peer_name: String::new(),
+                peer_address: String::new(),
+                roots: manifest.roots.clone(),
+                total_files: 1,
+                total_bytes: 1,
+                destination: String::new(),
+                started: None,
+                max_speed: 0,
+            },
+            CancellationToken::new(),
+        );
+        (node, entry, manifest)
+    }
+
+    /// Starts the supervisor of `entry`, dialing the unknown peer `nobody`.
+    fn supervise_unreachable(
+        node: &Node,
+        entry: &Arc<TransferEntry>,
+        manifest: Arc<LocalManifest>,
+    ) {
+        node.spawn_outgoing(
+            entry.clone(),
+            manifest,
+            SendOptions::default(),
+            "nobody".into(),
+            None,
+            false,
+            false,
+        );
+    }
+
+    /// The next event of transfer `id` in `state`, within a (virtual) hour.
+    async fn next_in(
+        events: &mut tokio::sync::broadcast::Receiver<TransferSnapshot>,
+        id: &str,
+        state: TransferState,
+    ) -> TransferSnapshot {
+        tokio::time::timeout(Duration::from_secs(3600), async {
+            loop {
+                let snap = events.recv().await.unwrap();
+                if snap.id == id && snap.state == state {
+                    return snap;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {state:?} event"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_transfer_retries_after_2_4_8_s_and_then_every_minute() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, entry, manifest) = unreachable_send(dir.path(), 0);
+        let mut events = node.subscribe_transfers();
+        let start = tokio::time::Instant::now();
+        supervise_unreachable(&node, &entry, manifest);
+        // Each failed attempt announces the retry; the next attempt comes after the delay.
+        let mut failed_at = Vec::new();
+        for attempt in 1..=9 {
+            let snap = next_in(&mut events, &entry.id, TransferState::Retrying).await;
+            assert_eq!(snap.attempt, attempt);
+            assert!(snap.error.contains("no peer named"), "{}", snap.error);
+            failed_at.push(start.elapsed().as_secs());
+        }
+        assert_eq!(failed_at, [0, 2, 6, 14, 30, 62, 122, 182, 242]);
+        node.cancel(&entry.id).unwrap();
+        assert!(node.shutdown(Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_transfer_gives_up_after_max_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, entry, manifest) = unreachable_send(dir.path(), 3);
+        let mut events = node.subscribe_transfers();
+        let start = tokio::time::Instant::now();
+        supervise_unreachable(&node, &entry, manifest);
+        let end = next_in(&mut events, &entry.id, TransferState::Failed).await;
+        // Attempts at 0, 2 and 6 s; the third failure ends it.
+        assert_eq!(start.elapsed().as_secs(), 6);
+        assert_eq!(end.attempt, 3);
+        assert!(
+            end.error.starts_with("gave up after 3 failed attempts: "),
+            "{}",
+            end.error
+        );
+        assert!(node.shutdown(Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resume_cuts_a_backoff_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, entry, manifest) = unreachable_send(dir.path(), 0);
+        let mut events = node.subscribe_transfers();
+        let start = tokio::time::Instant::now();
+        supervise_unreachable(&node, &entry, manifest);
+        for _ in 0..4 {
+            next_in(&mut events, &entry.id, TransferState::Retrying).await;
+        }
+        // Waiting 16 s now; a resume tries again at once.
+        assert_eq!(start.elapsed().as_secs(), 14);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        node.resume(&entry.id).unwrap();
+        let snap = next_in(&mut events, &entry.id, TransferState::Retrying).await;
+        assert_eq!((snap.attempt, start.elapsed().as_secs()), (5, 15));
+        node.cancel(&entry.id).unwrap();
+        assert!(node.shutdown(Duration::from_secs(5)).await);
     }
 }
