@@ -22,7 +22,7 @@ use crate::net::{tls, tune};
 use crate::transfer::{MAX_CHUNK, MAX_WINDOW};
 
 /// Time allowed to open a TCP connection to a peer.
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes running at once on the listener; connections beyond are dropped at once.
 const MAX_HANDSHAKES: usize = 64;
 /// Handshakes running at once from one address, so one host cannot take every slot.

@@ -39,30 +39,38 @@ pub(super) const INTERRUPTED_TTL: Duration = Duration::from_secs(30 * 86_400);
 /// How long a sender that resumes a completed transfer has to send `Complete`.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Answers the resume of a transfer that ended here — `ended` is `Ok` if it completed, else
-/// why not: a completed one is confirmed (everything arrived, the sender did not hear so: a
-/// lost CompleteAck, or it stopped just then), any other refused with its reason.
+/// How a transfer that ended here ended, as the answer to its resume needs it.
+enum Ended {
+    /// Everything arrived.
+    Completed,
+    /// It failed, was cancelled or rejected: why, as the sender is told.
+    Otherwise(String),
+}
+
+/// Answers the resume of a transfer that ended here: a completed one is confirmed
+/// (everything arrived, the sender did not hear so: a lost CompleteAck, or it stopped just
+/// then), any other refused with its reason.
 async fn answer_ended(
     session: &Session,
     info: wire::TransferInfo,
     frames: mpsc::Receiver<Body>,
-    ended: Result<(), String>,
+    ended: Ended,
 ) {
     match ended {
-        Ok(()) => {
+        Ended::Completed => {
             tracing::info!(transfer = %info.transfer_id, peer = %session.peer.device_id, "resume of a completed transfer; confirming");
             already_complete(session, &info, frames).await;
         }
-        Err(reason) => session.reject(&info.transfer_id, reason).await,
+        Ended::Otherwise(reason) => session.reject(&info.transfer_id, reason).await,
     }
 }
 
-/// How a transfer entry that is final here ended, as `answer_ended` takes it.
-fn outcome(e: &TransferEntry) -> Result<(), String> {
+/// How a transfer entry that is final here ended.
+fn outcome(e: &TransferEntry) -> Ended {
     if e.state() == TransferState::Completed {
-        Ok(())
+        Ended::Completed
     } else {
-        Err(format!(
+        Ended::Otherwise(format!(
             "the transfer already ended here: {}",
             e.snapshot().error
         ))
@@ -117,9 +125,18 @@ fn free_space(dir: &Path) -> std::io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// An offer that does not fit in the free space of its destination.
+#[derive(Debug, thiserror::Error)]
+#[error("not enough free space in {dir}: the transfer needs {need} bytes, {free} are free")]
+struct NoSpace {
+    dir: PathBuf,
+    need: u64,
+    free: u64,
+}
+
 /// Refuses an offer that cannot fit: `need` payload bytes into `dir` (or its nearest
 /// existing ancestor, before it is created).
-fn check_space(dir: &Path, need: u64) -> Result<(), String> {
+fn check_space(dir: &Path, need: u64) -> Result<(), NoSpace> {
     let mut probe = dir;
     while !probe.exists() {
         match probe.parent() {
@@ -128,10 +145,11 @@ fn check_space(dir: &Path, need: u64) -> Result<(), String> {
         }
     }
     match free_space(probe) {
-        Ok(free) if free < need => Err(format!(
-            "not enough free space in {}: the transfer needs {need} bytes, {free} are free",
-            dir.display()
-        )),
+        Ok(free) if free < need => Err(NoSpace {
+            dir: dir.to_path_buf(),
+            need,
+            free,
+        }),
         Ok(_) => Ok(()),
         Err(e) => {
             tracing::warn!(dir = %probe.display(), cause = %e, "cannot read free space; accepting without the check");
@@ -246,8 +264,8 @@ impl Node {
                     .store
                     .history_outcome(&id, Direction::Receive, &peer);
                 let ended = match ended {
-                    Ok(Some((HistoryStatus::Completed, _))) => Ok(()),
-                    Ok(Some((_, reason))) => Err(reason),
+                    Ok(Some((HistoryStatus::Completed, _))) => Ended::Completed,
+                    Ok(Some((_, reason))) => Ended::Otherwise(reason),
                     _ => return Err((info, frames)),
                 };
                 answer_ended(session, info, frames, ended).await;
@@ -627,7 +645,7 @@ fn prepare(
     peer_id: &str,
 ) -> Result<(Destination, receive::Start), (TransferState, String)> {
     let failed = |e: String| (TransferState::Failed, e);
-    let rejected = |e: String| (TransferState::Rejected, e);
+    let rejected = |e: NoSpace| (TransferState::Rejected, e.to_string());
     let total: u64 = info
         .files
         .iter()
