@@ -2,21 +2,19 @@
 //! cloneable handle; the control service and tests call it. It never prints.
 //!
 //! The rest of the facade is cut along its seams, each file owning its part of the state:
-//! - [`connect`]: the accept loop, dialing, TLS, lanes, `connect` / `disconnect`, the live
+//! - `connect`: the accept loop, dialing, TLS, lanes, `connect` / `disconnect`, the live
 //!   sessions (`Sessions`).
-//! - [`offers`]: an incoming offer from its arrival to a decision — checks, rules, the wait for
+//! - `offers`: an incoming offer from its arrival to a decision — checks, rules, the wait for
 //!   `accept` / `reject`, expiry (`Offers`).
-//! - [`incoming`]: the receiving side's life across sessions — running an accepted transfer,
+//! - `incoming`: the receiving side's life across sessions — running an accepted transfer,
 //!   resume, restart (`Claims`).
-//! - [`outgoing`]: `send` and the supervisor of each outgoing transfer — retries with backoff,
+//! - `outgoing`: `send` and the supervisor of each outgoing transfer — retries with backoff,
 //!   pause and resume, restart (`Outgoing`).
-//! - [`devices`]: known devices and trust.
-//! - [`peers`]: discovery, static peers, peer names (`PeerBook`).
-//! - [`transfers`]: listing, cancelling, limits and history of transfers.
-//! - [`views`]: the plain values the node takes and shows (policies, status, offers, sessions).
-//! - [`errors`]: [`NodeError`] and its [`ErrorKind`].
-//!
-//! [`ErrorKind`]: errors::ErrorKind
+//! - `devices`: known devices and trust.
+//! - `peers`: discovery, static peers, peer names (`PeerBook`).
+//! - `transfers`: listing, cancelling, limits and history of transfers.
+//! - `views`: the plain values the node takes and shows (policies, status, offers, sessions).
+//! - `errors`: [`NodeError`] and its [`ErrorKind`], with the causes of dial failures.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -87,6 +85,8 @@ struct Inner {
     // Known and trusted devices, unfinished transfers and history; shared with the
     // history hook of `transfers`.
     store: Arc<Store>,
+    // The root token: cancelling it stops every task; sessions, claims and attempts hang
+    // child tokens under it.
     shutdown: CancellationToken,
     // Every task the node spawns is registered here so that shutdown can join them.
     tasks: TaskTracker,

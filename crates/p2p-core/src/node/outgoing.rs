@@ -44,6 +44,8 @@ pub(super) fn backoff(failures: u32) -> Duration {
 /// How the user steers a transfer's supervisor.
 #[derive(Debug, Default)]
 pub(super) struct Control {
+    // Set by `pause`, cleared by `resume` (RPCs), read by the supervisor between attempts:
+    // a flag, with `wake` to tell it.
     paused: AtomicBool,
     // Wakes the supervisor out of a pause or a backoff.
     wake: Notify,
