@@ -21,8 +21,8 @@ pub mod transfer;
 pub use net::device_id::DeviceId;
 pub use net::identity::{Identity, IdentityError};
 pub use node::{
-    AcceptPolicy, DeviceView, IncomingOffer, Node, NodeError, NodeSettings, SessionInfo, Status,
-    UntrustedPolicy,
+    AcceptPolicy, DeviceView, ErrorKind, IncomingOffer, Node, NodeError, NodeSettings, SessionInfo,
+    Status, UntrustedPolicy,
 };
 pub use store::history::{HistoryEntry, HistoryFilter, HistoryStatus};
 pub use transfer::{Direction, SendOptions, TransferSnapshot, TransferState};

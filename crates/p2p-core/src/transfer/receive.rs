@@ -10,7 +10,7 @@
 //! the temporary files written since the last one are synced and their chunks recorded in the
 //! store. An interrupted transfer keeps its temporary files; `resume` continues from them.
 //!
-//! Syncing is the slow part, so it has a thread of its own (the syncer, see [`Job`]): the
+//! Syncing is the slow part, so it has a thread of its own (the syncer, see `Job`): the
 //! receiving thread writes and verifies while the syncer makes earlier files durable, in
 //! batches — one `syncfs(2)` for a batch of many small files instead of an fsync each — and only
 //! then a third thread (the placer) links them in place, records them and reports them to the

@@ -1,17 +1,17 @@
 //! The one mapping from core errors to gRPC status codes.
 
-use p2p_core::NodeError;
+use p2p_core::{ErrorKind, NodeError};
 use tonic::Status;
 
-/// The one mapping from core errors to gRPC status codes.
+/// The one mapping from core errors to gRPC status codes: the error's kind gives the code, its
+/// chain of causes the message.
 pub(super) fn status_of(e: NodeError) -> Status {
-    let msg = e.to_string();
-    match e {
-        NodeError::PathNotFound(_) | NodeError::NotFound(_) => Status::not_found(msg),
-        NodeError::InvalidArgument(_) => Status::invalid_argument(msg),
-        NodeError::Unreachable { .. } => Status::unavailable(msg),
-        NodeError::FailedPrecondition(_) => Status::failed_precondition(msg),
-        NodeError::Io(_) => Status::failed_precondition(msg),
-        NodeError::ListenerAddr(_) | NodeError::Setup(_) => Status::internal(msg),
+    let msg = p2p_core::error_chain(&e);
+    match e.kind() {
+        ErrorKind::NotFound => Status::not_found(msg),
+        ErrorKind::InvalidArgument => Status::invalid_argument(msg),
+        ErrorKind::FailedPrecondition => Status::failed_precondition(msg),
+        ErrorKind::Unavailable => Status::unavailable(msg),
+        ErrorKind::Internal => Status::internal(msg),
     }
 }
