@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::net::identity::Identity;
 use crate::net::tls;
@@ -168,9 +169,10 @@ impl Node {
         // Restored before the listener runs, so that a sender resuming at once finds them.
         node.restore_incoming();
         let n = node.clone();
-        node.inner
-            .tasks
-            .spawn(async move { n.accept_loop(listener).await });
+        node.inner.tasks.spawn(
+            async move { n.accept_loop(listener).await }
+                .instrument(tracing::info_span!("listener", addr = %listen_addr)),
+        );
         node.restore_outgoing();
         Ok(node)
     }

@@ -12,6 +12,7 @@ use p2p_proto::wire::v1::frame::Body;
 use p2p_proto::wire::v1::{self as wire};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
+use tracing::Instrument;
 
 use super::errors::{DialError, TlsHandshakeError};
 use super::{Inner, Node, NodeError, SessionInfo, lock};
@@ -170,10 +171,14 @@ impl SessionEvents for Events {
     fn offer(&self, session: Arc<Session>, info: wire::TransferInfo, frames: mpsc::Receiver<Body>) {
         if let Some(inner) = self.0.upgrade() {
             let node = Node { inner };
-            node.inner
-                .tasks
-                .clone()
-                .spawn(async move { node.handle_offer(session, info, frames).await });
+            let span = tracing::info_span!(
+                "offer",
+                transfer = %info.transfer_id,
+                peer = %session.peer.id.short()
+            );
+            node.inner.tasks.clone().spawn(
+                async move { node.handle_offer(session, info, frames).await }.instrument(span),
+            );
         }
     }
 
@@ -303,7 +308,7 @@ impl Node {
                     }
                     Err(_) => tracing::info!(%remote, "incoming peer handshake timed out"),
                 }
-            });
+            }.instrument(tracing::info_span!("handshake", %remote)));
         }
     }
 
@@ -420,6 +425,7 @@ impl Node {
         }
         let node = self.clone();
         let s = s.clone();
+        let span = tracing::info_span!("lanes", session = s.id);
         self.inner.tasks.spawn(async move {
             let config = match tls::client_config(&node.inner.identity, Some(s.peer.id)) {
                 Ok(c) => c,
@@ -456,7 +462,7 @@ impl Node {
                     }
                 }
             }
-        });
+        }.instrument(span));
     }
 
     /// Records a new session and its device.

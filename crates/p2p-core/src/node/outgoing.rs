@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{Node, NodeError, lock, now_ms};
 use crate::error_chain;
@@ -199,11 +200,15 @@ impl Node {
         control.paused.store(paused, Ordering::Relaxed);
         self.inner.outgoing.insert(&entry.id, control.clone());
         let node = self.clone();
-        self.inner.tasks.spawn(async move {
-            node.supervise(&entry, manifest, opts, &dial, session, resume, &control)
-                .await;
-            node.inner.outgoing.remove(&entry.id);
-        });
+        let span = tracing::info_span!("send", transfer = %entry.id);
+        self.inner.tasks.spawn(
+            async move {
+                node.supervise(&entry, manifest, opts, &dial, session, resume, &control)
+                    .await;
+                node.inner.outgoing.remove(&entry.id);
+            }
+            .instrument(span),
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
