@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# A/B of two p2pd builds: the same 1 GiB random file sent on loopback by a pair of daemons of
-# build A and a pair of build B, interleaved run by run (A B, B A, A B, ...), so that both see
+# A/B of two p2pd builds: the same 1 GiB random file (or, with --files N, a folder of N files of
+# 4 KiB) sent on loopback by a pair of daemons of build A and a pair of build B, interleaved run by run (A B, B A, A B, ...), so that both see
 # the same machine. Prints every run (wall time, CPU seconds of sender and receiver), best and
 # median of each build, and B's throughput as a fraction of A's. Not a test: it fails only when
 # something breaks (a daemon that does not start, wrong bytes received). See bench/README.md.
 #
-#   bench/ab.sh A_BIN_DIR B_BIN_DIR [--runs N] [--size SIZE]
+#   bench/ab.sh A_BIN_DIR B_BIN_DIR [--runs N] [--size SIZE | --files N]
 #
 # Used for the TLS target: A = a plaintext build (wire protocol 1, commit 6ad2690), B = this one.
 set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: bench/ab.sh A_BIN_DIR B_BIN_DIR [--runs N] [--size SIZE]
+usage: bench/ab.sh A_BIN_DIR B_BIN_DIR [--runs N] [--size SIZE | --files N]
 
   A_BIN_DIR, B_BIN_DIR  directories holding p2pd and p2pctl of the two builds
   --runs N              runs per build (default 8; even, so each build goes first as often)
   --size SIZE           file size for bench-data (default 1G)
+  --files N             send a folder of N files of 4 KiB instead of one large file (each
+                        run into a fresh destination directory, the deletion outside the
+                        timed window and followed by sync)
 
 Temporary data goes under $BENCH_DIR (default /var/tmp), which must be a real disk.
 Example (the plaintext baseline of the TLS target):
@@ -39,6 +42,7 @@ declare -A BIN=([A]=$1 [B]=$2)
 shift 2
 RUNS=8
 SIZE=1G
+FILES=0
 while (($#)); do
     case "$1" in
     --runs)
@@ -50,6 +54,11 @@ while (($#)); do
         shift
         SIZE=${1:-}
         [[ $SIZE =~ ^[1-9][0-9]*[KMG]?$ ]] || die "--size takes a size such as 256M or 1G"
+        ;;
+    --files)
+        shift
+        FILES=${1:-}
+        [[ $FILES =~ ^[1-9][0-9]*$ ]] || die "--files takes a positive number"
         ;;
     -h | --help)
         usage
@@ -121,9 +130,22 @@ ctl() { # BUILD NAME ARGS...
     "${BIN[$b]}/p2pctl" --socket "${SOCK[$b-$n]}" "$@"
 }
 
-echo "ab: writing $SIZE of random data" >&2
-"$BENCH_DATA" random "$SIZE" "$WORK/data.bin" >/dev/null
-WANT=$(sha256sum <"$WORK/data.bin" | cut -d' ' -f1)
+# What goes over the wire: one file, or a folder; its digest is the SHA-256 of every file's
+# digest in name order, so a folder is checked file by file.
+digest() { (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1); }
+if ((FILES)); then
+    echo "ab: writing $FILES files of 4 KiB" >&2
+    mkdir -p "$WORK/src"
+    "$BENCH_DATA" files "$FILES" 4096 "$WORK/src/data.bin" >/dev/null
+    WANT=$(digest "$WORK/src/data.bin")
+    WHAT="$FILES x 4 KiB"
+else
+    echo "ab: writing $SIZE of random data" >&2
+    mkdir -p "$WORK/src"
+    "$BENCH_DATA" random "$SIZE" "$WORK/src/data.bin" >/dev/null
+    WANT=$(sha256sum <"$WORK/src/data.bin" | cut -d' ' -f1)
+    WHAT="$SIZE random"
+fi
 head -c 100 /dev/urandom >"$WORK/warm"
 for b in A B; do
     start "$b" snd
@@ -135,7 +157,7 @@ for b in A B; do
     # Opens the session, as a resident daemon would have it.
     ctl "$b" snd send "$WORK/warm" --peer "${ADDR[$b-rcv]}" --json >/dev/null || die "warm-up of $b failed"
 done
-cat "$WORK/data.bin" >/dev/null
+find "$WORK/src" -type f -exec cat {} + >/dev/null
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
@@ -144,17 +166,22 @@ for i in $(seq "$RUNS"); do
     order=(A B)
     ((i % 2)) || order=(B A)
     for b in "${order[@]}"; do
-        rm -f "$WORK/$b-rcv/dl/data.bin"*
+        rm -rf "$WORK/$b-rcv/dl"
+        mkdir -p "$WORK/$b-rcv/dl"
         sync
         s0=$(cpu_ticks "${PID[$b-snd]}")
         r0=$(cpu_ticks "${PID[$b-rcv]}")
         t0=$(date +%s.%N)
-        ctl "$b" snd send "$WORK/data.bin" --peer "${ADDR[$b-rcv]}" --json >/dev/null ||
+        ctl "$b" snd send "$WORK/src/data.bin" --peer "${ADDR[$b-rcv]}" --json >/dev/null ||
             die "transfer of build $b failed: $(tail -5 "$WORK/$b-snd/p2pd.log")"
         t1=$(date +%s.%N)
         s1=$(cpu_ticks "${PID[$b-snd]}")
         r1=$(cpu_ticks "${PID[$b-rcv]}")
-        got=$(sha256sum <"$WORK/$b-rcv/dl/data.bin" | cut -d' ' -f1)
+        if ((FILES)); then
+            got=$(digest "$WORK/$b-rcv/dl/data.bin")
+        else
+            got=$(sha256sum <"$WORK/$b-rcv/dl/data.bin" | cut -d' ' -f1)
+        fi
         [[ $got == "$WANT" ]] || die "build $b delivered wrong bytes"
         wall=$(echo "$t1 - $t0" | bc -l)
         TIMES[$b]+="$wall "
@@ -169,7 +196,7 @@ stats() { # best median
 }
 read -r a_best a_med <<<"$(stats "${TIMES[A]}")"
 read -r b_best b_med <<<"$(stats "${TIMES[B]}")"
-echo "p2pd A/B — $(date -u +%FT%TZ), $(nproc) CPUs, $SIZE random on loopback, $RUNS runs each, interleaved"
+echo "p2pd A/B — $(date -u +%FT%TZ), $(nproc) CPUs, $WHAT on loopback, $RUNS runs each, interleaved"
 echo "A: ${BIN[A]}"
 echo "B: ${BIN[B]}"
 printf '%-8s %10s %10s\n' build "best s" "median s"
