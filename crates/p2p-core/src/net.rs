@@ -9,7 +9,7 @@
 //! - [`wire`]: framing of the peer wire protocol (length prefix, limits, capability bits).
 //! - [`session`]: peer sessions — handshake, reader and writer tasks, keepalive, routing.
 //! - [`discovery`]: LAN discovery beacons and the table of peers heard.
-//! - [`tune`]: TCP options of peer connections (send buffer, lanes wanted).
+//! - `tune`: TCP options of peer connections (send buffer, lanes wanted).
 
 pub mod device_id;
 pub mod discovery;

@@ -8,7 +8,7 @@
 //! and queues the frames. The window is a semaphore: the producer takes a permit per chunk, an
 //! OK acknowledgement gives it back, a CRC failure re-sends the kept frame. The trackers and
 //! their invariants are described in `STATE.md` in this folder. Whether a failed attempt is
-//! tried again is decided by the caller (`node::outgoing`) from [`AttemptEnd`].
+//! tried again is decided by the caller (`node::outgoing`) from `AttemptEnd`.
 
 use std::collections::HashMap;
 use std::io::Read;
