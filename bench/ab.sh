@@ -21,7 +21,7 @@ usage: bench/ab.sh A_BIN_DIR B_BIN_DIR [--runs N] [--size SIZE]
 Temporary data goes under $BENCH_DIR (default /var/tmp), which must be a real disk.
 Example (the plaintext baseline of the TLS target):
   git worktree add /tmp/plain 6ad2690 && (cd /tmp/plain && cargo build --release -p p2pd -p p2pctl)
-  cargo build --release -p p2pd -p p2pctl -p p2p-bench
+  cargo build --release -p p2pd -p p2pctl -p p2p-tools
   bench/ab.sh /tmp/plain/target/release target/release
 EOF
 }
@@ -73,7 +73,7 @@ done
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
-(cd "$ROOT" && cargo build --release -q -p p2p-bench) || die "cannot build bench-data"
+(cd "$ROOT" && cargo build --release -q -p p2p-tools) || die "cannot build bench-data"
 BENCH_DATA=${CARGO_TARGET_DIR:-$ROOT/target}/release/bench-data
 
 WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/p2pd-ab.XXXXXX")

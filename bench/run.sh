@@ -63,9 +63,11 @@ while (($#)); do
 done
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# P2PD_BIN_DIR points at other builds (e.g. an older commit) to compare; default: this tree.
-BIN=${P2PD_BIN_DIR:-$ROOT/target/release}
-TOOLS=$ROOT/target/release
+# P2PD_BIN_DIR points at other builds (e.g. an older commit) to compare; default: this tree
+# (where cargo puts it: $CARGO_TARGET_DIR or target/). The tools (tun-delay, bench-data) are the
+# workspace member tools/, always built from this tree.
+TOOLS=${CARGO_TARGET_DIR:-$ROOT/target}/release
+BIN=${P2PD_BIN_DIR:-$TOOLS}
 
 # --- tools -------------------------------------------------------------------------------------
 missing=()
@@ -153,8 +155,8 @@ die() {
 log() { echo "bench: $*" >&2; }
 
 # --- build -------------------------------------------------------------------------------------
-log "building (cargo build --release -p p2pd -p p2pctl -p p2p-bench)"
-(cd "$ROOT" && cargo build --release -q -p p2pd -p p2pctl -p p2p-bench) || die "build failed"
+log "building (cargo build --release -p p2pd -p p2pctl -p p2p-tools)"
+(cd "$ROOT" && cargo build --release -q -p p2pd -p p2pctl -p p2p-tools) || die "build failed"
 [[ -x $BIN/p2pd && -x $BIN/p2pctl ]] || die "no p2pd/p2pctl in $BIN"
 
 WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/p2pd-bench.XXXXXX")

@@ -1,31 +1,43 @@
 //! Network namespaces for tests that need a network of their own (they run as root, with
-//! iproute2): running `ip`, and a guard that kills whatever is left in its namespaces and
-//! deletes them.
+//! iproute2): running `ip`, a guard that kills whatever is left in its namespaces and deletes
+//! them, and two networks built from them:
+//!
+//! - [`lan`]: a LAN — a bridge with `n` host namespaces — and daemons started in its hosts
+//!   with LAN discovery on;
+//! - [`link`]: two namespaces joined by the user-space relay `tun-delay` (delay, rate, random
+//!   loss, stalls), a daemon at either end.
+
+pub mod lan;
+pub mod link;
 
 use std::process::{Command, Output, Stdio};
 
-use crate::signal;
+use anyhow::{Context, Result, bail};
+
+pub use lan::{Lan, LanDaemon};
+pub use link::{End, Link};
+
+use crate::process::signal;
 
 /// Runs `ip ARGS…`; the error carries the command and its stderr.
 ///
 /// # Errors
 /// The command could not run or failed.
-pub fn ip(args: &[&str]) -> Result<Output, String> {
+pub fn ip(args: &[&str]) -> Result<Output> {
     let out = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run `ip {}`: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(out)
-    } else {
-        Err(format!(
+        .with_context(|| format!("cannot run `ip {}`", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
             "`ip {}` failed ({}): {}",
             args.join(" "),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        );
     }
+    Ok(out)
 }
 
 /// Namespaces created by a test. Dropping the guard kills every process left in them (by
@@ -40,7 +52,7 @@ impl Namespaces {
     ///
     /// # Errors
     /// `ip` failed (not root, no iproute2, name taken).
-    pub fn add(&mut self, name: &str) -> Result<(), String> {
+    pub fn add(&mut self, name: &str) -> Result<()> {
         ip(&["netns", "add", name])?;
         self.names.push(name.to_owned());
         ip(&["-n", name, "link", "set", "lo", "up"])?;
@@ -67,7 +79,7 @@ impl Drop for Namespaces {
         }
         for ns in &self.names {
             if let Err(e) = ip(&["netns", "del", ns]) {
-                eprintln!("cleanup: {e}");
+                eprintln!("cleanup: {e:#}");
             }
         }
     }

@@ -12,38 +12,18 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use p2p_proto::control::v1 as pb;
-use p2p_tests::api::{
-    self, SHORT, T, peer_addr, random_file, sha256_file, state, wait_done, wait_for,
-};
-use p2p_tests::{Daemon, DaemonDirs, DaemonOptions, wait_until};
+use p2p_tests::api::{self, SHORT, T, state, wait_done, wait_for};
+use p2p_tests::files::{MIB, assert_same_file, random_file};
+use p2p_tests::{Daemon, DaemonDirs, DaemonOptions, text, wait_until};
 
-const MIB: u64 = 1 << 20;
-
-async fn daemon(args: &[&str], config: Option<&str>) -> Daemon {
-    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-    let config = config.map(str::to_owned);
-    tokio::task::spawn_blocking(move || {
-        Daemon::start_with(
-            DaemonDirs::new(),
-            DaemonOptions {
-                args,
-                config,
-                ..Default::default()
-            },
-        )
-    })
-    .await
-    .expect("start daemon")
-}
-
-/// Two daemons that trust each other; the second accepts offers at once.
+/// Two daemons that trust each other, both `--accept auto`; the first (the sender) with
+/// `sender_config` as its config file.
 async fn pair(sender_config: Option<&str>) -> (Daemon, Daemon) {
-    let (a, b) = tokio::join!(
-        daemon(&["--accept", "auto"], sender_config),
-        daemon(&["--accept", "auto"], None)
-    );
-    api::trust_each_other(&a, &b).await;
-    (a, b)
+    let sender = DaemonOptions {
+        config: sender_config.map(str::to_owned),
+        ..DaemonOptions::accepting("auto")
+    };
+    api::trusted_pair(sender, DaemonOptions::accepting("auto")).await
 }
 
 /// The least time `wire_bytes` can take through a limiter at `rate`: everything but the burst
@@ -53,21 +33,9 @@ fn least_time(wire_bytes: u64, rate: u64) -> Duration {
     Duration::from_secs_f64((wire_bytes as f64 - burst).max(0.0) / rate as f64)
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ctl_blocking(d: &Daemon, args: &[&str]) -> std::process::Output {
-    tokio::task::block_in_place(|| d.ctl(args))
-}
-
-/// The global limit `status --json` reports (blocking: call it inside `block_in_place`).
+/// The global limit `status --json` reports.
 fn status_max_speed(d: &Daemon) -> u64 {
     d.status()["max_speed"].as_u64().unwrap_or(u64::MAX)
-}
-
-fn assert_same_file(got: &Path, want: &Path) {
-    assert_eq!(sha256_file(got), sha256_file(want), "{}", got.display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +48,7 @@ async fn a_50_mib_file_at_5m_arrives_intact_and_takes_at_least_the_limited_time(
     let id = api::send(
         &a,
         &[&src],
-        &peer_addr(&b),
+        &b.peer_addr(),
         Some(pb::SendOptions {
             max_speed: rate,
             ..Default::default()
@@ -118,18 +86,15 @@ async fn p2pctl_limit_changes_a_running_transfer_and_unlimited_lets_it_finish() 
     let src = a.dirs.root.path().join("slow.bin");
     random_file(&src, (16 * MIB) as usize, 6);
     // 64 KiB/s: 16 MiB would take over four minutes.
-    let out = ctl_blocking(
-        &a,
-        &[
-            "send",
-            src.to_str().unwrap(),
-            "--peer",
-            &peer_addr(&b),
-            "--detach",
-            "--max-speed",
-            "64K",
-        ],
-    );
+    let out = a.ctl(&[
+        "send",
+        src.to_str().unwrap(),
+        "--peer",
+        &b.peer_addr(),
+        "--detach",
+        "--max-speed",
+        "64K",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let id = text(&out.stdout).trim().to_owned();
     let t = wait_for(&a, &id, SHORT, |t| {
@@ -140,13 +105,13 @@ async fn p2pctl_limit_changes_a_running_transfer_and_unlimited_lets_it_finish() 
     assert_eq!(t.max_speed, 64 << 10);
 
     // The table and the JSON list show the limit.
-    let table = text(&ctl_blocking(&a, &["transfers"]).stdout);
+    let table = text(&a.ctl(&["transfers"]).stdout);
     assert!(
         table.contains("LIMIT") && table.contains("64.0 KiB/s"),
         "{table}"
     );
     let list: serde_json::Value =
-        serde_json::from_slice(&ctl_blocking(&a, &["transfers", "--json"]).stdout).unwrap();
+        serde_json::from_slice(&a.ctl(&["transfers", "--json"]).stdout).unwrap();
     assert_eq!(list[0]["max_speed"], 65_536);
 
     // A limit below the minimum is refused over the API, and the transfer keeps its limit.
@@ -162,14 +127,14 @@ async fn p2pctl_limit_changes_a_running_transfer_and_unlimited_lets_it_finish() 
     assert!(err.message().contains("minimum"), "{}", err.message());
 
     // A short id works, --json prints the transfer with its new limit.
-    let out = ctl_blocking(&a, &["limit", &id[..8], "128K", "--json"]);
+    let out = a.ctl(&["limit", &id[..8], "128K", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let changed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(changed["id"], id.as_str());
     assert_eq!(changed["max_speed"], 131_072);
     assert_eq!(changed["state"], "running");
 
-    let out = ctl_blocking(&a, &["limit", &id[..8], "unlimited"]);
+    let out = a.ctl(&["limit", &id[..8], "unlimited"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout).trim(),
@@ -183,14 +148,14 @@ async fn p2pctl_limit_changes_a_running_transfer_and_unlimited_lets_it_finish() 
     assert_same_file(&b.dirs.download_dir.join("slow.bin"), &src);
 
     // An ended transfer, an incoming one and an unknown id are refused with the reason.
-    let out = ctl_blocking(&a, &["limit", &id, "1M"]);
+    let out = a.ctl(&["limit", &id, "1M"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
         err.contains("failed precondition") && err.contains("already ended"),
         "{err}"
     );
-    let out = ctl_blocking(&b, &["limit", &id, "1M"]);
+    let out = b.ctl(&["limit", &id, "1M"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
@@ -199,7 +164,7 @@ async fn p2pctl_limit_changes_a_running_transfer_and_unlimited_lets_it_finish() 
             && err.contains("sending daemon"),
         "{err}"
     );
-    let out = ctl_blocking(&a, &["limit", "no-such-transfer", "1M"]);
+    let out = a.ctl(&["limit", "no-such-transfer", "1M"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("not found"),
@@ -221,8 +186,8 @@ async fn p2pctl_limit_changes_a_running_transfer_and_unlimited_lets_it_finish() 
 async fn the_global_config_limit_throttles_and_sighup_changes_it_live() {
     let (a, b) = pair(Some("max_speed = \"4M\"\n")).await;
     let rate = 4 * MIB;
-    assert_eq!(tokio::task::block_in_place(|| status_max_speed(&a)), rate);
-    let status = text(&ctl_blocking(&a, &["status"]).stdout);
+    assert_eq!(status_max_speed(&a), rate);
+    let status = text(&a.ctl(&["status"]).stdout);
     assert!(
         status.contains("limit:      4.0 MiB/s for all outgoing transfers"),
         "{status}"
@@ -232,7 +197,7 @@ async fn the_global_config_limit_throttles_and_sighup_changes_it_live() {
     let src = a.dirs.root.path().join("global.bin");
     random_file(&src, (20 * MIB) as usize, 7);
     let started = Instant::now();
-    let id = api::send(&a, &[&src], &peer_addr(&b), None).await;
+    let id = api::send(&a, &[&src], &b.peer_addr(), None).await;
     let t = wait_done(&a, &id, T).await;
     let elapsed = started.elapsed();
     api::expect_completed(&t);
@@ -251,13 +216,13 @@ async fn the_global_config_limit_throttles_and_sighup_changes_it_live() {
     };
     reload("max_speed = \"64K\"\n");
     assert!(
-        tokio::task::block_in_place(|| wait_until(SHORT, || status_max_speed(&a) == 65_536)),
+        wait_until(SHORT, || status_max_speed(&a) == 65_536),
         "{}",
         a.stderr()
     );
     let src2 = a.dirs.root.path().join("reloaded.bin");
     random_file(&src2, (16 * MIB) as usize, 8);
-    let id2 = api::send(&a, &[&src2], &peer_addr(&b), None).await;
+    let id2 = api::send(&a, &[&src2], &b.peer_addr(), None).await;
     let t = wait_for(&a, &id2, SHORT, |t| {
         state(t) == pb::TransferState::Running || api::is_final(t)
     })
@@ -266,18 +231,16 @@ async fn the_global_config_limit_throttles_and_sighup_changes_it_live() {
     // …a bad value is logged and keeps the running limit…
     reload("max_speed = \"fast\"\n");
     assert!(
-        tokio::task::block_in_place(|| wait_until(SHORT, || a
-            .stderr()
-            .contains("config not reloaded"))),
+        wait_until(SHORT, || a.stderr().contains("config not reloaded")),
         "{}",
         a.stderr()
     );
     assert!(a.stderr().contains("max_speed"), "{}", a.stderr());
-    assert_eq!(tokio::task::block_in_place(|| status_max_speed(&a)), 65_536);
+    assert_eq!(status_max_speed(&a), 65_536);
     // …and unlimited lets the running transfer finish (16 MiB at 64 KiB/s would be 4 minutes).
     reload("max_speed = \"unlimited\"\n");
     assert!(
-        tokio::task::block_in_place(|| wait_until(SHORT, || status_max_speed(&a) == 0)),
+        wait_until(SHORT, || status_max_speed(&a) == 0),
         "{}",
         a.stderr()
     );
@@ -294,7 +257,7 @@ async fn a_limit_below_the_minimum_is_refused_by_send() {
     let err = api::try_send(
         &a,
         &[&src],
-        &peer_addr(&b),
+        &b.peer_addr(),
         Some(pb::SendOptions {
             max_speed: 1023,
             ..Default::default()
@@ -354,14 +317,8 @@ fn bad_rates_are_usage_errors_and_a_bad_config_value_names_file_and_key() {
         ("max_speed = true\n", "expected a speed"),
     ] {
         std::fs::write(&dirs.config_file, config).unwrap();
-        let mut args = dirs.args();
-        args.extend([
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--config".into(),
-            dirs.config_file.display().to_string(),
-        ]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let config_file = dirs.config_file.to_str().unwrap();
+        let args = dirs.args_with(&["--listen", "127.0.0.1:0", "--config", config_file]);
         let out = p2p_tests::run_p2pd(&args, Duration::from_secs(10));
         assert!(!out.status.success(), "{config}");
         let err = text(&out.stderr);

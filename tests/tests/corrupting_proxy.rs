@@ -16,9 +16,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use p2p_proto::control::v1 as pb;
-use p2p_tests::api::{control, status};
+use p2p_tests::api;
+use p2p_tests::files::{part_files, random_bytes, temp_file};
 use p2p_tests::proxy::{Proxy, ProxyOptions};
-use p2p_tests::{Daemon, DaemonDirs, DaemonOptions};
+use p2p_tests::{Daemon, DaemonOptions};
 use sha2::{Digest, Sha256};
 
 const FILE_SIZE: usize = 5 << 20;
@@ -29,78 +30,37 @@ const FLIP_AT: u64 = 2 << 20;
 // ---------------------------------------------------------------------------------------
 // Daemons
 
-async fn start(opts: DaemonOptions) -> Daemon {
-    tokio::task::spawn_blocking(move || Daemon::start_with(DaemonDirs::new(), opts))
-        .await
-        .expect("start daemon")
-}
-
 /// Starts A (sender) and B (receiver, `--accept auto`), makes them trust each other (so that
 /// `auto` applies to A's offers), and starts a proxy to B.
 async fn setup(opts: ProxyOptions) -> (Daemon, Daemon, Proxy) {
-    let (a, b) = tokio::join!(
-        start(DaemonOptions::default()),
-        start(DaemonOptions {
-            args: vec!["--accept".into(), "auto".into()],
-            ..Default::default()
-        })
-    );
-    let (sa, sb) = (status(&a).await, status(&b).await);
-    for (d, other) in [(&a, &sb.device_id), (&b, &sa.device_id)] {
-        control(d)
-            .await
-            .trust_device(pb::TrustDeviceRequest {
-                id: other.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("TrustDevice");
-    }
-    let b_addr: SocketAddr = sb.listen_address.parse().unwrap();
-    let proxy = Proxy::start(b_addr, opts).await;
+    let (a, b) =
+        api::trusted_pair(DaemonOptions::default(), DaemonOptions::accepting("auto")).await;
+    let proxy = Proxy::start(b.listen_addr(), opts).await;
     (a, b, proxy)
 }
 
-/// Deterministic incompressible bytes (xorshift).
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x: u64 = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
-
-fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, data).unwrap();
-    path
-}
-
 /// Sends `path` from `a` to `peer`, uncompressed with 1 MiB chunks, and follows it to its end.
-async fn send_and_wait(a: &Daemon, path: &Path, peer: SocketAddr) -> pb::Transfer {
+async fn send_uncompressed(a: &Daemon, path: &Path, peer: SocketAddr) -> pb::Transfer {
     let options = Some(pb::SendOptions {
         compress: Some(false),
         chunk_size: 1 << 20,
         ..Default::default()
     });
-    let id = p2p_tests::api::send(a, &[path], &peer.to_string(), options).await;
-    p2p_tests::api::wait_done(a, &id, Duration::from_secs(30)).await
+    api::send_and_wait(
+        a,
+        &[path],
+        &peer.to_string(),
+        options,
+        Duration::from_secs(30),
+    )
+    .await
 }
 
+/// B's transfers once none of them is active any more (or after 10 s).
 async fn receiver_transfers(b: &Daemon) -> Vec<pb::Transfer> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let list = control(b)
-            .await
-            .list_transfers(pb::ListTransfersRequest {})
-            .await
-            .expect("ListTransfers")
-            .into_inner()
-            .transfers;
+        let list = api::transfers(b).await;
         let running = list.iter().any(|t| {
             matches!(
                 pb::TransferState::try_from(t.state).unwrap_or_default(),
@@ -116,38 +76,15 @@ async fn receiver_transfers(b: &Daemon) -> Vec<pb::Transfer> {
     }
 }
 
-fn part_files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".p2pd-part"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Both daemons see one ordinary session through the proxy, between the right devices.
 async fn assert_normal_sessions(a: &Daemon, b: &Daemon, proxy: &Proxy) {
-    let (a_id, b_id) = (status(a).await.device_id, status(b).await.device_id);
-    let a_sessions = control(a)
-        .await
-        .list_sessions(pb::ListSessionsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
-    let b_sessions = control(b)
-        .await
-        .list_sessions(pb::ListSessionsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
+    let (a_id, b_id) = (a.device_id(), b.device_id());
+    let a_sessions = api::sessions(a).await;
+    let b_sessions = api::sessions(b).await;
     assert_eq!(a_sessions.len(), 1, "{a_sessions:?}");
     assert_eq!(a_sessions[0].peer_id, b_id);
     assert!(a_sessions[0].outgoing && a_sessions[0].trusted);
@@ -170,12 +107,11 @@ async fn a_flipped_byte_breaks_the_session_and_the_transfer_resumes_intact() {
         ..Default::default()
     })
     .await;
-    let src = tempfile::tempdir().unwrap();
     let data = random_bytes(FILE_SIZE, 0x9e37_79b9_7f4a_7c15);
-    let path = write_file(src.path(), "random.bin", &data);
+    let (_src, path) = temp_file("random.bin", &data);
     let dl = &b.dirs.download_dir;
 
-    let t = send_and_wait(&a, &path, proxy.addr).await;
+    let t = send_uncompressed(&a, &path, proxy.addr).await;
     assert_eq!(proxy.flipped(), 1, "the proxy altered one byte");
     assert_eq!(
         t.state,
@@ -214,7 +150,11 @@ async fn a_flipped_byte_breaks_the_session_and_the_transfer_resumes_intact() {
         !dl.join("random (1).bin").exists(),
         "resumed into the same name"
     );
-    assert_eq!(part_files(dl), Vec::<String>::new(), "temporary files left");
+    assert_eq!(
+        part_files(dl),
+        Vec::<PathBuf>::new(),
+        "temporary files left"
+    );
     assert_normal_sessions(&a, &b, &proxy).await;
 }
 
@@ -227,7 +167,7 @@ async fn a_proxy_on_the_path_that_records_the_bytes_finds_no_plaintext_of_the_fi
         ..Default::default()
     })
     .await;
-    let a_id = status(&a).await.device_id;
+    let a_id = a.device_id();
 
     // Runs of the marker between incompressible filler, 2 MiB in all, sent uncompressed.
     let mut data = Vec::new();
@@ -238,10 +178,9 @@ async fn a_proxy_on_the_path_that_records_the_bytes_finds_no_plaintext_of_the_fi
         }
     }
     assert!(contains(&data, MARKER));
-    let src = tempfile::tempdir().unwrap();
-    let path = write_file(src.path(), NAME, &data);
+    let (_src, path) = temp_file(NAME, &data);
 
-    let t = send_and_wait(&a, &path, proxy.addr).await;
+    let t = send_uncompressed(&a, &path, proxy.addr).await;
     assert_eq!(
         t.state,
         pb::TransferState::Completed as i32,

@@ -7,14 +7,11 @@ use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use p2p_tests::api::is_device_id_format;
 use p2p_tests::{
     ChildGuard, Daemon, DaemonDirs, DaemonOptions, PidGuard, alive, ctl, run_p2pd,
-    run_with_timeout, wait_until,
+    run_with_timeout, text, wait_until,
 };
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 #[test]
 fn starts_answers_and_stops_on_sigterm_removing_the_socket() {
@@ -97,7 +94,7 @@ fn identity_persists_across_restarts_and_name_defaults_to_host_name() {
     let second = d2.status();
     assert_eq!(first["device_id"], second["device_id"]);
     let id = second["device_id"].as_str().unwrap();
-    assert!(is_device_id(id), "{id}");
+    assert!(is_device_id_format(id), "{id}");
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(second["device_name"], host.trim());
     for f in ["identity.json", "device.key", "device.crt", "state.db"] {
@@ -109,25 +106,11 @@ fn identity_persists_across_restarts_and_name_defaults_to_host_name() {
     }
 }
 
-/// Syncthing's format: 8 groups of 7 base32 characters.
-fn is_device_id(id: &str) -> bool {
-    let groups: Vec<&str> = id.split('-').collect();
-    groups.len() == 8
-        && groups.iter().all(|g| {
-            g.len() == 7
-                && g.chars()
-                    .all(|c| c.is_ascii_uppercase() || ('2'..='7').contains(&c))
-        })
-}
-
 #[test]
 fn name_flag_overrides_without_changing_the_id() {
     let d = Daemon::start_with(
         DaemonDirs::new(),
-        DaemonOptions {
-            args: vec!["--name".into(), "kitchen-pc".into()],
-            ..Default::default()
-        },
+        DaemonOptions::with_args(&["--name", "kitchen-pc"]),
     );
     assert_eq!(d.status()["device_name"], "kitchen-pc");
 }
@@ -180,10 +163,7 @@ fn a_regular_file_at_the_socket_path_is_not_removed() {
     let dirs = DaemonDirs::new();
     std::fs::create_dir_all(dirs.socket.parent().unwrap()).unwrap();
     std::fs::write(&dirs.socket, b"not a socket").unwrap();
-    let out = run_p2pd(
-        &dirs.args().iter().map(String::as_str).collect::<Vec<_>>(),
-        Duration::from_secs(10),
-    );
+    let out = run_p2pd(&dirs.args(), Duration::from_secs(10));
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("is not a socket"),
@@ -198,10 +178,8 @@ fn a_busy_peer_port_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let dirs = DaemonDirs::new();
-    let mut args = dirs.args();
-    args.extend(["--listen".into(), addr.clone()]);
     let out = run_p2pd(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &dirs.args_with(&["--listen", &addr]),
         Duration::from_secs(10),
     );
     assert!(!out.status.success());
@@ -229,10 +207,9 @@ fn bad_config_files_are_refused_with_the_key_named() {
     for (config, key) in cases {
         let dirs = DaemonDirs::new();
         std::fs::write(&dirs.config_file, config).unwrap();
-        let mut args = dirs.args();
-        args.extend(["--config".into(), dirs.config_file.display().to_string()]);
+        let config_file = dirs.config_file.to_str().unwrap();
         let out = run_p2pd(
-            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            &dirs.args_with(&["--config", config_file]),
             Duration::from_secs(10),
         );
         assert!(!out.status.success(), "{config:?} accepted");
@@ -343,18 +320,10 @@ fn sighup_reloads_the_config_and_keeps_running_on_a_bad_one() {
 fn daemon_mode_detaches_writes_the_pidfile_and_answers() {
     let dirs = DaemonDirs::new();
     let pidfile = dirs.root.path().join("p2pd.pid");
-    let mut args = dirs.args();
-    args.extend([
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--daemon".into(),
-        "--pidfile".into(),
-        pidfile.display().to_string(),
-    ]);
-    let out = run_p2pd(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        Duration::from_secs(10),
-    );
+    let daemon_args = ["--listen", "127.0.0.1:0", "--daemon", "--pidfile"];
+    let mut args = dirs.args_with(&daemon_args);
+    args.push(pidfile.display().to_string());
+    let out = run_p2pd(&args, Duration::from_secs(10));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(wait_until(Duration::from_secs(10), || {
         std::fs::read_to_string(&pidfile).is_ok_and(|s| !s.trim().is_empty())
@@ -377,18 +346,9 @@ fn daemon_mode_detaches_writes_the_pidfile_and_answers() {
 
     // The pid file is locked: a second daemon with the same pid file fails to start.
     let other = DaemonDirs::new();
-    let mut args2 = other.args();
-    args2.extend([
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--daemon".into(),
-        "--pidfile".into(),
-        pidfile.display().to_string(),
-    ]);
-    let out2 = run_p2pd(
-        &args2.iter().map(String::as_str).collect::<Vec<_>>(),
-        Duration::from_secs(10),
-    );
+    let mut args2 = other.args_with(&daemon_args);
+    args2.push(pidfile.display().to_string());
+    let out2 = run_p2pd(&args2, Duration::from_secs(10));
     assert!(
         !out2.status.success(),
         "a second daemon on a locked pid file must fail"
@@ -425,10 +385,8 @@ fn readiness_is_notified_once_the_socket_accepts() {
     notify
         .set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
-    let mut args = dirs.args();
-    args.extend(["--listen".into(), "127.0.0.1:0".into()]);
     let child = Command::new(p2p_tests::bin("p2pd"))
-        .args(&args)
+        .args(dirs.args_with(&["--listen", "127.0.0.1:0"]))
         .env("NOTIFY_SOCKET", &notify_path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -458,8 +416,7 @@ fn socket_activation_serves_on_the_passed_socket_and_leaves_it() {
         dirs.socket.display().to_string(),
         p2p_tests::bin("p2pd").display().to_string(),
     ];
-    args.extend(dirs.args());
-    args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+    args.extend(dirs.args_with(&["--listen", "127.0.0.1:0"]));
     let mut child = Command::new("systemd-socket-activate")
         .args(&args)
         .stdin(Stdio::null())
@@ -491,10 +448,8 @@ fn socket_activation_serves_on_the_passed_socket_and_leaves_it() {
 fn unknown_socket_activation_without_fds_binds_its_own() {
     // LISTEN_FDS for another process (wrong LISTEN_PID) must be ignored.
     let dirs = DaemonDirs::new();
-    let mut args = dirs.args();
-    args.extend(["--listen".into(), "127.0.0.1:0".into()]);
     let child = Command::new(p2p_tests::bin("p2pd"))
-        .args(&args)
+        .args(dirs.args_with(&["--listen", "127.0.0.1:0"]))
         .env("LISTEN_FDS", "1")
         .env("LISTEN_PID", "1")
         .stdin(Stdio::null())

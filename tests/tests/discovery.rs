@@ -17,25 +17,20 @@
 //!
 //! Needs root and `ip` (iproute2).
 
-use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use p2p_core::DeviceId;
 use p2p_core::net::wire::PROTOCOL_VERSION;
 use p2p_proto::control::v1 as pb;
-use p2p_proto::control::v1::control_service_client::ControlServiceClient;
 use p2p_proto::wire::v1::Beacon;
-use p2p_tests::netns::{Namespaces, ip};
-use p2p_tests::{DaemonDirs, START_TIMEOUT, alive, api, bin, ctl, signal};
+use p2p_tests::files::{Rng, paths_under, sha256_file, temp_random_file};
+use p2p_tests::netns::{Lan, LanDaemon};
+use p2p_tests::{api, block_on, ctl};
 use prost::Message;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 /// How often conditions are polled.
 const POLL: Duration = Duration::from_millis(100);
@@ -49,317 +44,19 @@ const MAX_PEERS: usize = 256;
 const MAGIC: &[u8] = b"P2PB";
 
 // ---------------------------------------------------------------------------------------
-// Network namespaces
-
-static NETNS_COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A bridge namespace and `n` host namespaces, each with a veth pair into the bridge and the
-/// address 10.X.Y.(i+1)/24 on its `eth0`. Dropping it kills every process left in the
-/// namespaces (by pid) and deletes them.
-struct Netns {
-    // Deletes the namespaces (and kills what runs in them) when the test ends.
-    namespaces: Namespaces,
-    bridge: String,
-    hosts: Vec<String>,
-    addrs: Vec<Ipv4Addr>,
-    broadcast: Ipv4Addr,
-}
-
-impl Netns {
-    /// Creates the namespaces; panics (failing the test) with the reason if it cannot.
-    fn new(n: usize) -> Netns {
-        if let Err(e) = Command::new("ip").arg("-V").output() {
-            panic!(
-                "the discovery tests need the `ip` command (Debian/Ubuntu package iproute2) \
-                 and root: {e}"
-            );
-        }
-        let pid = std::process::id();
-        let k = NETNS_COUNTER.fetch_add(1, Ordering::Relaxed);
-        // 10.X.Y.0/24, distinct per test of this process (and likely across processes).
-        let x = 100 + (k % 100) as u8;
-        let y = (pid % 251) as u8;
-        let mut ns = Netns {
-            namespaces: Namespaces::default(),
-            bridge: format!("p2pt-br-{pid}-{k}"),
-            hosts: Vec::new(),
-            addrs: Vec::new(),
-            broadcast: Ipv4Addr::new(10, x, y, 255),
-        };
-        if let Err(e) = ns.build(n, x, y) {
-            panic!(
-                "cannot set up network namespaces for the discovery tests (they need root \
-                 and iproute2): {e}"
-            );
-        }
-        ns
-    }
-
-    fn build(&mut self, n: usize, x: u8, y: u8) -> Result<(), String> {
-        let br = self.bridge.clone();
-        self.namespaces.add(&br)?;
-        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &br, "link", "set", "br0", "up"])?;
-        for i in 0..n {
-            let host = format!("{br}-h{i}").replacen("-br-", "-", 1);
-            self.namespaces.add(&host)?;
-            self.hosts.push(host.clone());
-            let addr = Ipv4Addr::new(10, x, y, i as u8 + 1);
-            self.addrs.push(addr);
-            let veth = format!("v{i}");
-            ip(&[
-                "-n", &br, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
-                &host,
-            ])?;
-            ip(&["-n", &br, "link", "set", &veth, "master", "br0"])?;
-            ip(&["-n", &br, "link", "set", &veth, "up"])?;
-            ip(&[
-                "-n",
-                &host,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "brd",
-                "+",
-                "dev",
-                "eth0",
-            ])?;
-            ip(&["-n", &host, "link", "set", "eth0", "up"])?;
-        }
-        Ok(())
-    }
-
-    /// Name of host namespace `i`.
-    fn host(&self, i: usize) -> &str {
-        &self.hosts[i]
-    }
-
-    /// IPv4 address of host `i`.
-    fn addr(&self, i: usize) -> Ipv4Addr {
-        self.addrs[i]
-    }
-
-    /// A UDP socket (broadcast allowed) that lives in host namespace `i`: it sends from that
-    /// host's address whichever thread uses it.
-    fn udp_socket(&self, i: usize) -> UdpSocket {
-        let path = format!("/var/run/netns/{}", self.host(i));
-        std::thread::spawn(move || {
-            let f = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: setns on this (short-lived) thread only; the fd is valid while `f` lives.
-            let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            let s = UdpSocket::bind("0.0.0.0:0").expect("bind a UDP socket in the namespace");
-            s.set_broadcast(true).expect("SO_BROADCAST");
-            s
-        })
-        .join()
-        .expect("thread in the namespace")
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Daemons inside namespaces
-
-/// A `p2pd` started with `ip netns exec` (which execs it: the child's pid is the daemon's).
-/// Dropping it kills the process (SIGKILL) and reaps it.
-struct NsDaemon {
-    dirs: DaemonDirs,
-    child: Option<Child>,
-    pid: u32,
-    name: String,
-    /// The host namespace's address.
-    ip: Ipv4Addr,
-    /// Filled in once it answers.
-    listen_port: u16,
-    device_id: String,
-}
-
-/// Spawns a daemon in host namespace `host` of `net` with discovery on (unless `extra` says
-/// otherwise), `--accept auto`, `--listen 0.0.0.0:0` (unless `extra` has `--listen`).
-fn spawn(net: &Netns, host: usize, name: &str, extra: &[&str]) -> NsDaemon {
-    let dirs = DaemonDirs::new();
-    let mut args: Vec<String> = vec![
-        "--socket".into(),
-        dirs.socket.display().to_string(),
-        "--state-dir".into(),
-        dirs.state_dir.display().to_string(),
-        "--download-dir".into(),
-        dirs.download_dir.display().to_string(),
-        "--name".into(),
-        name.into(),
-        "--accept".into(),
-        "auto".into(),
-    ];
-    if !extra.contains(&"--listen") {
-        args.extend(["--listen".into(), "0.0.0.0:0".into()]);
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&dirs.log_file)
-        .expect("open daemon log");
-    let child = Command::new("ip")
-        .args(["netns", "exec", net.host(host)])
-        .arg(bin("p2pd"))
-        .args(&args)
-        .env_remove("P2PD_SOCKET")
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("NOTIFY_SOCKET")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn ip netns exec p2pd");
-    let pid = child.id();
-    NsDaemon {
-        dirs,
-        child: Some(child),
-        pid,
-        name: name.into(),
-        ip: net.addr(host),
-        listen_port: 0,
-        device_id: String::new(),
-    }
-}
-
-/// Spawns the daemons (`(host, name, extra args)`) and waits until all answer.
-fn start_all(net: &Netns, specs: &[(usize, &str, &[&str])]) -> Vec<NsDaemon> {
-    let mut ds: Vec<NsDaemon> = specs
-        .iter()
-        .map(|(host, name, extra)| spawn(net, *host, name, extra))
-        .collect();
-    for d in &mut ds {
-        d.wait_ready();
-    }
-    ds
-}
-
-impl NsDaemon {
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "p2pd {} exited during start-up with {status}\n--- stderr ---\n{}",
-                    self.name,
-                    self.stderr()
-                );
-            }
-            if self.dirs.socket.exists() {
-                let out = self.ctl(&["status", "--json"]);
-                if out.status.success() {
-                    let v: serde_json::Value =
-                        serde_json::from_slice(&out.stdout).expect("status --json is JSON");
-                    let listen: SocketAddr = v["listen_address"]
-                        .as_str()
-                        .expect("listen_address")
-                        .parse()
-                        .expect("listen_address parses");
-                    self.listen_port = listen.port();
-                    self.device_id = v["device_id"].as_str().expect("device_id").to_owned();
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "p2pd {} did not answer within {START_TIMEOUT:?}\n--- stderr ---\n{}",
-                self.name,
-                self.stderr()
-            );
-            std::thread::sleep(POLL);
-        }
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        ctl(&self.dirs.socket, args)
-    }
-
-    /// Its peer address as the others see it.
-    fn addr(&self) -> String {
-        format!("{}:{}", self.ip, self.listen_port)
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.dirs.log_file).unwrap_or_default()
-    }
-
-    fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// Sends `sig` and waits (at most 10 s) for the process to exit.
-    fn stop(&mut self, sig: i32) {
-        signal(self.pid, sig);
-        let mut child = self.child.take().expect("still running");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "p2pd {} did not exit within 10 s of signal {sig}",
-                    self.name
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for NsDaemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        } else if alive(self.pid) {
-            signal(self.pid, libc::SIGKILL);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // The control API
 
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
-
-async fn client(d: &NsDaemon) -> ControlServiceClient<Channel> {
-    ControlServiceClient::new(
-        p2p_proto::uds::connect(&d.dirs.socket)
-            .await
-            .expect("connect to the control socket"),
-    )
-}
-
 /// `p2pctl peers --json` of `d`, as the proto messages.
-fn list_peers(d: &NsDaemon) -> Vec<pb::Peer> {
+fn list_peers(d: &LanDaemon) -> Vec<pb::Peer> {
     let out = d.ctl(&["peers", "--json"]);
     assert!(
         out.status.success(),
         "peers --json of {}: {}",
         d.name,
-        text(&out)
+        ctl::describe(&out)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("peers --json is not JSON ({e}): {}", text(&out)));
+        .unwrap_or_else(|e| panic!("peers --json is not JSON ({e}): {}", ctl::describe(&out)));
     let list = v
         .as_array()
         .unwrap_or_else(|| panic!("peers --json: not an array: {v}"));
@@ -392,25 +89,9 @@ fn list_peers(d: &NsDaemon) -> Vec<pb::Peer> {
         .collect()
 }
 
-/// `ListPeers` of `d` over gRPC.
-fn list_peers_grpc(d: &NsDaemon) -> Vec<pb::Peer> {
-    block_on(async {
-        let mut c = client(d).await;
-        tokio::time::timeout(
-            Duration::from_secs(5),
-            c.list_peers(pb::ListPeersRequest {}),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("ListPeers of {} took over 5 s", d.name))
-        .expect("ListPeers")
-        .into_inner()
-        .peers
-    })
-}
-
 /// Polls `ListPeers` of `d` until `pred` holds; panics after `timeout` with the last list.
 fn wait_peers(
-    d: &NsDaemon,
+    d: &LanDaemon,
     timeout: Duration,
     what: &str,
     mut pred: impl FnMut(&[pb::Peer]) -> bool,
@@ -450,25 +131,25 @@ fn describe(peers: &[pb::Peer]) -> String {
 }
 
 /// The entry of `other` in `peers`, if listed with its IPv4 address.
-fn entry<'a>(peers: &'a [pb::Peer], other: &NsDaemon) -> Option<&'a pb::Peer> {
+fn entry<'a>(peers: &'a [pb::Peer], other: &LanDaemon) -> Option<&'a pb::Peer> {
     peers
         .iter()
-        .find(|p| p.device_id == other.device_id && p.address == other.addr())
+        .find(|p| p.device_id == other.device_id() && p.address == other.addr())
 }
 
 /// Whether `peers` holds exactly `others` (each by id at its IPv4 address), nothing else.
-fn lists_exactly(peers: &[pb::Peer], others: &[&NsDaemon]) -> bool {
+fn lists_exactly(peers: &[pb::Peer], others: &[&LanDaemon]) -> bool {
     peers.len() == others.len() && others.iter().all(|o| entry(peers, o).is_some())
 }
 
 /// Waits until every daemon in `ds` lists exactly the others, within `timeout` in all.
-fn wait_all_see_each_other(ds: &[&NsDaemon], timeout: Duration) {
+fn wait_all_see_each_other(ds: &[&LanDaemon], timeout: Duration) {
     let deadline = Instant::now() + timeout;
     for d in ds {
-        let others: Vec<&NsDaemon> = ds
+        let others: Vec<&LanDaemon> = ds
             .iter()
             .copied()
-            .filter(|o| o.device_id != d.device_id)
+            .filter(|o| o.device_id() != d.device_id())
             .collect();
         let names: Vec<&str> = others.iter().map(|o| o.name.as_str()).collect();
         let left = deadline.saturating_duration_since(Instant::now());
@@ -485,61 +166,6 @@ fn wait_all_see_each_other(ds: &[&NsDaemon], timeout: Duration) {
             assert!(e.address.starts_with("10."), "{}", e.address);
         }
     }
-}
-
-/// `ListTransfers` of `d`.
-fn list_transfers(d: &NsDaemon) -> Vec<pb::Transfer> {
-    block_on(async {
-        client(d)
-            .await
-            .list_transfers(pb::ListTransfersRequest {})
-            .await
-            .expect("ListTransfers")
-            .into_inner()
-            .transfers
-    })
-}
-
-/// Makes `a` and `b` trust each other.
-fn trust_each_other(a: &NsDaemon, b: &NsDaemon) {
-    block_on(async {
-        for (d, other) in [(a, &b.device_id), (b, &a.device_id)] {
-            client(d)
-                .await
-                .trust_device(pb::TrustDeviceRequest {
-                    id: other.clone(),
-                    ..Default::default()
-                })
-                .await
-                .expect("TrustDevice");
-        }
-    });
-}
-
-/// A file of `size` random bytes in a fresh temporary directory (kept alive by the result).
-fn payload(size: usize, seed: u64) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::Builder::new()
-        .prefix("p2pt-src")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    let p = dir.path().join(format!("payload-{seed}.bin"));
-    api::random_file(&p, size, seed);
-    (dir, p)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn files_in(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -560,43 +186,19 @@ fn beacon(id: &str, name: &str, listen_port: u16, instance: u64, version: u32) -
     out
 }
 
-/// xorshift64*: deterministic pseudo-random numbers.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Tests
 
 #[test]
 fn three_daemons_on_one_link_find_each_other_within_3s() {
-    let net = Netns::new(3);
-    let ds = start_all(
-        &net,
-        &[(0, "alpha", &[]), (1, "bravo", &[]), (2, "charlie", &[])],
-    );
-    let all: Vec<&NsDaemon> = ds.iter().collect();
+    let net = Lan::new(3);
+    let ds = net.start_all(&[(0, "alpha", &[]), (1, "bravo", &[]), (2, "charlie", &[])]);
+    let all: Vec<&LanDaemon> = ds.iter().collect();
     wait_all_see_each_other(&all, FOUND_WITHIN);
     // Nobody sees itself, and the lists stay stable over a beacon interval.
     std::thread::sleep(Duration::from_millis(2500));
     for d in &ds {
-        let others: Vec<&NsDaemon> = ds.iter().filter(|o| o.pid != d.pid).collect();
+        let others: Vec<&LanDaemon> = ds.iter().filter(|o| o.pid != d.pid).collect();
         let peers = list_peers(d);
         assert!(
             lists_exactly(&peers, &others),
@@ -607,7 +209,7 @@ fn three_daemons_on_one_link_find_each_other_within_3s() {
         // The control API says the same as p2pctl.
         let key = |p: &pb::Peer| (p.device_id.clone(), p.name.clone(), p.address.clone());
         let mut cli: Vec<_> = peers.iter().map(key).collect();
-        let mut grpc: Vec<_> = list_peers_grpc(d).iter().map(key).collect();
+        let mut grpc: Vec<_> = block_on(api::peers(d)).iter().map(key).collect();
         cli.sort();
         grpc.sort();
         assert_eq!(cli, grpc);
@@ -616,36 +218,42 @@ fn three_daemons_on_one_link_find_each_other_within_3s() {
 
 #[test]
 fn send_by_name_resolves_discovered_peers() {
-    let net = Netns::new(4);
-    let ds = start_all(
-        &net,
-        &[
-            (0, "alpha", &[]),
-            (1, "bravo", &[]),
-            (2, "twin", &[]),
-            (3, "twin", &[]),
-        ],
-    );
+    let net = Lan::new(4);
+    let ds = net.start_all(&[
+        (0, "alpha", &[]),
+        (1, "bravo", &[]),
+        (2, "twin", &[]),
+        (3, "twin", &[]),
+    ]);
     let (a, b, c, d) = (&ds[0], &ds[1], &ds[2], &ds[3]);
     wait_peers(a, FOUND_WITHIN, "listing bravo and both twins", |p| {
         lists_exactly(p, &[b, c, d])
     });
-    trust_each_other(a, b);
+    block_on(api::trust_each_other(a, b));
 
-    let (_src, file) = payload(300_000, 7);
+    let (_src, file) = temp_random_file("payload-7.bin", 300_000, 7);
     let out = a.ctl(&["send", file.to_str().unwrap(), "--peer", "bravo"]);
-    assert!(out.status.success(), "send --peer bravo: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "send --peer bravo: {}",
+        ctl::describe(&out)
+    );
     let got = b.dirs.download_dir.join(file.file_name().unwrap());
     assert!(
         p2p_tests::wait_until(Duration::from_secs(5), || got.exists()),
         "{} not in bravo's download dir: {:?}",
         got.display(),
-        files_in(&b.dirs.download_dir)
+        paths_under(&b.dirs.download_dir)
     );
-    assert_eq!(api::sha256_file(&got), api::sha256_file(&file));
+    assert_eq!(sha256_file(&got), sha256_file(&file));
 
     let out = a.ctl(&["send", file.to_str().unwrap(), "--peer", "nosuch"]);
-    assert_eq!(out.status.code(), Some(1), "unknown name: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "unknown name: {}",
+        ctl::describe(&out)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nosuch"), "{err}");
     assert!(err.contains("known peers"), "{err}");
@@ -659,7 +267,12 @@ fn send_by_name_resolves_discovered_peers() {
     assert!(err.contains("bravo") && err.contains("twin"), "{err}");
 
     let out = a.ctl(&["send", file.to_str().unwrap(), "--peer", "twin"]);
-    assert_eq!(out.status.code(), Some(1), "ambiguous name: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "ambiguous name: {}",
+        ctl::describe(&out)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("several peers"), "{err}");
     for p in [c, d] {
@@ -668,29 +281,21 @@ fn send_by_name_resolves_discovered_peers() {
     assert!(!err.contains(&b.addr()), "bravo is no twin: {err}");
     // Nothing reached the twins.
     for p in [c, d] {
-        assert!(files_in(&p.dirs.download_dir).is_empty());
+        assert!(paths_under(&p.dirs.download_dir).is_empty());
     }
 }
 
 #[test]
 fn stopped_daemons_are_lost_within_12s() {
-    let net = Netns::new(3);
-    let mut ds = start_all(
-        &net,
-        &[(0, "alpha", &[]), (1, "bravo", &[]), (2, "charlie", &[])],
-    );
+    let net = Lan::new(3);
+    let mut ds = net.start_all(&[(0, "alpha", &[]), (1, "bravo", &[]), (2, "charlie", &[])]);
     {
-        let all: Vec<&NsDaemon> = ds.iter().collect();
+        let all: Vec<&LanDaemon> = ds.iter().collect();
         wait_all_see_each_other(&all, FOUND_WITHIN);
     }
-    let ids = [ds[1].device_id.clone(), ds[2].device_id.clone()];
-    let socket = ds[0].dirs.socket.clone();
+    let ids = [ds[1].device_id().to_owned(), ds[2].device_id().to_owned()];
     block_on(async {
-        let mut c = ControlServiceClient::new(
-            p2p_proto::uds::connect(&socket)
-                .await
-                .expect("connect to the control socket"),
-        );
+        let mut c = api::client(&ds[0]).await;
         let mut stream = c
             .watch_peers(pb::WatchPeersRequest {})
             .await
@@ -737,40 +342,35 @@ fn stopped_daemons_are_lost_within_12s() {
 
 #[test]
 fn daemons_on_one_host_share_the_discovery_port() {
-    let net = Netns::new(2);
-    let ds = start_all(
-        &net,
-        &[
-            (
-                0,
-                "one",
-                &["--listen", "0.0.0.0:20001", "--discovery-port", "15001"],
-            ),
-            (
-                0,
-                "two",
-                &["--listen", "0.0.0.0:20002", "--discovery-port", "15001"],
-            ),
-            (1, "other", &["--discovery-port", "15001"]),
-        ],
-    );
-    assert_eq!((ds[0].listen_port, ds[1].listen_port), (20001, 20002));
-    let all: Vec<&NsDaemon> = ds.iter().collect();
+    let net = Lan::new(2);
+    let ds = net.start_all(&[
+        (
+            0,
+            "one",
+            &["--listen", "0.0.0.0:20001", "--discovery-port", "15001"],
+        ),
+        (
+            0,
+            "two",
+            &["--listen", "0.0.0.0:20002", "--discovery-port", "15001"],
+        ),
+        (1, "other", &["--discovery-port", "15001"]),
+    ]);
+    assert_eq!((ds[0].listen_port(), ds[1].listen_port()), (20001, 20002));
+    let all: Vec<&LanDaemon> = ds.iter().collect();
     wait_all_see_each_other(&all, FOUND_WITHIN);
 }
 
 #[test]
 fn static_peers_are_listed_and_usable_by_name() {
-    let net = Netns::new(2);
-    let b = start_all(&net, &[(1, "bravo", &[])]).remove(0);
+    let net = Lan::new(2);
+    let b = net.start_all(&[(1, "bravo", &[])]).remove(0);
     let b_addr = b.addr();
-    let a = start_all(
-        &net,
-        &[(0, "alpha", &["--no-discovery", "--peer-addr", &b_addr])],
-    )
-    .remove(0);
+    let a = net
+        .start_all(&[(0, "alpha", &["--no-discovery", "--peer-addr", &b_addr])])
+        .remove(0);
     let peers = wait_peers(&a, Duration::from_secs(5), "listing bravo", |p| {
-        p.iter().any(|p| p.device_id == b.device_id)
+        p.iter().any(|p| p.device_id == b.device_id())
     });
     assert_eq!(peers.len(), 1, "{}", describe(&peers));
     let p = &peers[0];
@@ -780,22 +380,26 @@ fn static_peers_are_listed_and_usable_by_name() {
     );
     assert!(p.compatible);
 
-    trust_each_other(&a, &b);
-    let (_src, file) = payload(100_000, 11);
+    block_on(api::trust_each_other(&a, &b));
+    let (_src, file) = temp_random_file("payload-11.bin", 100_000, 11);
     let out = a.ctl(&["send", file.to_str().unwrap(), "--peer", "bravo"]);
-    assert!(out.status.success(), "send --peer bravo: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "send --peer bravo: {}",
+        ctl::describe(&out)
+    );
     let got = b.dirs.download_dir.join(file.file_name().unwrap());
     assert!(
         p2p_tests::wait_until(Duration::from_secs(5), || got.exists()),
         "{} not received",
         got.display()
     );
-    assert_eq!(api::sha256_file(&got), api::sha256_file(&file));
+    assert_eq!(sha256_file(&got), sha256_file(&file));
 
     // A static peer that goes away is reported lost at the next probe (every 10 s).
     let mut b = b;
     let lost = block_on(async {
-        let mut stream = client(&a)
+        let mut stream = api::client(&a)
             .await
             .watch_peers(pb::WatchPeersRequest {})
             .await
@@ -836,16 +440,16 @@ fn static_peers_are_listed_and_usable_by_name() {
 
 #[test]
 fn garbage_and_a_flood_of_fake_devices_leave_discovery_working() {
-    let net = Netns::new(4);
-    let mut ds = start_all(&net, &[(0, "alpha", &[]), (1, "bravo", &[])]);
+    let net = Lan::new(4);
+    let mut ds = net.start_all(&[(0, "alpha", &[]), (1, "bravo", &[])]);
     {
-        let all: Vec<&NsDaemon> = ds.iter().collect();
+        let all: Vec<&LanDaemon> = ds.iter().collect();
         wait_all_see_each_other(&all, FOUND_WITHIN);
     }
 
     // 1,000 packets of garbage (some with the magic, some oversized) and beacons of 10,000
     // devices, interleaved, from host 2 to the broadcast address.
-    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let mut rng = Rng::new(0x5EED_1234_ABCD_0001);
     let mut packets: Vec<Vec<u8>> = Vec::new();
     for i in 0..1_000 {
         let len = (rng.next() % 700) as usize;
@@ -910,7 +514,7 @@ fn garbage_and_a_flood_of_fake_devices_leave_discovery_working() {
         assert!(d.running(), "{} died\n{}", d.name, d.stderr());
         let t = Instant::now();
         let out = d.ctl(&["status", "--json"]);
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", ctl::describe(&out));
         assert!(
             t.elapsed() < Duration::from_secs(2),
             "status of {} took {:?}",
@@ -944,7 +548,7 @@ fn garbage_and_a_flood_of_fake_devices_leave_discovery_working() {
     }
 
     // A daemon starting now is found once the fakes have expired.
-    let c = start_all(&net, &[(3, "charlie", &[])]).remove(0);
+    let c = net.start_all(&[(3, "charlie", &[])]).remove(0);
     wait_peers(
         a,
         Duration::from_secs(16).saturating_sub(flood_start.elapsed()) + Duration::from_secs(2),
@@ -962,26 +566,29 @@ fn garbage_and_a_flood_of_fake_devices_leave_discovery_working() {
 
 #[test]
 fn a_spoofed_beacon_cannot_divert_a_send() {
-    let net = Netns::new(3);
-    let ds = start_all(
-        &net,
-        &[
-            (0, "alpha", &[]),
-            (1, "bravo", &[]),
-            // Charlie is elsewhere: it sends no beacons; only its id is used.
-            (2, "charlie", &["--no-discovery"]),
-        ],
-    );
+    let net = Lan::new(3);
+    let ds = net.start_all(&[
+        (0, "alpha", &[]),
+        (1, "bravo", &[]),
+        // Charlie is elsewhere: it sends no beacons; only its id is used.
+        (2, "charlie", &["--no-discovery"]),
+    ]);
     let (a, b, c) = (&ds[0], &ds[1], &ds[2]);
     wait_peers(a, FOUND_WITHIN, "listing bravo", |p| lists_exactly(p, &[b]));
     // Alpha even trusts charlie: a send "to charlie" would be accepted there without a word.
-    trust_each_other(a, c);
+    block_on(api::trust_each_other(a, c));
 
     // From bravo's host (so at bravo's address), beacons claiming charlie's id, name "spoof"
     // and bravo's listen port, every 300 ms until the test ends.
     let sock = net.udp_socket(1);
     let target = SocketAddr::from((net.broadcast, 14566));
-    let packet = beacon(&c.device_id, "spoof", b.listen_port, 42, PROTOCOL_VERSION);
+    let packet = beacon(
+        c.device_id(),
+        "spoof",
+        b.listen_port(),
+        42,
+        PROTOCOL_VERSION,
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let spoofer = {
         let stop = stop.clone();
@@ -1007,13 +614,13 @@ fn a_spoofed_beacon_cannot_divert_a_send() {
     let spoof = peers.iter().find(|p| p.name == "spoof").unwrap();
     assert_eq!(
         (spoof.device_id.as_str(), spoof.address.as_str()),
-        (c.device_id.as_str(), b.addr().as_str())
+        (c.device_id(), b.addr().as_str())
     );
 
-    let (_src, file) = payload(50_000, 3);
+    let (_src, file) = temp_random_file("payload-3.bin", 50_000, 3);
     // Over the control API.
     let err = block_on(async {
-        client(a)
+        api::client(a)
             .await
             .send(pb::SendRequest {
                 paths: vec![file.display().to_string()],
@@ -1026,40 +633,32 @@ fn a_spoofed_beacon_cannot_divert_a_send() {
         Ok(r) => panic!("Send to the spoof was accepted: {r:?}"),
         Err(s) => {
             assert!(s.message().contains("but expected"), "{s:?}");
-            assert!(s.message().contains(&b.device_id), "{s:?}");
-            assert!(s.message().contains(&c.device_id), "{s:?}");
+            assert!(s.message().contains(b.device_id()), "{s:?}");
+            assert!(s.message().contains(c.device_id()), "{s:?}");
         }
     }
     // With p2pctl.
     let out = a.ctl(&["send", file.to_str().unwrap(), "--peer", "spoof"]);
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", ctl::describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("but expected"), "{}", text(&out));
+    assert!(err.contains("but expected"), "{}", ctl::describe(&out));
 
     stop.store(true, Ordering::Relaxed);
     spoofer.join().expect("spoofer");
     // No transfer happened on either end.
     std::thread::sleep(Duration::from_millis(300));
-    block_on(async {
-        let offers = client(b)
-            .await
-            .list_incoming(pb::ListIncomingRequest {})
-            .await
-            .expect("ListIncoming")
-            .into_inner()
-            .offers;
-        assert!(offers.is_empty(), "{offers:?}");
-    });
+    let offers = block_on(api::incoming(b));
+    assert!(offers.is_empty(), "{offers:?}");
     for d in [b, c] {
         assert!(
-            files_in(&d.dirs.download_dir).is_empty(),
+            paths_under(&d.dirs.download_dir).is_empty(),
             "{} received {:?}",
             d.name,
-            files_in(&d.dirs.download_dir)
+            paths_under(&d.dirs.download_dir)
         );
     }
     for d in [a, b, c] {
-        let transfers = list_transfers(d);
+        let transfers = block_on(api::transfers(d));
         assert!(
             transfers
                 .iter()
@@ -1075,15 +674,12 @@ fn a_spoofed_beacon_cannot_divert_a_send() {
 
 #[test]
 fn no_discovery_sends_no_beacons_and_lists_nobody() {
-    let net = Netns::new(3);
-    let ds = start_all(
-        &net,
-        &[
-            (0, "alpha", &[]),
-            (1, "bravo", &[]),
-            (2, "silent", &["--no-discovery"]),
-        ],
-    );
+    let net = Lan::new(3);
+    let ds = net.start_all(&[
+        (0, "alpha", &[]),
+        (1, "bravo", &[]),
+        (2, "silent", &["--no-discovery"]),
+    ]);
     let (a, b, s) = (&ds[0], &ds[1], &ds[2]);
     // Discovery works on this link...
     wait_peers(a, FOUND_WITHIN, "listing bravo", |p| lists_exactly(p, &[b]));
@@ -1093,7 +689,7 @@ fn no_discovery_sends_no_beacons_and_lists_nobody() {
         for d in [a, b] {
             let peers = list_peers(d);
             assert!(
-                !peers.iter().any(|p| p.device_id == s.device_id),
+                !peers.iter().any(|p| p.device_id == s.device_id()),
                 "{} lists the silent daemon: {}",
                 d.name,
                 describe(&peers)

@@ -15,7 +15,7 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_health_and_reflection_over_the_socket() {
-    let d = tokio::task::spawn_blocking(Daemon::start).await.unwrap();
+    let d = p2p_tests::start(&[]).await;
     let channel = p2p_proto::uds::connect(&d.dirs.socket)
         .await
         .expect("connect");
@@ -98,7 +98,7 @@ async fn v1alpha_reflection_is_served_too() {
     use tonic_reflection::pb::v1alpha::ServerReflectionRequest as AlphaRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as Alpha;
     use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaReq;
-    let d = tokio::task::spawn_blocking(Daemon::start).await.unwrap();
+    let d = p2p_tests::start(&[]).await;
     let channel = p2p_proto::uds::connect(&d.dirs.socket).await.unwrap();
     let req = AlphaRequest {
         host: String::new(),

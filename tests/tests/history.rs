@@ -6,54 +6,10 @@
 use std::path::Path;
 
 use p2p_proto::control::v1 as pb;
-use p2p_tests::api::{self, SHORT, T, device_id, peer_addr, random_file, state, wait_done};
-use p2p_tests::{Daemon, DaemonDirs, DaemonOptions};
+use p2p_tests::api::{self, SHORT, T, history, state, wait_done};
+use p2p_tests::files::random_file;
+use p2p_tests::{Daemon, DaemonOptions, start, text};
 use serde_json::Value;
-
-fn options(accept: &str) -> DaemonOptions {
-    DaemonOptions {
-        args: vec!["--accept".into(), accept.into()],
-        ..Default::default()
-    }
-}
-
-async fn daemon(accept: &str) -> Daemon {
-    let opts = options(accept);
-    tokio::task::spawn_blocking(move || Daemon::start_with(DaemonDirs::new(), opts))
-        .await
-        .expect("start daemon")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Sets `d`'s rule for device `other` (trusting it).
-async fn rule(d: &Daemon, other: &str, accept: pb::DeviceAccept, download_dir: Option<&Path>) {
-    api::client(d)
-        .await
-        .trust_device(pb::TrustDeviceRequest {
-            id: other.to_owned(),
-            accept: accept as i32,
-            download_dir: download_dir
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            ..Default::default()
-        })
-        .await
-        .expect("TrustDevice");
-}
-
-/// `ListHistory` of `d`.
-async fn history(d: &Daemon, req: pb::ListHistoryRequest) -> Vec<pb::HistoryEntry> {
-    api::client(d)
-        .await
-        .list_history(req)
-        .await
-        .expect("ListHistory")
-        .into_inner()
-        .entries
-}
 
 async fn all_history(d: &Daemon) -> Vec<pb::HistoryEntry> {
     history(d, pb::ListHistoryRequest::default()).await
@@ -94,10 +50,10 @@ fn find<'a>(list: &'a [pb::HistoryEntry], id: &str) -> &'a pb::HistoryEntry {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_ending_is_recorded_on_both_sides_with_its_reason() {
-    let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
-    let (ida, idb) = (device_id(&a), device_id(&b));
-    rule(&a, &idb, pb::DeviceAccept::Auto, None).await;
-    rule(&b, &ida, pb::DeviceAccept::Auto, None).await;
+    let (a, b) = tokio::join!(start(&["--accept", "auto"]), start(&["--accept", "auto"]));
+    let (ida, idb) = (a.device_id().to_owned(), b.device_id().to_owned());
+    api::trust_with(&a, &idb, pb::DeviceAccept::Auto, None).await;
+    api::trust_with(&b, &ida, pb::DeviceAccept::Auto, None).await;
 
     // Completed, a → b: a folder of two files and a file.
     let folder = a.dirs.root.path().join("album");
@@ -106,7 +62,7 @@ async fn every_ending_is_recorded_on_both_sides_with_its_reason() {
     random_file(&folder.join("two.bin"), 23_456, 2);
     let single = a.dirs.root.path().join("notes.txt");
     std::fs::write(&single, b"hello history").unwrap();
-    let sent = api::send(&a, &[&folder, &single], &peer_addr(&b), None).await;
+    let sent = api::send(&a, &[&folder, &single], &b.peer_addr(), None).await;
     let t = wait_done(&a, &sent, T).await;
     assert_eq!(state(&t), pb::TransferState::Completed, "{}", t.error);
     wait_done(&b, &sent, SHORT).await;
@@ -114,36 +70,23 @@ async fn every_ending_is_recorded_on_both_sides_with_its_reason() {
     // Completed, b → a.
     let back = b.dirs.root.path().join("reply.bin");
     random_file(&back, 1 << 20, 3);
-    let received = api::send(&b, &[&back], &peer_addr(&a), None).await;
+    let received = api::send(&b, &[&back], &a.peer_addr(), None).await;
     let t = wait_done(&b, &received, T).await;
     assert_eq!(state(&t), pb::TransferState::Completed, "{}", t.error);
     wait_done(&a, &received, SHORT).await;
 
     // Rejected by b's user, with a reason.
-    rule(&b, &ida, pb::DeviceAccept::Ask, None).await;
-    let rejected = api::send(&a, &[&single], &peer_addr(&b), None).await;
+    api::trust_with(&b, &ida, pb::DeviceAccept::Ask, None).await;
+    let rejected = api::send(&a, &[&single], &b.peer_addr(), None).await;
     api::wait_offer(&b, SHORT).await;
-    api::client(&b)
-        .await
-        .reject_incoming(pb::RejectIncomingRequest {
-            transfer_id: rejected.clone(),
-            reason: "not now, thanks".into(),
-        })
-        .await
-        .expect("reject");
+    api::reject(&b, &rejected, "not now, thanks").await;
     wait_done(&a, &rejected, SHORT).await;
     wait_done(&b, &rejected, SHORT).await;
 
     // Cancelled by a while b's user has not decided yet.
-    let cancelled = api::send(&a, &[&single], &peer_addr(&b), None).await;
+    let cancelled = api::send(&a, &[&single], &b.peer_addr(), None).await;
     api::wait_offer(&b, SHORT).await;
-    api::client(&a)
-        .await
-        .cancel_transfer(pb::CancelTransferRequest {
-            id: cancelled.clone(),
-        })
-        .await
-        .expect("cancel");
+    api::cancel(&a, &cancelled).await;
     wait_done(&a, &cancelled, SHORT).await;
     wait_done(&b, &cancelled, SHORT).await;
 
@@ -151,14 +94,14 @@ async fn every_ending_is_recorded_on_both_sides_with_its_reason() {
     // the reason as a rejection.
     let blocker = b.dirs.root.path().join("blocker");
     std::fs::write(&blocker, b"a file, not a directory").unwrap();
-    rule(
+    api::trust_with(
         &b,
         &ida,
         pb::DeviceAccept::Auto,
         Some(&blocker.join("inbox")),
     )
     .await;
-    let failed = api::send(&a, &[&single], &peer_addr(&b), None).await;
+    let failed = api::send(&a, &[&single], &b.peer_addr(), None).await;
     wait_done(&a, &failed, SHORT).await;
     wait_done(&b, &failed, SHORT).await;
 
@@ -265,26 +208,29 @@ async fn every_ending_is_recorded_on_both_sides_with_its_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_limit_clear_and_a_restart() {
-    let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
-    api::trust_each_other(&a, &b).await;
-    let (ida, idb) = (device_id(&a), device_id(&b));
+    let (a, b) = api::trusted_pair(
+        DaemonOptions::accepting("auto"),
+        DaemonOptions::accepting("auto"),
+    )
+    .await;
+    let (ida, idb) = (a.device_id().to_owned(), b.device_id().to_owned());
     let file = a.dirs.root.path().join("f.txt");
     std::fs::write(&file, b"0123456789").unwrap();
     let mut ab = Vec::new();
     for _ in 0..2 {
-        let id = api::send(&a, &[&file], &peer_addr(&b), None).await;
+        let id = api::send(&a, &[&file], &b.peer_addr(), None).await;
         wait_done(&a, &id, T).await;
         wait_done(&b, &id, SHORT).await;
         ab.push(id);
     }
     let back = b.dirs.root.path().join("g.txt");
     std::fs::write(&back, b"abc").unwrap();
-    let ba = api::send(&b, &[&back], &peer_addr(&a), None).await;
+    let ba = api::send(&b, &[&back], &a.peer_addr(), None).await;
     wait_done(&b, &ba, T).await;
     wait_done(&a, &ba, SHORT).await;
     // b refuses a from now on: the next send is rejected at once.
-    rule(&b, &ida, pb::DeviceAccept::Reject, None).await;
-    let refused = api::send(&a, &[&file], &peer_addr(&b), None).await;
+    api::trust_with(&b, &ida, pb::DeviceAccept::Reject, None).await;
+    let refused = api::send(&a, &[&file], &b.peer_addr(), None).await;
     wait_done(&a, &refused, SHORT).await;
     wait_done(&b, &refused, SHORT).await;
 
@@ -399,12 +345,8 @@ async fn filters_limit_clear_and_a_restart() {
     // History survives kill -9 and a restart.
     let before = all_history(&b).await;
     assert_eq!(before.len(), 4);
-    let dirs = tokio::task::spawn_blocking(move || b.into_dirs())
-        .await
-        .expect("kill b");
-    let b = tokio::task::spawn_blocking(move || Daemon::start_with(dirs, options("auto")))
-        .await
-        .expect("restart b");
+    let dirs = b.into_dirs();
+    let b = Daemon::launch(dirs, DaemonOptions::accepting("auto")).await;
     assert_eq!(all_history(&b).await, before);
     assert_eq!(b.status()["active_transfer_count"], 0);
 
@@ -423,8 +365,8 @@ async fn filters_limit_clear_and_a_restart() {
     assert_eq!(all_history(&b).await.len(), 4);
 
     // Recording goes on after a clear.
-    rule(&b, &ida, pb::DeviceAccept::Auto, None).await;
-    let after = api::send(&a, &[&file], &peer_addr(&b), None).await;
+    api::trust_with(&b, &ida, pb::DeviceAccept::Auto, None).await;
+    let after = api::send(&a, &[&file], &b.peer_addr(), None).await;
     wait_done(&a, &after, T).await;
     assert_eq!(ids(&ctl_history(&a, &[])), [&after]);
 }

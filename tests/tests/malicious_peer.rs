@@ -14,171 +14,39 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use p2p_core::net::identity::Identity;
-use p2p_core::net::tls;
-use p2p_core::net::wire::{self as codec, PROTOCOL_VERSION, WireError, caps};
+use p2p_core::net::wire::{self as codec, PROTOCOL_VERSION, caps};
 use p2p_proto::control::v1 as pb;
 use p2p_proto::wire::v1::{self as wire, frame::Body};
-use p2p_tests::api::{control, incoming, status, wait_offer};
+use p2p_tests::api::{self, incoming, wait_offer};
+use p2p_tests::files::{part_files, paths_under, random_bytes, temp_file, wait_no_part_files};
+use p2p_tests::hostile::frames::{
+    expect_ack, expect_ack_ok, finish_file, raw_send_accepted, raw_send_file, send_rest,
+};
+use p2p_tests::hostile::peer::assert_tls_refusal;
+use p2p_tests::hostile::{CHUNK, Device, Peer, STEP, chunk, file_done, offer, one_file_offer, tid};
 use p2p_tests::{Daemon, DaemonDirs, DaemonOptions};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-/// Longest wait for one expected frame (or state). Generous: some come only after the
-/// daemon synced files, which a loaded CI disk may take seconds for; waits end as soon as
-/// the frame is there.
-const STEP: Duration = Duration::from_secs(20);
-/// Largest frame the test peer reads.
-const READ_MAX: usize = 64 << 20;
-/// Chunk size of the hand-made transfers.
-const CHUNK: u32 = 4096;
+/// How long a refused or failed transfer may take to remove its temporary files.
+const PARTS_GONE_WITHIN: Duration = Duration::from_secs(3);
+/// How long a send from a daemon to mallory may take.
+const SEND_WITHIN: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------------------------
 // Daemons and the control API
 
-fn auto_accept() -> DaemonOptions {
-    DaemonOptions {
-        args: vec!["--accept".into(), "auto".into()],
-        ..Default::default()
-    }
-}
-
-async fn start(dirs: DaemonDirs, opts: DaemonOptions) -> Daemon {
-    tokio::task::spawn_blocking(move || Daemon::start_with(dirs, opts))
-        .await
-        .expect("start daemon")
-}
-
-async fn listen_addr(d: &Daemon) -> SocketAddr {
-    status(d)
-        .await
-        .listen_address
-        .parse()
-        .expect("listen_address is HOST:PORT")
-}
-
-/// Makes `d` trust the device `id` (with the daemon's default receiving rule).
-async fn trust(d: &Daemon, id: &str) {
-    let dev = control(d)
-        .await
-        .trust_device(pb::TrustDeviceRequest {
-            id: id.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .expect("TrustDevice")
-        .into_inner();
-    assert!(dev.trusted && dev.id == id, "{dev:?}");
-}
-
-/// `p2pctl status --json` still works (run off the reactor: it spawns and waits).
+/// `p2pctl status --json` still works.
 fn assert_status_answers(d: &Daemon) {
-    let s = tokio::task::block_in_place(|| d.status());
+    let s = d.status();
     assert!(
         s["device_id"].as_str().is_some_and(|v| !v.is_empty()),
         "status after abuse: {s}\n--- p2pd stderr ---\n{}",
         d.stderr()
     );
-}
-
-async fn transfer(d: &Daemon, id: &str) -> pb::Transfer {
-    let list = control(d)
-        .await
-        .list_transfers(pb::ListTransfersRequest {})
-        .await
-        .expect("ListTransfers")
-        .into_inner();
-    list.transfers
-        .into_iter()
-        .find(|t| t.id == id)
-        .unwrap_or_else(|| panic!("transfer {id} is not in ListTransfers"))
-}
-
-fn is_final(t: &pb::Transfer) -> bool {
-    matches!(
-        pb::TransferState::try_from(t.state).unwrap_or_default(),
-        pb::TransferState::Completed
-            | pb::TransferState::Failed
-            | pb::TransferState::Cancelled
-            | pb::TransferState::Rejected
-    )
-}
-
-/// Polls the transfer until it reaches a final state (bounded by `within`).
-async fn transfer_final_within(d: &Daemon, id: &str, within: Duration) -> pb::Transfer {
-    let deadline = Instant::now() + within;
-    loop {
-        let t = transfer(d, id).await;
-        if is_final(&t) {
-            return t;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "transfer {id} did not end: {t:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn transfer_final(d: &Daemon, id: &str) -> pb::Transfer {
-    transfer_final_within(d, id, STEP).await
-}
-
-/// Every path below `dir` (relative, sorted), hidden files included; empty if `dir` is missing.
-fn tree(dir: &Path) -> BTreeSet<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut BTreeSet<String>) {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            out.insert(p.strip_prefix(base).unwrap().display().to_string());
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                walk(base, &p, out);
-            }
-        }
-    }
-    let mut out = BTreeSet::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
-fn part_files(dir: &Path) -> Vec<String> {
-    tree(dir)
-        .into_iter()
-        .filter(|p| p.ends_with(".p2pd-part"))
-        .collect()
-}
-
-/// Waits (bounded) until no `.p2pd-part` file is left, then asserts it.
-async fn assert_no_part_files(dir: &Path, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !part_files(dir).is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        part_files(dir),
-        Vec::<String>::new(),
-        "{what}: temporary files left behind"
-    );
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so no RNG crate is needed.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// A `/proc/PID/status` value in KiB (`VmPeak`, `VmRSS`).
@@ -207,420 +75,12 @@ fn zstd_zeros(len: usize) -> Vec<u8> {
     v
 }
 
-// ---------------------------------------------------------------------------------------
-// The test's own device
-
-/// Mallory: a device identity (key and certificate) in a temporary state dir.
-struct Mallory {
-    identity: Identity,
-    _dir: tempfile::TempDir,
-}
-
-impl Mallory {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let identity = Identity::load_or_create(dir.path()).expect("test identity");
-        Mallory {
-            identity,
-            _dir: dir,
-        }
-    }
-
-    fn id(&self) -> String {
-        self.identity.device_id.to_string()
-    }
-
-    fn hello(&self, version: u32) -> wire::Hello {
-        wire::Hello {
-            device_id: self.id(),
-            name: "mallory".into(),
-            protocol_version: version,
-            capabilities: caps::SUPPORTED,
-            listen_port: 1,
-            software_version: "test-peer".into(),
-            ..Default::default()
-        }
-    }
-}
-
 /// A daemon with `--accept auto` that trusts mallory (so `auto` applies to its offers).
-async fn daemon_trusting(m: &Mallory, dirs: DaemonDirs) -> (Daemon, SocketAddr) {
-    let d = start(dirs, auto_accept()).await;
-    trust(&d, &m.id()).await;
-    let addr = listen_addr(&d).await;
+async fn daemon_trusting(m: &Device, dirs: DaemonDirs) -> (Daemon, SocketAddr) {
+    let d = Daemon::launch(dirs, DaemonOptions::accepting("auto")).await;
+    api::trust(&d, &m.id()).await;
+    let addr = d.listen_addr();
     (d, addr)
-}
-
-// ---------------------------------------------------------------------------------------
-// The hand-written peer
-
-/// A byte stream: plain TCP, or TLS over it, either side.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-struct Peer {
-    stream: Box<dyn Io>,
-}
-
-async fn tcp(addr: SocketAddr) -> TcpStream {
-    let stream = tokio::time::timeout(STEP, TcpStream::connect(addr))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
-    stream.set_nodelay(true).unwrap();
-    stream
-}
-
-impl Peer {
-    /// Plain TCP, no TLS (for what a device that does not speak TLS would send).
-    async fn plain(addr: SocketAddr) -> Self {
-        Peer {
-            stream: Box::new(tcp(addr).await),
-        }
-    }
-
-    /// TCP and a TLS 1.3 handshake with mallory's identity; nothing of the wire protocol yet.
-    async fn tls(addr: SocketAddr, m: &Mallory) -> Self {
-        Peer::tls_as(addr, &m.identity).await
-    }
-
-    async fn tls_as(addr: SocketAddr, identity: &Identity) -> Self {
-        let connector = tokio_rustls::TlsConnector::from(
-            tls::client_config(identity, None).expect("client config"),
-        );
-        let stream =
-            tokio::time::timeout(STEP, connector.connect(tls::server_name(), tcp(addr).await))
-                .await
-                .expect("TLS handshake timed out")
-                .expect("TLS handshake");
-        Peer {
-            stream: Box::new(stream),
-        }
-    }
-
-    /// Connects and runs the initiator's handshake; returns the agreed limits.
-    async fn handshake(addr: SocketAddr, m: &Mallory) -> (Self, wire::Config) {
-        let proposal = wire::Config {
-            chunk_size: 1 << 20,
-            compress: true,
-            level: 3,
-            windowed: true,
-            window_size: 64,
-        };
-        let (p, agreed) = Peer::handshake_with(addr, m, proposal).await;
-        assert_eq!(agreed, proposal);
-        (p, agreed)
-    }
-
-    /// The handshake with another Config proposal.
-    async fn handshake_with(
-        addr: SocketAddr,
-        m: &Mallory,
-        proposal: wire::Config,
-    ) -> (Self, wire::Config) {
-        let mut p = Peer::tls(addr, m).await;
-        p.send(Body::Hello(m.hello(PROTOCOL_VERSION))).await;
-        let ack = match p.recv().await {
-            Body::HelloAck(a) => a,
-            other => panic!("expected HelloAck, got {other:?}"),
-        };
-        assert_eq!(ack.protocol_version, PROTOCOL_VERSION);
-        assert!(
-            ack.device_id.parse::<p2p_core::DeviceId>().is_ok(),
-            "{ack:?}"
-        );
-        assert_eq!(ack.capabilities, caps::SUPPORTED);
-        p.send(Body::Config(proposal)).await;
-        let agreed = match p.recv().await {
-            Body::ConfigAck(c) => c.agreed.expect("ConfigAck carries the agreed values"),
-            other => panic!("expected ConfigAck, got {other:?}"),
-        };
-        (p, agreed)
-    }
-
-    async fn send(&mut self, body: Body) {
-        self.write_raw(&codec::encode(body)).await;
-    }
-
-    async fn write_raw(&mut self, bytes: &[u8]) {
-        tokio::time::timeout(STEP, async {
-            self.stream.write_all(bytes).await?;
-            self.stream.flush().await
-        })
-        .await
-        .expect("write timed out")
-        .expect("write");
-    }
-
-    /// The next frame that is not a Ping (Pings are answered), or `None` after `within`.
-    async fn next(&mut self, within: Duration) -> Option<Result<Body, WireError>> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let r =
-                tokio::time::timeout_at(deadline, codec::read_frame(&mut self.stream, READ_MAX))
-                    .await
-                    .ok()?;
-            match r {
-                Ok(Body::Ping(p)) => self.send(Body::Pong(wire::Pong { nonce: p.nonce })).await,
-                other => return Some(other),
-            }
-        }
-    }
-
-    async fn try_recv(&mut self, within: Duration) -> Result<Body, WireError> {
-        self.next(within)
-            .await
-            .unwrap_or_else(|| panic!("no frame from the daemon within {within:?}"))
-    }
-
-    async fn recv(&mut self) -> Body {
-        self.try_recv(STEP).await.expect("read a frame")
-    }
-
-    /// Reads until the daemon closes the connection; returns what it sent before (Pings left
-    /// out). Panics if it stays open for `within`.
-    async fn expect_closed(&mut self, within: Duration) -> Vec<Body> {
-        let deadline = tokio::time::Instant::now() + within;
-        let mut got = Vec::new();
-        loop {
-            let r =
-                tokio::time::timeout_at(deadline, codec::read_frame(&mut self.stream, READ_MAX))
-                    .await
-                    .unwrap_or_else(|_| {
-                        panic!(
-                            "the daemon kept the connection open for {within:?}; it sent {got:?}"
-                        )
-                    });
-            match r {
-                Ok(Body::Ping(_)) => {}
-                Ok(b) => got.push(b),
-                Err(WireError::Closed | WireError::Io(_)) => return got,
-                Err(e) => panic!("unexpected bytes from the daemon: {e}"),
-            }
-        }
-    }
-
-    /// Reads raw bytes until the daemon closes the connection (a plain TCP peer); panics if it
-    /// stays open for `within`.
-    async fn raw_until_closed(&mut self, within: Duration) -> Vec<u8> {
-        let mut got = Vec::new();
-        let r = tokio::time::timeout(within, async {
-            let mut buf = [0u8; 4096];
-            loop {
-                match self.stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                }
-            }
-        })
-        .await;
-        assert!(
-            r.is_ok(),
-            "the daemon kept a plain TCP connection open for {within:?}; it sent {got:?}"
-        );
-        got
-    }
-
-    /// Waits for the daemon's decision on an offer (a resumable Cancel means "try again").
-    async fn decision(&mut self, id: &str) -> Body {
-        loop {
-            match self.recv().await {
-                b @ (Body::Ready(_) | Body::Reject(_) | Body::Cancel(_)) => {
-                    let got = match &b {
-                        Body::Ready(r) => &r.transfer_id,
-                        Body::Reject(r) => &r.transfer_id,
-                        Body::Cancel(c) => &c.transfer_id,
-                        _ => unreachable!(),
-                    };
-                    assert_eq!(got, id, "decision for another transfer: {b:?}");
-                    return b;
-                }
-                Body::Pong(_) => {}
-                other => panic!("expected Ready or Reject for {id}, got {other:?}"),
-            }
-        }
-    }
-}
-
-/// What a plain TCP client gets for bytes that are not a TLS handshake: nothing, or a TLS
-/// alert record (content type 21) — never a frame of the wire protocol.
-fn assert_tls_refusal(what: &str, got: &[u8]) {
-    assert!(
-        got.is_empty() || (got[0] == 0x15 && got.len() >= 7),
-        "{what}: expected nothing or a TLS alert, got {got:?}"
-    );
-}
-
-/// A transfer id (a UUID, as the receiver requires) derived from a readable label.
-fn tid(label: &str) -> String {
-    let h = Sha256::digest(label.as_bytes());
-    let x: String = h[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &x[..8],
-        &x[8..12],
-        &x[12..16],
-        &x[16..20],
-        &x[20..32]
-    )
-}
-
-fn offer(id: &str, roots: &[&str], files: &[(&str, u64)], dirs: &[&str]) -> wire::TransferInfo {
-    wire::TransferInfo {
-        transfer_id: id.into(),
-        mode: if dirs.is_empty() {
-            wire::TransferMode::File as i32
-        } else {
-            wire::TransferMode::Folder as i32
-        },
-        roots: roots.iter().map(|s| s.to_string()).collect(),
-        files: files
-            .iter()
-            .map(|(p, size)| wire::FileEntry {
-                path: p.to_string(),
-                size: *size,
-                mode: 0o644,
-                mtime_sec: 1_700_000_000,
-                mtime_nsec: 0,
-            })
-            .collect(),
-        dirs: dirs.iter().map(|s| s.to_string()).collect(),
-        chunk_size: CHUNK,
-        window: 8,
-        resume: false,
-        total_bytes: files.iter().map(|(_, s)| s).sum(),
-        ..Default::default()
-    }
-}
-
-fn chunk(id: &str, file_index: u32, chunk_index: u64, data: &[u8]) -> Body {
-    Body::Chunk(wire::Chunk {
-        transfer_id: id.into(),
-        file_index,
-        chunk_index,
-        flags: 0,
-        crc32: crc32fast::hash(data),
-        data: Bytes::copy_from_slice(data),
-        ..Default::default()
-    })
-}
-
-fn file_done(id: &str, file_index: u32, sha256: &[u8]) -> Body {
-    Body::FileDone(wire::FileDone {
-        transfer_id: id.into(),
-        file_index,
-        sha256: Bytes::copy_from_slice(sha256),
-    })
-}
-
-/// Receives one ChunkAck for `id` and checks its chunk and status.
-async fn expect_ack(p: &mut Peer, id: &str, chunk_index: u64, status: wire::ChunkStatus) {
-    match p.recv().await {
-        Body::ChunkAck(a) => {
-            assert_eq!(a.transfer_id, id);
-            assert_eq!(a.file_index, 0);
-            assert_eq!(a.chunk_index, chunk_index, "{a:?}");
-            assert_eq!(a.status, status as i32, "{a:?}");
-        }
-        other => panic!("expected ChunkAck for chunk {chunk_index}, got {other:?}"),
-    }
-}
-
-async fn expect_ack_ok(p: &mut Peer, id: &str, chunk_index: u64) {
-    expect_ack(p, id, chunk_index, wire::ChunkStatus::Ok).await;
-}
-
-/// FileDone for file #0, then Complete, each answered as it must be.
-async fn finish_file(p: &mut Peer, id: &str, data: &[u8]) {
-    p.send(file_done(id, 0, &Sha256::digest(data))).await;
-    match p.recv().await {
-        Body::FileResult(r) => assert!(r.ok && r.file_index == 0, "{r:?}"),
-        other => panic!("expected FileResult, got {other:?}"),
-    }
-    p.send(Body::Complete(wire::Complete {
-        transfer_id: id.into(),
-    }))
-    .await;
-    match p.recv().await {
-        Body::CompleteAck(a) => assert_eq!(a.transfer_id, id),
-        other => panic!("expected CompleteAck, got {other:?}"),
-    }
-}
-
-/// Sends the chunks of an accepted one-file transfer, in order, and the rest up to
-/// CompleteAck, checking every answer.
-async fn raw_send_accepted(p: &mut Peer, id: &str, data: &[u8]) {
-    for (i, c) in data.chunks(CHUNK as usize).enumerate() {
-        p.send(chunk(id, 0, i as u64, c)).await;
-    }
-    for i in 0..data.len().div_ceil(CHUNK as usize) {
-        expect_ack_ok(p, id, i as u64).await;
-    }
-    finish_file(p, id, data).await;
-}
-
-/// Sends the chunks of a one-file transfer from `first` on, each acknowledged before the next,
-/// and the rest up to CompleteAck (a resume that continues after what the receiver holds).
-async fn send_rest(p: &mut Peer, id: &str, data: &[u8], first: usize) {
-    for (i, c) in data.chunks(CHUNK as usize).enumerate().skip(first) {
-        p.send(chunk(id, 0, i as u64, c)).await;
-        expect_ack_ok(p, id, i as u64).await;
-    }
-    finish_file(p, id, data).await;
-}
-
-fn one_file_offer(id: &str, name: &str, data: &[u8]) -> Body {
-    Body::TransferInfo(offer(id, &[name], &[(name, data.len() as u64)], &[]))
-}
-
-/// Sends one file named `name` with `data` through the raw protocol, in order, and checks
-/// every answer up to CompleteAck.
-async fn raw_send_file(p: &mut Peer, id: &str, name: &str, data: &[u8]) {
-    p.send(one_file_offer(id, name, data)).await;
-    let decision = p.decision(id).await;
-    assert!(
-        matches!(decision, Body::Ready(_)),
-        "a valid offer is accepted: {decision:?}"
-    );
-    raw_send_accepted(p, id, data).await;
-}
-
-/// Sends `path` from `from` to `peer` over the control API and waits for the end (bounded).
-async fn send_and_wait(
-    from: &Daemon,
-    path: &Path,
-    peer: &str,
-    options: Option<pb::SendOptions>,
-) -> pb::Transfer {
-    let mut c = control(from).await;
-    let id = c
-        .send(pb::SendRequest {
-            paths: vec![path.display().to_string()],
-            peer: peer.to_owned(),
-            options,
-        })
-        .await
-        .expect("Send")
-        .into_inner()
-        .transfer_id;
-    let mut stream = c
-        .watch_transfers(pb::WatchTransfersRequest {
-            ids: vec![id.clone()],
-            until_done: true,
-        })
-        .await
-        .expect("WatchTransfers")
-        .into_inner();
-    tokio::time::timeout(Duration::from_secs(20), async {
-        let mut last = None;
-        while let Some(ev) = stream.message().await.expect("watch stream") {
-            last = ev.transfer;
-        }
-        last
-    })
-    .await
-    .expect("transfer did not end in time")
-    .expect("at least one event")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -628,16 +88,16 @@ async fn send_and_wait(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_through_the_raw_protocol() {
-    let m = Mallory::new();
+    let m = Device::new();
     let (d, addr) = daemon_trusting(&m, DaemonDirs::new()).await;
     let (mut p, _) = Peer::handshake(addr, &m).await;
 
     // Three chunks, the last one short.
-    let data = pseudo_random(2 * CHUNK as usize + 1808, 7);
+    let data = random_bytes(2 * CHUNK as usize + 1808, 7);
     raw_send_file(&mut p, &tid("raw-happy-1"), "hello.bin", &data).await;
     let got = std::fs::read(d.dirs.download_dir.join("hello.bin")).expect("file in place");
     assert!(got == data, "content differs");
-    let t = transfer_final(&d, &tid("raw-happy-1")).await;
+    let t = api::wait_done(&d, &tid("raw-happy-1"), STEP).await;
     assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
     assert_eq!(t.direction, pb::Direction::Receive as i32);
     assert_eq!(t.bytes_done, data.len() as u64);
@@ -663,13 +123,7 @@ async fn happy_path_through_the_raw_protocol() {
     }
 
     // The daemon lists the session as one with a trusted device.
-    let sessions = control(&d)
-        .await
-        .list_sessions(pb::ListSessionsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
+    let sessions = api::sessions(&d).await;
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     assert_eq!(sessions[0].peer_id, m.id());
     assert!(sessions[0].trusted, "{sessions:?}");
@@ -677,14 +131,14 @@ async fn happy_path_through_the_raw_protocol() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_peers_offer_waits_even_with_accept_auto() {
-    let m = Mallory::new();
+    let m = Device::new();
     // `--accept auto`, but mallory is not trusted.
-    let d = start(DaemonDirs::new(), auto_accept()).await;
-    let addr = listen_addr(&d).await;
+    let d = p2p_tests::start(&["--accept", "auto"]).await;
+    let addr = d.listen_addr();
     let (mut p, _) = Peer::handshake(addr, &m).await;
 
     let id = &tid("untrusted-1");
-    let data = pseudo_random(CHUNK as usize + 10, 3);
+    let data = random_bytes(CHUNK as usize + 10, 3);
     p.send(one_file_offer(id, "waits.bin", &data)).await;
     assert!(
         p.next(Duration::from_millis(1500)).await.is_none(),
@@ -692,47 +146,28 @@ async fn an_untrusted_peers_offer_waits_even_with_accept_auto() {
     );
     // Listed once validated and recorded (bounded wait; the silence above is no measure).
     assert_eq!(wait_offer(&d, STEP).await.transfer_id, *id);
-    let offers = control(&d)
-        .await
-        .list_incoming(pb::ListIncomingRequest {})
-        .await
-        .expect("ListIncoming")
-        .into_inner()
-        .offers;
+    let offers = incoming(&d).await;
     assert_eq!(offers.len(), 1, "{offers:?}");
     assert_eq!(offers[0].transfer_id, *id);
     assert_eq!(offers[0].peer_id, m.id());
     assert!(!offers[0].peer_trusted, "{offers:?}");
-    let t = transfer(&d, id).await;
+    let t = api::transfer(&d, id).await;
     assert_eq!(t.state, pb::TransferState::WaitingAccept as i32, "{t:?}");
     assert!(!d.dirs.download_dir.join("waits.bin").exists());
-    let pending = control(&d)
-        .await
-        .list_pending(pb::ListPendingRequest {})
-        .await
-        .expect("ListPending")
-        .into_inner()
-        .devices;
+    let pending = api::pending(&d).await;
     assert!(
         pending.iter().any(|dev| dev.id == m.id() && !dev.trusted),
         "mallory is a pending device: {pending:?}"
     );
 
     // An explicit accept lets it through.
-    control(&d)
-        .await
-        .accept_incoming(pb::AcceptIncomingRequest {
-            transfer_id: id.clone(),
-            destination: String::new(),
-        })
-        .await
-        .expect("AcceptIncoming");
+    api::accept(&d, id, None).await;
     assert!(matches!(p.decision(id).await, Body::Ready(_)));
     raw_send_accepted(&mut p, id, &data).await;
     assert!(std::fs::read(d.dirs.download_dir.join("waits.bin")).unwrap() == data);
 
     // Once trusted, `--accept auto` applies on the same session.
-    trust(&d, &m.id()).await;
+    api::trust(&d, &m.id()).await;
     raw_send_file(&mut p, &tid("trusted-now"), "auto.bin", &data).await;
     assert!(std::fs::read(d.dirs.download_dir.join("auto.bin")).unwrap() == data);
 }
@@ -741,13 +176,13 @@ async fn an_untrusted_peers_offer_waits_even_with_accept_auto() {
 async fn unsafe_manifests_are_rejected_and_nothing_is_written() {
     // The download dir sits one level below a directory the test owns, so that anything
     // escaping by `..` lands where the test looks.
-    let m = Mallory::new();
+    let m = Device::new();
     let mut dirs = DaemonDirs::new();
     dirs.download_dir = dirs.root.path().join("jail/downloads");
     std::fs::create_dir_all(&dirs.download_dir).unwrap();
     let jail = dirs.root.path().join("jail");
     let (d, addr) = daemon_trusting(&m, dirs).await;
-    let root_before = tree(d.dirs.root.path())
+    let root_before = paths_under(d.dirs.root.path())
         .into_iter()
         .filter(|p| !p.starts_with("state") && !p.starts_with("run"))
         .collect::<BTreeSet<_>>();
@@ -810,7 +245,7 @@ async fn unsafe_manifests_are_rejected_and_nothing_is_written() {
         }))
         .await;
 
-        let t = transfer_final(&d, id).await;
+        let t = api::wait_done(&d, id, STEP).await;
         assert_eq!(t.state, pb::TransferState::Rejected as i32, "{id}: {t:?}");
         assert_eq!(t.direction, pb::Direction::Receive as i32, "{id}");
         assert_eq!(t.error, reason, "{id}: ListTransfers shows the reason");
@@ -833,16 +268,16 @@ async fn unsafe_manifests_are_rejected_and_nothing_is_written() {
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        tree(&d.dirs.download_dir),
+        paths_under(&d.dirs.download_dir),
         BTreeSet::new(),
         "nothing is written inside the download dir"
     );
     assert_eq!(
-        tree(&jail),
+        paths_under(&jail),
         BTreeSet::from(["downloads".to_string()]),
         "nothing is written next to the download dir"
     );
-    let root_after = tree(d.dirs.root.path())
+    let root_after = paths_under(d.dirs.root.path())
         .into_iter()
         .filter(|p| !p.starts_with("state") && !p.starts_with("run"))
         .collect::<BTreeSet<_>>();
@@ -855,10 +290,10 @@ async fn unsafe_manifests_are_rejected_and_nothing_is_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frames_drop_the_session_without_allocating() {
-    let m = Mallory::new();
+    let m = Device::new();
     let ((a, addr), b) = tokio::join!(
         daemon_trusting(&m, DaemonDirs::new()),
-        start(DaemonDirs::new(), DaemonOptions::default())
+        p2p_tests::start(&[])
     );
     let peak_before = proc_kib(a.pid, "VmPeak");
 
@@ -904,11 +339,9 @@ async fn oversized_frames_drop_the_session_without_allocating() {
 
     // Still serving: status, and a normal transfer from another real daemon it trusts.
     assert_status_answers(&a);
-    trust(&a, &status(&b).await.device_id).await;
-    let src_dir = tempfile::tempdir().unwrap();
-    let src = src_dir.path().join("after-abuse.txt");
-    std::fs::write(&src, b"still here\n").unwrap();
-    let last = send_and_wait(&b, &src, &addr.to_string(), None).await;
+    api::trust(&a, b.device_id()).await;
+    let (_src_dir, src) = temp_file("after-abuse.txt", b"still here\n");
+    let last = api::send_and_wait(&b, &[&src], &addr.to_string(), None, SEND_WITHIN).await;
     assert_eq!(
         last.state,
         pb::TransferState::Completed as i32,
@@ -923,7 +356,7 @@ async fn oversized_frames_drop_the_session_without_allocating() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_silent_clients_are_dropped() {
-    let m = Mallory::new();
+    let m = Device::new();
     let (d, addr) = daemon_trusting(&m, DaemonDirs::new()).await;
 
     // Silent clients: after the TLS handshake one sends nothing, one stops in the middle of a
@@ -980,7 +413,7 @@ async fn garbage_and_silent_clients_are_dropped() {
     let raw_garbage: Vec<(&str, Vec<u8>)> = vec![
         ("http", b"GET / HTTP/1.1\r\nHost: p2pd\r\n\r\n".to_vec()),
         ("a plaintext Hello (protocol version 1)", plain_hello),
-        ("random bytes", pseudo_random(300, 5)),
+        ("random bytes", random_bytes(300, 5)),
     ];
     for (what, bytes) in &raw_garbage {
         let mut p = Peer::plain(addr).await;
@@ -1055,7 +488,7 @@ async fn garbage_and_silent_clients_are_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_mismatch_is_answered_with_an_error() {
-    let m = Mallory::new();
+    let m = Device::new();
     let (d, addr) = daemon_trusting(&m, DaemonDirs::new()).await;
     let mut p = Peer::tls(addr, &m).await;
     p.send(Body::Hello(m.hello(999))).await;
@@ -1080,12 +513,12 @@ async fn a_version_mismatch_is_answered_with_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hello_claiming_another_device_is_refused() {
-    let m = Mallory::new();
+    let m = Device::new();
     let (d, addr) = daemon_trusting(&m, DaemonDirs::new()).await;
-    let d_id = status(&d).await.device_id;
+    let d_id = d.device_id().to_owned();
     // Another real, trusted device id; the daemon's own; and something that is no id at all.
-    let other = Mallory::new();
-    trust(&d, &other.id()).await;
+    let other = Device::new();
+    api::trust(&d, &other.id()).await;
     for claim in [other.id(), d_id, "mallory-0000-test".to_owned()] {
         let mut p = Peer::tls(addr, &m).await;
         let mut hello = m.hello(PROTOCOL_VERSION);
@@ -1104,13 +537,7 @@ async fn a_hello_claiming_another_device_is_refused() {
             other => panic!("claim {claim:?}: expected one Error frame, then EOF; got {other:?}"),
         }
     }
-    let sessions = control(&d)
-        .await
-        .list_sessions(pb::ListSessionsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
+    let sessions = api::sessions(&d).await;
     assert!(sessions.is_empty(), "{sessions:?}");
     let _ = Peer::handshake(addr, &m).await;
     assert_status_answers(&d);
@@ -1131,13 +558,13 @@ enum Bad {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_chunks_cancel_the_transfer_and_leave_nothing_behind() {
-    let m = Mallory::new();
+    let m = Device::new();
     let (d, addr) = daemon_trusting(&m, DaemonDirs::new()).await;
     let dl = d.dirs.download_dir.clone();
     let (mut p, _) = Peer::handshake(addr, &m).await;
 
     let size = CHUNK as usize + 100;
-    let data = pseudo_random(size, 99);
+    let data = random_bytes(size, 99);
     let (first, rest) = data.split_at(CHUNK as usize);
     for (n, bad) in [
         Bad::OversizedLastChunk,
@@ -1161,7 +588,7 @@ async fn bad_chunks_cancel_the_transfer_and_leave_nothing_behind() {
         p.send(chunk(&id, 0, 0, first)).await;
         expect_ack_ok(&mut p, &id, 0).await;
         // The first chunk is on disk in a temporary file: the clean-up check below is real.
-        assert_eq!(part_files(&dl).len(), 1, "{bad:?}: {:?}", tree(&dl));
+        assert_eq!(part_files(&dl).len(), 1, "{bad:?}: {:?}", paths_under(&dl));
 
         match bad {
             Bad::OversizedLastChunk => {
@@ -1201,7 +628,7 @@ async fn bad_chunks_cancel_the_transfer_and_leave_nothing_behind() {
                 "{told:?}"
             );
         }
-        let t = transfer_final(&d, &id).await;
+        let t = api::wait_done(&d, &id, STEP).await;
         assert_eq!(t.state, pb::TransferState::Failed as i32, "{bad:?}: {t:?}");
         assert!(!t.error.is_empty(), "{bad:?}: no error recorded");
         eprintln!("{bad:?}: {told:?}; transfer error: {}", t.error);
@@ -1210,9 +637,13 @@ async fn bad_chunks_cancel_the_transfer_and_leave_nothing_behind() {
             !dl.join(&name).exists(),
             "{bad:?}: a file appeared under the final name"
         );
-        assert_no_part_files(&dl, &format!("{bad:?}")).await;
+        wait_no_part_files(&dl, PARTS_GONE_WITHIN).await;
     }
-    assert_eq!(tree(&dl), BTreeSet::new(), "the download dir is empty");
+    assert_eq!(
+        paths_under(&dl),
+        BTreeSet::new(),
+        "the download dir is empty"
+    );
 
     // The session and the daemon keep serving.
     raw_send_file(&mut p, &tid("after-bad-chunks"), "good.bin", &data).await;
@@ -1220,48 +651,32 @@ async fn bad_chunks_cancel_the_transfer_and_leave_nothing_behind() {
     assert_status_answers(&d);
 }
 
-/// Polls the transfer until it is `Interrupted` (bounded).
-async fn transfer_interrupted(d: &Daemon, id: &str) -> pb::Transfer {
-    let deadline = Instant::now() + STEP;
-    loop {
-        let t = transfer(d, id).await;
-        if t.state == pb::TransferState::Interrupted as i32 {
-            return t;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "transfer {id} was not interrupted: {t:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_vanishes_mid_transfer_can_resume_what_it_started() {
-    let m = Mallory::new();
+    let m = Device::new();
     let (d, addr) = daemon_trusting(&m, DaemonDirs::new()).await;
     let dl = d.dirs.download_dir.clone();
     let (mut p, _) = Peer::handshake(addr, &m).await;
     let id = &tid("vanish");
-    let data = pseudo_random(3 * CHUNK as usize + 5, 17);
+    let data = random_bytes(3 * CHUNK as usize + 5, 17);
     let chunks: Vec<&[u8]> = data.chunks(CHUNK as usize).collect();
     p.send(one_file_offer(id, "half.bin", &data)).await;
     assert!(matches!(p.decision(id).await, Body::Ready(_)));
     p.send(chunk(id, 0, 0, chunks[0])).await;
     expect_ack_ok(&mut p, id, 0).await;
-    assert_eq!(part_files(&dl).len(), 1, "{:?}", tree(&dl));
+    assert_eq!(part_files(&dl).len(), 1, "{:?}", paths_under(&dl));
     // Gone without a word (no Cancel, no TLS close_notify): the receiver keeps what it has,
     // under the hidden temporary name only.
     drop(p);
-    let t = transfer_interrupted(&d, id).await;
+    let t = api::wait_state(&d, id, pb::TransferState::Interrupted, STEP).await;
     assert!(t.error.contains("session"), "{t:?}");
     assert!(!dl.join("half.bin").exists());
-    assert_eq!(part_files(&dl).len(), 1, "{:?}", tree(&dl));
+    assert_eq!(part_files(&dl).len(), 1, "{:?}", paths_under(&dl));
     assert_status_answers(&d);
 
     // Back with a resume offer that does not match what was accepted: refused.
     let (mut p, _) = Peer::handshake(addr, &m).await;
-    let other = pseudo_random(data.len() + 1, 18);
+    let other = random_bytes(data.len() + 1, 18);
     let Body::TransferInfo(mut changed) = one_file_offer(id, "half.bin", &other) else {
         unreachable!()
     };
@@ -1288,11 +703,11 @@ async fn a_peer_that_vanishes_mid_transfer_can_resume_what_it_started() {
     assert!(!have[0].complete);
     assert_eq!(have[0].chunks.as_ref(), &[0b0000_0001u8], "{have:?}");
     send_rest(&mut p, id, &data, 1).await;
-    let t = transfer_final(&d, id).await;
+    let t = api::wait_done(&d, id, STEP).await;
     assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
     assert_eq!(t.resumed_bytes, u64::from(CHUNK), "{t:?}");
     assert!(std::fs::read(dl.join("half.bin")).unwrap() == data);
-    assert_no_part_files(&dl, "resumed transfer").await;
+    wait_no_part_files(&dl, PARTS_GONE_WITHIN).await;
 
     // A sender that did not hear the end (a lost CompleteAck) resumes again: the receiver
     // says every file is complete and confirms Complete — nothing is received twice.
@@ -1316,14 +731,11 @@ async fn a_peer_that_vanishes_mid_transfer_can_resume_what_it_started() {
     }))
     .await;
     assert!(matches!(p.recv().await, Body::CompleteAck(_)));
-    assert!(!dl.join("half (1).bin").exists(), "{:?}", tree(&dl));
+    assert!(!dl.join("half (1).bin").exists(), "{:?}", paths_under(&dl));
 
     // The same after the receiver restarted: history remembers.
     drop(p);
-    let dirs = tokio::task::spawn_blocking(move || d.into_dirs())
-        .await
-        .unwrap();
-    let (d, addr) = daemon_trusting(&m, dirs).await;
+    let (d, addr) = daemon_trusting(&m, d.into_dirs()).await;
     let (mut p, _) = Peer::handshake(addr, &m).await;
     p.send(late_resume(&data)).await;
     assert!(
@@ -1337,19 +749,19 @@ async fn a_peer_that_vanishes_mid_transfer_can_resume_what_it_started() {
 /// everything for a resume; a final one ends the transfer and removes what was kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_keeps_a_stopped_transfer_and_a_cancel_ends_it() {
-    let m = Mallory::new();
+    let m = Device::new();
     let (d, addr) = daemon_trusting(&m, DaemonDirs::new()).await;
     let dl = d.dirs.download_dir.clone();
     let (mut p, _) = Peer::handshake(addr, &m).await;
     let id = &tid("stopped");
-    let data = pseudo_random(3 * CHUNK as usize + 5, 19);
+    let data = random_bytes(3 * CHUNK as usize + 5, 19);
     let first = &data[..CHUNK as usize];
     p.send(one_file_offer(id, "kept.bin", &data)).await;
     assert!(matches!(p.decision(id).await, Body::Ready(_)));
     p.send(chunk(id, 0, 0, first)).await;
     expect_ack_ok(&mut p, id, 0).await;
     drop(p);
-    transfer_interrupted(&d, id).await;
+    api::wait_state(&d, id, pb::TransferState::Interrupted, STEP).await;
 
     let (mut p, _) = Peer::handshake(addr, &m).await;
     let cancel = |resumable: bool, reason: &str| {
@@ -1367,25 +779,25 @@ async fn a_pause_keeps_a_stopped_transfer_and_a_cancel_ends_it() {
         Body::Pong(pong) => assert_eq!(pong.nonce, 7),
         other => panic!("expected Pong, got {other:?}"),
     }
-    let t = transfer(&d, id).await;
+    let t = api::transfer(&d, id).await;
     assert_eq!(t.state, pb::TransferState::Interrupted as i32, "{t:?}");
-    assert_eq!(part_files(&dl).len(), 1, "{:?}", tree(&dl));
+    assert_eq!(part_files(&dl).len(), 1, "{:?}", paths_under(&dl));
 
     p.send(cancel(false, "changed my mind")).await;
-    let t = transfer_final(&d, id).await;
+    let t = api::wait_done(&d, id, STEP).await;
     assert_eq!(t.state, pb::TransferState::Cancelled as i32, "{t:?}");
     assert!(t.error.contains("changed my mind"), "{t:?}");
-    assert_no_part_files(&dl, "cancelled by the sender").await;
+    wait_no_part_files(&dl, PARTS_GONE_WITHIN).await;
     assert!(!dl.join("kept.bin").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_resume_replaces_the_first_attempt_after_it_stopped() {
-    let m = Mallory::new();
+    let m = Device::new();
     let (d, addr) = daemon_trusting(&m, DaemonDirs::new()).await;
     let dl = d.dirs.download_dir.clone();
     let id = &tid("twice");
-    let data = pseudo_random(4 * CHUNK as usize, 23);
+    let data = random_bytes(4 * CHUNK as usize, 23);
     let chunks: Vec<&[u8]> = data.chunks(CHUNK as usize).collect();
     let (mut p, _) = Peer::handshake(addr, &m).await;
     p.send(one_file_offer(id, "twice.bin", &data)).await;
@@ -1412,7 +824,7 @@ async fn a_second_resume_replaces_the_first_attempt_after_it_stopped() {
         Body::Cancel(c) => assert!(c.resumable, "the first attempt is told to resume: {c:?}"),
         other => panic!("expected Cancel, got {other:?}"),
     }
-    transfer_interrupted(&d, id).await;
+    api::wait_state(&d, id, pb::TransferState::Interrupted, STEP).await;
 
     // The newcomer, trying again, takes over from the chunk the first one left.
     q.send(resume()).await;
@@ -1422,10 +834,10 @@ async fn a_second_resume_replaces_the_first_attempt_after_it_stopped() {
     };
     assert_eq!(have.len(), 1, "{have:?}");
     send_rest(&mut q, id, &data, 1).await;
-    let t = transfer_final(&d, id).await;
+    let t = api::wait_done(&d, id, STEP).await;
     assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
     assert!(std::fs::read(dl.join("twice.bin")).unwrap() == data);
-    assert_no_part_files(&dl, "replaced attempt").await;
+    wait_no_part_files(&dl, PARTS_GONE_WITHIN).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1434,13 +846,13 @@ async fn a_chunk_with_a_wrong_crc_is_asked_for_again() {
     // be reached by a peer that sends a wrong CRC32 itself. The receiver answers
     // CRC_MISMATCH, writes nothing of it, holds the chunks after the gap unacknowledged, and
     // takes the re-sent chunk.
-    let m = Mallory::new();
+    let m = Device::new();
     let (d, addr) = daemon_trusting(&m, DaemonDirs::new()).await;
     let dl = d.dirs.download_dir.clone();
     let (mut p, _) = Peer::handshake(addr, &m).await;
 
     let id = &tid("crc-retry");
-    let data = pseudo_random(3 * CHUNK as usize + 77, 11);
+    let data = random_bytes(3 * CHUNK as usize + 77, 11);
     let chunks: Vec<&[u8]> = data.chunks(CHUNK as usize).collect();
     p.send(one_file_offer(id, "crc.bin", &data)).await;
     assert!(matches!(p.decision(id).await, Body::Ready(_)));
@@ -1461,7 +873,7 @@ async fn a_chunk_with_a_wrong_crc_is_asked_for_again() {
         p.next(Duration::from_millis(500)).await.is_none(),
         "chunks after a gap are acknowledged only once written"
     );
-    let t = transfer(&d, id).await;
+    let t = api::transfer(&d, id).await;
     assert_eq!(t.state, pb::TransferState::Running as i32, "{t:?}");
     assert_eq!(
         t.bytes_done,
@@ -1475,7 +887,7 @@ async fn a_chunk_with_a_wrong_crc_is_asked_for_again() {
         expect_ack_ok(&mut p, id, i).await;
     }
     finish_file(&mut p, id, &data).await;
-    let t = transfer_final(&d, id).await;
+    let t = api::wait_done(&d, id, STEP).await;
     assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
     assert_eq!(t.bytes_done, data.len() as u64);
     assert!(
@@ -1507,23 +919,21 @@ async fn late_reports_of_an_earlier_attempt_before_ready_are_ignored() {
 async fn send_to_mallory(stale_before_ready: bool) {
     const CS: usize = 64 << 10;
     const NACKED: u64 = 2;
-    let m = Mallory::new();
-    let a = start(DaemonDirs::new(), DaemonOptions::default()).await;
-    let a_id = status(&a).await.device_id;
+    let m = Device::new();
+    let a = p2p_tests::start(&[]).await;
+    let a_id = a.device_id().to_owned();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let m_addr = listener.local_addr().unwrap();
 
-    let src = tempfile::tempdir().unwrap();
-    let data = pseudo_random(5 * CS + 100, 21);
-    let path = src.path().join("to-mallory.bin");
-    std::fs::write(&path, &data).unwrap();
+    let data = random_bytes(5 * CS + 100, 21);
+    let (_src, path) = temp_file("to-mallory.bin", &data);
 
     let mallory = {
         let identity = m.identity.clone();
         let a_id = a_id.clone();
         let expected = data.clone();
         tokio::spawn(async move {
-            let (mut p, proven) = accept_as_mallory(&listener, &identity).await;
+            let (mut p, proven) = Peer::accept(&listener, &identity).await;
             assert_eq!(proven, a_id, "the sender proves its own id");
             receive_as_mallory(
                 &mut p,
@@ -1540,9 +950,9 @@ async fn send_to_mallory(stale_before_ready: bool) {
     };
 
     // Pinned to mallory's id, as a user would after reading it off the other device.
-    let t = send_and_wait(
+    let t = api::send_and_wait(
         &a,
-        &path,
+        &[&path],
         &format!("{}@{m_addr}", m.id()),
         Some(pb::SendOptions {
             compress: Some(false),
@@ -1550,6 +960,7 @@ async fn send_to_mallory(stale_before_ready: bool) {
             window: 4,
             ..Default::default()
         }),
+        SEND_WITHIN,
     )
     .await;
     let arrivals = tokio::time::timeout(STEP, mallory)
@@ -1580,54 +991,10 @@ async fn send_to_mallory(stale_before_ready: bool) {
 /// checked and acknowledged — except the first copy of chunk `nack`, reported corrupt — and
 /// the file verified. With `stale_before_ready`, an earlier attempt's reports come first.
 /// Returns how often each chunk arrived.
-/// Mallory as the listening side: accepts the daemon's connection and TLS; returns the peer
-/// and the device id the daemon proved.
-async fn accept_as_mallory(listener: &TcpListener, identity: &Identity) -> (Peer, String) {
-    let (tcp, _) = tokio::time::timeout(STEP, listener.accept())
-        .await
-        .expect("the daemon connects")
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(identity).unwrap());
-    let stream = tokio::time::timeout(STEP, acceptor.accept(tcp))
-        .await
-        .expect("TLS accept timed out")
-        .expect("TLS accept");
-    let proven = tls::peer_id(stream.get_ref().1).unwrap().to_string();
-    let p = Peer {
-        stream: Box::new(stream),
-    };
-    (p, proven)
-}
-
-/// Answers the daemon's Hello with mallory's HelloAck: the capabilities both have, less
-/// `withheld`. Returns the Hello.
-async fn hello_as_mallory(
-    p: &mut Peer,
-    identity: &Identity,
-    listen_port: u16,
-    withheld: u32,
-) -> wire::Hello {
-    let hello = match p.recv().await {
-        Body::Hello(h) => h,
-        other => panic!("expected Hello, got {other:?}"),
-    };
-    p.send(Body::HelloAck(wire::HelloAck {
-        device_id: identity.device_id.to_string(),
-        name: "mallory".into(),
-        protocol_version: PROTOCOL_VERSION,
-        capabilities: hello.capabilities & caps::SUPPORTED & !withheld,
-        listen_port: u32::from(listen_port),
-        software_version: "test-peer".into(),
-        ..Default::default()
-    }))
-    .await;
-    hello
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn receive_as_mallory(
     p: &mut Peer,
-    identity: &Identity,
+    identity: &p2p_core::net::identity::Identity,
     sender_id: &str,
     listen_port: u16,
     expected: &[u8],
@@ -1635,7 +1002,7 @@ async fn receive_as_mallory(
     nack: u64,
     stale_before_ready: bool,
 ) -> BTreeMap<u64, u32> {
-    let hello = hello_as_mallory(p, identity, listen_port, 0).await;
+    let hello = p.answer_hello(identity, listen_port, 0).await;
     assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
     assert_eq!(hello.device_id, sender_id, "the Hello names the proven id");
     let proposal = match p.recv().await {
@@ -1772,7 +1139,7 @@ async fn out_of_order_chunks_do_not_buffer_unbounded_memory() {
     // more ahead fails the transfer.
     const BIG: u32 = 16 << 20;
     const SENT: u64 = 40;
-    let m = Mallory::new();
+    let m = Device::new();
     let (d, addr) = daemon_trusting(&m, DaemonDirs::new()).await;
     let (mut p, agreed) = Peer::handshake_with(
         addr,
@@ -1881,7 +1248,7 @@ async fn small_files_have_a_window_of_their_own() {
     // window: a sender that sends 256 of them at once under `--window 1` keeps to the rules,
     // and every one is placed.
     const SMALL_FILE_WINDOW: usize = 256;
-    let m = Mallory::new();
+    let m = Device::new();
     let (d, addr) = daemon_trusting(&m, DaemonDirs::new()).await;
     let (mut p, _) = Peer::handshake(addr, &m).await;
     let id = tid("small-window");
@@ -1966,7 +1333,7 @@ async fn small_files_have_a_window_of_their_own() {
         .await;
         assert!(matches!(p.recv().await, Body::CompleteAck(_)));
     }
-    let t = transfer_final(&d, &id).await;
+    let t = api::wait_done(&d, &id, STEP).await;
     if ended == "all placed" {
         assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
     } else {
@@ -1974,7 +1341,7 @@ async fn small_files_have_a_window_of_their_own() {
         assert_eq!(t.state, pb::TransferState::Failed as i32, "{t:?}");
         assert!(t.error.contains("in flight"), "{t:?}");
     }
-    assert_no_part_files(&d.dirs.download_dir, "small-file flood").await;
+    wait_no_part_files(&d.dirs.download_dir, PARTS_GONE_WITHIN).await;
     for e in std::fs::read_dir(d.dirs.download_dir.join("flood")).unwrap() {
         let e = e.unwrap();
         let i: usize = e.file_name().to_string_lossy()[1..].parse().unwrap();
@@ -2002,8 +1369,8 @@ async fn the_small_file_window_is_used_only_with_a_peer_that_has_it() {
 /// sender had unanswered at a time.
 async fn small_files_to_mallory(small_files_cap: bool) -> usize {
     const FILES: usize = 12;
-    let m = Mallory::new();
-    let a = start(DaemonDirs::new(), DaemonOptions::default()).await;
+    let m = Device::new();
+    let a = p2p_tests::start(&[]).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let m_addr = listener.local_addr().unwrap();
     let src = tempfile::tempdir().unwrap();
@@ -2014,13 +1381,13 @@ async fn small_files_to_mallory(small_files_cap: bool) -> usize {
     }
     let identity = m.identity.clone();
     let mallory = tokio::spawn(async move {
-        let (mut p, _) = accept_as_mallory(&listener, &identity).await;
+        let (mut p, _) = Peer::accept(&listener, &identity).await;
         let withheld = if small_files_cap {
             0
         } else {
             caps::SMALL_FILES
         };
-        hello_as_mallory(&mut p, &identity, m_addr.port(), withheld).await;
+        p.answer_hello(&identity, m_addr.port(), withheld).await;
         let proposal = match p.recv().await {
             Body::Config(c) => c,
             other => panic!("expected Config, got {other:?}"),
@@ -2089,15 +1456,16 @@ async fn small_files_to_mallory(small_files_cap: bool) -> usize {
             }
         }
     });
-    let t = send_and_wait(
+    let t = api::send_and_wait(
         &a,
-        &folder,
+        &[&folder],
         &format!("{}@{m_addr}", m.id()),
         Some(pb::SendOptions {
             compress: Some(false),
             window: 2,
             ..Default::default()
         }),
+        SEND_WITHIN,
     )
     .await;
     assert_eq!(
@@ -2117,9 +1485,9 @@ async fn a_chunk_before_the_offer_is_accepted_fails_the_offer() {
     // The offer waits for the user (mallory is not trusted); a chunk for it now breaks the
     // protocol: the offer fails on both sides at once, is no longer listed, and is not kept
     // for a resume as a lost session would be.
-    let m = Mallory::new();
-    let d = start(DaemonDirs::new(), DaemonOptions::default()).await;
-    let addr = listen_addr(&d).await;
+    let m = Device::new();
+    let d = p2p_tests::start(&[]).await;
+    let addr = d.listen_addr();
     let (mut p, _) = Peer::handshake(addr, &m).await;
     let id = tid("chunk-too-early");
     p.send(one_file_offer(&id, "early.bin", b"too early")).await;
@@ -2134,7 +1502,7 @@ async fn a_chunk_before_the_offer_is_accepted_fails_the_offer() {
         }
         other => panic!("expected a Cancel, got {other:?}"),
     }
-    let t = transfer_final(&d, &id).await;
+    let t = api::wait_done(&d, &id, STEP).await;
     assert_eq!(t.state, pb::TransferState::Failed as i32, "{t:?}");
     assert!(incoming(&d).await.is_empty());
     assert!(part_files(&d.dirs.download_dir).is_empty());
@@ -2144,9 +1512,9 @@ async fn a_chunk_before_the_offer_is_accepted_fails_the_offer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_idle_connections_does_not_lock_out_real_peers() {
-    let a = start(DaemonDirs::new(), auto_accept()).await;
-    let b = start(DaemonDirs::new(), auto_accept()).await;
-    let addr = listen_addr(&a).await;
+    let a = p2p_tests::start(&["--accept", "auto"]).await;
+    let b = p2p_tests::start(&["--accept", "auto"]).await;
+    let addr = a.listen_addr();
     // 70 silent connections from another loopback address hold handshake slots (they never
     // start TLS) until they time out; the listener must keep accepting, and a peer from
     // elsewhere must get through.
@@ -2160,7 +1528,7 @@ async fn a_flood_of_idle_connections_does_not_lock_out_real_peers() {
     }
     assert!(idle.len() >= 60, "opened {} idle connections", idle.len());
     let started = Instant::now();
-    let mut c = control(&b).await;
+    let mut c = api::client(&b).await;
     let s = tokio::time::timeout(
         Duration::from_secs(5),
         c.connect(pb::ConnectRequest {
@@ -2177,6 +1545,6 @@ async fn a_flood_of_idle_connections_does_not_lock_out_real_peers() {
     );
     let s = s.into_inner();
     assert_eq!(s.peer_address, addr.to_string());
-    assert_eq!(s.peer_id, status(&a).await.device_id);
+    assert_eq!(s.peer_id, api::status(&a).await.device_id);
     drop(idle);
 }

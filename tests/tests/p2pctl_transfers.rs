@@ -4,37 +4,24 @@
 
 use std::time::Duration;
 
-use p2p_tests::api::{part_files, peer_addr, random_file, sha256_file, trust_each_other_blocking};
-use p2p_tests::{Daemon, DaemonDirs, DaemonOptions, wait_until};
+use p2p_tests::ctl::json_lines;
+use p2p_tests::files::{part_files, random_file, sha256_file};
+use p2p_tests::{Daemon, DaemonDirs, DaemonOptions, api, block_on, text, wait_until};
 
-fn daemon(accept: &str) -> Daemon {
-    Daemon::start_with(
-        DaemonDirs::new(),
-        DaemonOptions {
-            args: vec!["--accept".into(), accept.into()],
-            ..Default::default()
-        },
-    )
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
-    text(out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
-        .collect()
+/// A (`--accept auto`) and B (`--accept B_ACCEPT`), trusting each other.
+fn pair(b_accept: &str) -> (Daemon, Daemon) {
+    block_on(api::trusted_pair(
+        DaemonOptions::accepting("auto"),
+        DaemonOptions::accepting(b_accept),
+    ))
 }
 
 #[test]
 fn send_waits_prints_a_summary_and_exits_0() {
-    let (a, b) = (daemon("auto"), daemon("auto"));
-    trust_each_other_blocking(&a, &b);
+    let (a, b) = pair("auto");
     let src = a.dirs.root.path().join("photo.jpg");
     random_file(&src, 3 << 20, 1);
-    let out = a.ctl(&["send", src.to_str().unwrap(), "--peer", &peer_addr(&b)]);
+    let out = a.ctl(&["send", src.to_str().unwrap(), "--peer", &b.peer_addr()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let summary = text(&out.stdout);
     assert!(
@@ -56,8 +43,7 @@ fn send_waits_prints_a_summary_and_exits_0() {
 
 #[test]
 fn send_json_is_ndjson_ending_in_completed() {
-    let (a, b) = (daemon("auto"), daemon("auto"));
-    trust_each_other_blocking(&a, &b);
+    let (a, b) = pair("auto");
     let dir = a.dirs.root.path().join("folder");
     std::fs::create_dir_all(dir.join("sub")).unwrap();
     std::fs::write(dir.join("sub/a.txt"), b"a").unwrap();
@@ -66,7 +52,7 @@ fn send_json_is_ndjson_ending_in_completed() {
         "send",
         dir.to_str().unwrap(),
         "--peer",
-        &peer_addr(&b),
+        &b.peer_addr(),
         "--json",
         "--window",
         "1",
@@ -99,15 +85,14 @@ fn send_json_is_ndjson_ending_in_completed() {
 
 #[test]
 fn detach_returns_the_id_and_watch_follows_it() {
-    let (a, b) = (daemon("auto"), daemon("auto"));
-    trust_each_other_blocking(&a, &b);
+    let (a, b) = pair("auto");
     let src = a.dirs.root.path().join("x.bin");
     random_file(&src, 1 << 20, 2);
     let out = a.ctl(&[
         "send",
         src.to_str().unwrap(),
         "--peer",
-        &peer_addr(&b),
+        &b.peer_addr(),
         "--detach",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -126,13 +111,12 @@ fn detach_returns_the_id_and_watch_follows_it() {
 
 #[test]
 fn a_rejected_send_exits_1_with_the_reason() {
-    let (a, b) = (daemon("auto"), daemon("ask"));
-    trust_each_other_blocking(&a, &b);
+    let (a, b) = pair("ask");
     let src = a.dirs.root.path().join("unwanted.txt");
     std::fs::write(&src, b"no").unwrap();
     let sender = {
         let socket = a.dirs.socket.clone();
-        let (src, peer) = (src.clone(), peer_addr(&b));
+        let (src, peer) = (src.clone(), b.peer_addr());
         std::thread::spawn(move || {
             p2p_tests::ctl(&socket, &["send", src.to_str().unwrap(), "--peer", &peer])
         })
@@ -157,15 +141,14 @@ fn a_rejected_send_exits_1_with_the_reason() {
 
 #[test]
 fn incoming_then_accept_into_a_chosen_directory() {
-    let (a, b) = (daemon("auto"), daemon("ask"));
-    trust_each_other_blocking(&a, &b);
+    let (a, b) = pair("ask");
     let src = a.dirs.root.path().join("wanted.txt");
     std::fs::write(&src, b"yes please").unwrap();
     let out = a.ctl(&[
         "send",
         src.to_str().unwrap(),
         "--peer",
-        &peer_addr(&b),
+        &b.peer_addr(),
         "--detach",
     ]);
     let id = text(&out.stdout).trim().to_owned();
@@ -189,15 +172,14 @@ fn incoming_then_accept_into_a_chosen_directory() {
 
 #[test]
 fn cancel_from_the_command_line() {
-    let (a, b) = (daemon("auto"), daemon("auto"));
-    trust_each_other_blocking(&a, &b);
+    let (a, b) = pair("auto");
     let src = a.dirs.root.path().join("big.bin");
     random_file(&src, 64 << 20, 3);
     let out = a.ctl(&[
         "send",
         src.to_str().unwrap(),
         "--peer",
-        &peer_addr(&b),
+        &b.peer_addr(),
         "--detach",
         "--window",
         "1",
@@ -230,7 +212,7 @@ fn cancel_from_the_command_line() {
 
 #[test]
 fn unreachable_peer_and_missing_path_are_exit_1_with_clear_messages() {
-    let a = daemon("auto");
+    let a = Daemon::start_with(DaemonDirs::new(), DaemonOptions::accepting("auto"));
     let src = a.dirs.root.path().join("f.txt");
     std::fs::write(&src, b"f").unwrap();
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -252,15 +234,14 @@ fn unreachable_peer_and_missing_path_are_exit_1_with_clear_messages() {
 
 #[test]
 fn sessions_connect_and_disconnect_from_the_command_line() {
-    let (a, b) = (daemon("auto"), daemon("auto"));
-    trust_each_other_blocking(&a, &b);
-    let out = a.ctl(&["connect", &peer_addr(&b), "--json"]);
+    let (a, b) = pair("auto");
+    let out = a.ctl(&["connect", &b.peer_addr(), "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["peer_id"], b.status()["device_id"]);
     let table = text(&a.ctl(&["sessions"]).stdout);
-    assert!(table.contains(&peer_addr(&b)), "{table}");
-    let out = a.ctl(&["disconnect", &peer_addr(&b)]);
+    assert!(table.contains(&b.peer_addr()), "{table}");
+    let out = a.ctl(&["disconnect", &b.peer_addr()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(wait_until(
         Duration::from_secs(10),
@@ -270,9 +251,8 @@ fn sessions_connect_and_disconnect_from_the_command_line() {
 
 #[test]
 fn keepalive_notices_a_peer_that_stops_answering() {
-    let (a, b) = (daemon("auto"), daemon("auto"));
-    trust_each_other_blocking(&a, &b);
-    let out = a.ctl(&["connect", &peer_addr(&b)]);
+    let (a, b) = pair("auto");
+    let out = a.ctl(&["connect", &b.peer_addr()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // A stopped process keeps its socket open but answers nothing: only keepalive can tell.
     p2p_tests::signal(b.pid, libc::SIGSTOP);

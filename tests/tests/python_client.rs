@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use p2p_tests::ctl::describe;
+use p2p_tests::process::which;
 use p2p_tests::{Daemon, DaemonDirs, repo_root, run_with_timeout};
 use serde_json::Value;
 
@@ -41,15 +43,12 @@ fn script() -> PathBuf {
     repo_root().join("tests/python/control_client.py")
 }
 
-/// `python3` from `$PATH`, after checking that the gRPC modules import; panics otherwise.
+/// `python3` from `$PATH` (or the system directories), after checking that the gRPC modules
+/// import; panics otherwise.
 fn python3() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let python = std::env::split_paths(&path)
-        .map(|dir| dir.join("python3"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("python3 not found in $PATH: install Python 3, then `{PIP_INSTALL}`")
-        });
+    let python = which("python3").unwrap_or_else(|| {
+        panic!("python3 not found in $PATH: install Python 3, then `{PIP_INSTALL}`")
+    });
     let out = run_with_timeout(
         Command::new(&python).args([
             "-c",
@@ -78,15 +77,6 @@ fn run_client(python: &Path, socket: &Path, extra: &[&str]) -> Output {
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .current_dir(repo_root());
     run_with_timeout(&mut cmd, CLIENT_TIMEOUT)
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Runs the client, expects success, and returns its JSON object.

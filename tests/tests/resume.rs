@@ -13,14 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use p2p_proto::control::v1 as pb;
-use p2p_tests::api::{
-    self, client, part_files, random_file, sha256_file, state, trust_each_other, wait_done,
-    wait_for,
-};
+use p2p_tests::api::{self, client, state, wait_done, wait_for};
+use p2p_tests::files::{MIB, Rng, part_files, random_file, sha256_file, wait_no_part_files};
 use p2p_tests::proxy::{Proxy, ProxyOptions};
 use p2p_tests::{Daemon, DaemonDirs, DaemonOptions};
 
-const MIB: u64 = 1 << 20;
 /// The tests' window: small, so that "one window plus one checkpoint" is a tight bound.
 const WINDOW: u32 = 16;
 /// `receive::CHECKPOINT_BYTES`.
@@ -43,53 +40,29 @@ fn options() -> Option<pb::SendOptions> {
 /// The tests' speed limit (kept across a restart of the sender).
 const LIMIT: u64 = 40 * MIB;
 
-async fn start(dirs: DaemonDirs, args: Vec<String>) -> Daemon {
-    tokio::task::spawn_blocking(move || {
-        Daemon::start_with(
-            dirs,
-            DaemonOptions {
-                args,
-                ..Default::default()
-            },
-        )
-    })
-    .await
-    .expect("start daemon")
-}
-
-/// A (sender) and B (receiver with `--accept auto`), trusting each other.
+/// A (sender, with `a_args`) and B (receiver with `--accept auto`), trusting each other.
 async fn pair(a_args: &[&str]) -> (Daemon, Daemon) {
-    let a_args = a_args.iter().map(|s| s.to_string()).collect();
-    let (a, b) = tokio::join!(
-        start(DaemonDirs::new(), a_args),
-        start(DaemonDirs::new(), vec!["--accept".into(), "auto".into()])
-    );
-    trust_each_other(&a, &b).await;
-    (a, b)
+    api::trusted_pair(
+        DaemonOptions::with_args(a_args),
+        DaemonOptions::accepting("auto"),
+    )
+    .await
 }
 
 /// Kills `d` with SIGKILL and starts it again on the same directories, at the same listen
 /// address, with `args`.
-async fn kill_and_restart(d: Daemon, args: Vec<String>) -> Daemon {
-    let listen = api::peer_addr(&d);
-    let dirs = tokio::task::spawn_blocking(move || d.into_dirs())
-        .await
-        .expect("kill");
-    let mut args = args;
-    args.extend(["--listen".into(), listen]);
-    start(dirs, args).await
+async fn kill_and_restart(d: Daemon, args: &[&str]) -> Daemon {
+    let listen = d.peer_addr();
+    let dirs = d.into_dirs();
+    let mut opts = DaemonOptions::with_args(args);
+    opts.args.extend(["--listen".into(), listen]);
+    Daemon::launch(dirs, opts).await
 }
 
 /// Stops `d` with SIGTERM (a clean shutdown, within 10 s) and gives back its directories.
-async fn stop_cleanly(d: Daemon) -> DaemonDirs {
-    tokio::task::spawn_blocking(move || {
-        let mut d = d;
-        d.signal_and_wait(libc::SIGTERM, Duration::from_secs(10))
-            .expect("the daemon stops");
-        d.into_dirs()
-    })
-    .await
-    .unwrap()
+fn stop_cleanly(mut d: Daemon) -> DaemonDirs {
+    d.stop(libc::SIGTERM);
+    d.into_dirs()
 }
 
 fn seed() -> u64 {
@@ -108,13 +81,10 @@ fn seed() -> u64 {
 
 /// `n` sorted fractions in 0.1..0.85, one per equal slice, from `seed`.
 fn kill_points(seed: u64, n: usize) -> Vec<f64> {
-    let mut x = seed | 1;
+    let mut rng = Rng::new(seed);
     (0..n)
         .map(|i| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let r = (x % 1000) as f64 / 1000.0;
+            let r = (rng.next() % 1000) as f64 / 1000.0;
             let width = 0.75 / n as f64;
             0.1 + width * (i as f64 + 0.2 + 0.6 * r)
         })
@@ -218,7 +188,7 @@ async fn survive_kills(victim: Victim, payload: Payload, kills: usize) {
     let points = kill_points(seed(), kills);
     eprintln!("kill points: {points:?}");
     let (mut a, mut b) = pair(&[]).await;
-    let to = api::peer_addr(&b);
+    let to = b.peer_addr();
     let id = api::send(&a, &[payload.root.as_path()], &to, options()).await;
     for (i, f) in points.iter().enumerate() {
         let at = (payload.total as f64 * f) as u64;
@@ -231,12 +201,12 @@ async fn survive_kills(victim: Victim, payload: Payload, kills: usize) {
         );
         match victim {
             Victim::Sender => {
-                a = kill_and_restart(a, Vec::new()).await;
+                a = kill_and_restart(a, &[]).await;
                 let t = wait_for(&a, &id, api::SHORT, |_| true).await;
                 assert_eq!(t.max_speed, LIMIT, "the limit survives the restart: {t:?}");
             }
             Victim::Receiver => {
-                b = kill_and_restart(b, vec!["--accept".into(), "auto".into()]).await;
+                b = kill_and_restart(b, &["--accept", "auto"]).await;
             }
         }
         assert_no_partial_final_files(&b.dirs.download_dir, &payload);
@@ -304,7 +274,7 @@ async fn killing_the_receiver_mid_folder_resumes_after_restart() {
 /// A, B and a proxy to B; A trusts B and sends through the proxy.
 async fn through_proxy(opts: ProxyOptions, a_args: &[&str]) -> (Daemon, Daemon, Proxy) {
     let (a, b) = pair(a_args).await;
-    let proxy = Proxy::start(api::peer_addr(&b).parse().unwrap(), opts).await;
+    let proxy = Proxy::start(b.listen_addr(), opts).await;
     (a, b, proxy)
 }
 
@@ -439,8 +409,8 @@ async fn pause_survives_a_restart_and_resume_sends_only_the_rest() {
     assert!(err.contains("sending device"), "{err}");
 
     // A clean restart of the sender: still paused, nothing moves.
-    let dirs = stop_cleanly(a).await;
-    let a = start(dirs, Vec::new()).await;
+    let dirs = stop_cleanly(a);
+    let a = Daemon::launch(dirs, DaemonOptions::default()).await;
     let t = wait_for(&a, &id, api::SHORT, |_| true).await;
     assert_eq!(state(&t), pb::TransferState::Paused, "{t:?}");
     let before = wait_for(&b, &id, api::SHORT, |_| true).await.bytes_done;
@@ -506,7 +476,7 @@ async fn a_source_changed_while_paused_fails_clearly() {
         "{tb:?}"
     );
     assert!(!b.dirs.download_dir.join("big.bin").exists());
-    api::wait_no_part_files(&b.dirs.download_dir, api::SHORT).await;
+    wait_no_part_files(&b.dirs.download_dir, api::SHORT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -522,7 +492,7 @@ async fn cancelling_an_interrupted_transfer_cleans_up_both_sides() {
     assert_eq!(code, 0, "{out}{err}");
     let tb = wait_done(&b, &id, api::SHORT).await;
     assert_eq!(state(&tb), pb::TransferState::Cancelled, "{tb:?}");
-    api::wait_no_part_files(&b.dirs.download_dir, api::SHORT).await;
+    wait_no_part_files(&b.dirs.download_dir, api::SHORT).await;
 
     // The other way round: the receiver cancels while interrupted; the sender's resume is
     // then refused for good.
@@ -532,7 +502,7 @@ async fn cancelling_an_interrupted_transfer_cleans_up_both_sides() {
     api::wait_state(&b, &id, pb::TransferState::Interrupted, api::SHORT).await;
     let (code, out, err) = ctl(&b, &["cancel", &id]);
     assert_eq!(code, 0, "{out}{err}");
-    api::wait_no_part_files(&b.dirs.download_dir, api::SHORT).await;
+    wait_no_part_files(&b.dirs.download_dir, api::SHORT).await;
     ctl(&a, &["resume", &id]);
     let t = wait_done(&a, &id, api::T).await;
     assert_eq!(state(&t), pb::TransferState::Rejected, "{t:?}");
@@ -575,7 +545,7 @@ async fn an_offer_that_cannot_fit_is_rejected_at_once() {
     let huge = dir.path().join("huge.img");
     let free = free_bytes(b.dirs.root.path()) + (1 << 30);
     std::fs::File::create(&huge).unwrap().set_len(free).unwrap();
-    let id = api::send(&a, &[huge.as_path()], &api::peer_addr(&b), None).await;
+    let id = api::send(&a, &[huge.as_path()], &b.peer_addr(), None).await;
     let t = wait_done(&a, &id, api::SHORT).await;
     assert_eq!(state(&t), pb::TransferState::Rejected, "{t:?}");
     assert!(t.error.contains("not enough free space"), "{t:?}");
@@ -661,19 +631,9 @@ async fn cuts_while_small_files_finish_neither_fail_nor_duplicate_them() {
 async fn an_offer_waiting_for_accept_survives_a_pause_and_a_sender_restart() {
     // B asks (the default policy): the offer waits while A pauses, and again after A's
     // restart; then B accepts and it completes.
-    let (a, b) = tokio::join!(
-        start(DaemonDirs::new(), Vec::new()),
-        start(DaemonDirs::new(), Vec::new())
-    );
-    trust_each_other(&a, &b).await;
+    let (a, b) = api::trusted_pair(DaemonOptions::default(), DaemonOptions::default()).await;
     let payload = one_file(4 * MIB);
-    let id = api::send(
-        &a,
-        &[payload.root.as_path()],
-        &api::peer_addr(&b),
-        options(),
-    )
-    .await;
+    let id = api::send(&a, &[payload.root.as_path()], &b.peer_addr(), options()).await;
     api::wait_offer(&b, api::SHORT).await;
     let (code, out, err) = ctl(&a, &["pause", &id]);
     assert_eq!(code, 0, "{out}{err}");
@@ -684,9 +644,9 @@ async fn an_offer_waiting_for_accept_survives_a_pause_and_a_sender_restart() {
     assert_eq!(offer.transfer_id, id);
 
     // A clean restart of the sender: the offer is withdrawn, then made again.
-    let dirs = stop_cleanly(a).await;
+    let dirs = stop_cleanly(a);
     api::wait_state(&b, &id, pb::TransferState::Interrupted, api::SHORT).await;
-    let a = start(dirs, Vec::new()).await;
+    let a = Daemon::launch(dirs, DaemonOptions::default()).await;
     let offer = api::wait_offer(&b, api::T).await;
     assert_eq!(offer.transfer_id, id);
     let (code, out, err) = ctl(&b, &["accept", &id]);
@@ -705,13 +665,12 @@ async fn untrusting_a_sender_ends_its_interrupted_transfer_and_removes_what_arri
         payload: _payload,
         id,
     } = paused_midway().await;
-    let a_id = api::device_id(&a);
-    let (code, out, err) = ctl(&b, &["untrust", &a_id]);
+    let (code, out, err) = ctl(&b, &["untrust", a.device_id()]);
     assert_eq!(code, 0, "{out}{err}");
     let tb = wait_done(&b, &id, api::SHORT).await;
     assert_eq!(state(&tb), pb::TransferState::Cancelled, "{tb:?}");
     assert!(tb.error.contains("no longer trusted"), "{tb:?}");
-    api::wait_no_part_files(&b.dirs.download_dir, api::SHORT).await;
+    wait_no_part_files(&b.dirs.download_dir, api::SHORT).await;
     // The sender's resume is refused for good, with the reason.
     ctl(&a, &["resume", &id]);
     let t = wait_done(&a, &id, api::T).await;

@@ -19,6 +19,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use p2p_tests::process::which;
+use p2p_tests::repo_root;
+
 /// Where the units run the daemon from.
 const INSTALLED_BINARY: &str = "/usr/local/bin/p2pd";
 
@@ -30,25 +33,9 @@ const INSTALLED_BINARY: &str = "/usr/local/bin/p2pd";
 /// command (say a misspelt `/bin/kil`) is still reported.
 const HOST_COMMANDS: &[&str] = &["/bin/kill", "/usr/bin/install"];
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent directory")
-        .to_path_buf()
-}
-
 fn read_repo_file(rel: &str) -> String {
     let path = repo_root().join(rel);
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-/// Looks a program up in `$PATH` (plus the usual system directories).
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin", "/bin", "/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
 }
 
 fn systemd_analyze() -> PathBuf {

@@ -17,24 +17,22 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use p2p_core::net::identity::{CERT_FILE, Identity};
+use p2p_core::net::identity::CERT_FILE;
 use p2p_core::net::tls;
-use p2p_core::net::wire::{self as codec, PROTOCOL_VERSION, caps};
 use p2p_proto::control::v1 as pb;
 use p2p_proto::wire::v1::{self as wire, frame::Body};
-use p2p_tests::api::{control, incoming, status};
-use p2p_tests::{Daemon, DaemonDirs, DaemonOptions, api, wait_until};
-use rustls::client::ResolvesClientCert;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
+use p2p_tests::api::{self, incoming, is_device_id_format, sessions, trust, trust_with};
+use p2p_tests::files::{random_file, sha256_file, temp_file};
+use p2p_tests::hostile::tls::{client_with, tls12_client_hello, tls13_any_server};
+use p2p_tests::hostile::{Device, Peer, hello_claiming};
+use p2p_tests::{Daemon, DaemonOptions, start, wait_until};
+use rustls::ClientConfig;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -43,227 +41,19 @@ const STEP: Duration = Duration::from_secs(5);
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 /// What the tests allow for it: the deadline plus scheduling slack.
 const DROPPED_WITHIN: Duration = Duration::from_secs(12);
+/// How long a transfer of one small file may take.
+const SEND_WITHIN: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------
 // Daemons and the control API
 
-fn opts(args: &[&str]) -> DaemonOptions {
-    DaemonOptions {
-        args: args.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
-async fn start_in(dirs: DaemonDirs, opts: DaemonOptions) -> Daemon {
-    tokio::task::spawn_blocking(move || Daemon::start_with(dirs, opts))
-        .await
-        .expect("start daemon")
-}
-
-async fn start(args: &[&str]) -> Daemon {
-    start_in(DaemonDirs::new(), opts(args)).await
-}
-
-async fn id_of(d: &Daemon) -> String {
-    status(d).await.device_id
-}
-
-async fn addr_of(d: &Daemon) -> SocketAddr {
-    status(d)
-        .await
-        .listen_address
-        .parse()
-        .expect("listen_address")
-}
-
-/// `d` trusts `id` with a receiving rule and download dir of its own.
-async fn trust_with(d: &Daemon, id: &str, accept: pb::DeviceAccept, dir: Option<&Path>) {
-    let dev = control(d)
-        .await
-        .trust_device(pb::TrustDeviceRequest {
-            id: id.to_owned(),
-            name: String::new(),
-            accept: accept as i32,
-            download_dir: dir.map(|p| p.display().to_string()).unwrap_or_default(),
-        })
-        .await
-        .expect("TrustDevice")
-        .into_inner();
-    assert!(dev.trusted && dev.id == id, "{dev:?}");
-}
-
-async fn trust(d: &Daemon, id: &str) {
-    trust_with(d, id, pb::DeviceAccept::Default, None).await;
-}
-
-async fn trust_each_other(a: &Daemon, b: &Daemon) {
-    let (ia, ib) = (id_of(a).await, id_of(b).await);
-    trust(a, &ib).await;
-    trust(b, &ia).await;
-}
-
-async fn sessions(d: &Daemon) -> Vec<pb::Session> {
-    control(d)
-        .await
-        .list_sessions(pb::ListSessionsRequest {})
-        .await
-        .expect("ListSessions")
-        .into_inner()
-        .sessions
-}
-
-/// A small file in a fresh temporary directory.
-fn small_file(name: &str, content: &[u8]) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join(name);
-    std::fs::write(&path, content).unwrap();
-    (dir, path)
-}
-
-/// Starts a send over the control API and follows it to its end.
+/// Sends `path` from `from` to `peer` over the control API and follows it to its end.
 async fn send_and_wait(from: &Daemon, path: &Path, peer: &str) -> pb::Transfer {
-    let id = api::send(from, &[path], peer, None).await;
-    api::wait_done(from, &id, Duration::from_secs(30)).await
-}
-
-fn is_device_id_format(s: &str) -> bool {
-    let groups: Vec<&str> = s.split('-').collect();
-    groups.len() == 8
-        && groups.iter().all(|g| {
-            g.len() == 7
-                && g.bytes()
-                    .all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(&c))
-        })
-}
-
-/// `p2pctl` with our socket, run off the reactor.
-fn ctl(d: &Daemon, args: &[&str]) -> std::process::Output {
-    tokio::task::block_in_place(|| d.ctl(args))
-}
-
-/// Waits (bounded) until `d` has `n` sessions.
-async fn wait_sessions(d: &Daemon, n: usize) -> Vec<pb::Session> {
-    let deadline = Instant::now() + STEP;
-    loop {
-        let s = sessions(d).await;
-        if s.len() == n {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "expected {n} sessions: {s:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    api::send_and_wait(from, &[path], peer, None, SEND_WITHIN).await
 }
 
 // ---------------------------------------------------------------------------------------
 // TLS clients built in the test
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Accepts any server certificate (still checking its handshake signature): for clients that
-/// misbehave on purpose and do not care who the daemon is.
-#[derive(Debug)]
-struct AnyServer(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Presents a fixed certificate and signs with a fixed key, whether or not they belong
-/// together (`with_client_auth_cert` would refuse a pair that does not).
-#[derive(Debug)]
-struct FixedClientCert(Arc<CertifiedKey>);
-
-impl ResolvesClientCert for FixedClientCert {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
-fn tls13_builder() -> rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert> {
-    let p = provider();
-    ClientConfig::builder_with_provider(p.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(p)))
-}
-
-/// A client that presents `cert` and signs with the key in `key_dir`'s identity.
-fn client_with(cert: CertificateDer<'static>, key_of: &Identity) -> Arc<ClientConfig> {
-    let key = provider()
-        .key_provider
-        .load_private_key(key_of.private_key())
-        .expect("load key");
-    let ck = CertifiedKey::new(vec![cert], key);
-    Arc::new(tls13_builder().with_client_cert_resolver(Arc::new(FixedClientCert(Arc::new(ck)))))
-}
-
-/// A fresh device identity in a temporary directory.
-fn identity() -> (tempfile::TempDir, Identity) {
-    let dir = tempfile::tempdir().unwrap();
-    let id = Identity::load_or_create(dir.path()).unwrap();
-    (dir, id)
-}
-
-async fn tcp(addr: SocketAddr) -> TcpStream {
-    let s = tokio::time::timeout(STEP, TcpStream::connect(addr))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
-    s.set_nodelay(true).unwrap();
-    s
-}
 
 /// How a TLS client fared against the daemon: the TLS handshake's result, and what the
 /// protocol handshake that follows got (a HelloAck means a session came up).
@@ -279,107 +69,29 @@ enum Outcome {
 
 /// Connects with `config`, and if TLS completes, sends a Hello claiming `claim`.
 async fn try_session(addr: SocketAddr, config: Arc<ClientConfig>, claim: &str) -> Outcome {
-    let connector = tokio_rustls::TlsConnector::from(config);
-    let stream = tcp(addr).await;
-    let mut tls = match tokio::time::timeout(STEP, connector.connect(tls::server_name(), stream))
-        .await
-        .expect("TLS handshake timed out")
-    {
-        Ok(s) => s,
+    let mut p = match Peer::tls_with(addr, config).await {
+        Ok(p) => p,
         Err(e) => return Outcome::TlsFailed(e.to_string()),
     };
-    let hello = codec::encode(Body::Hello(wire::Hello {
-        device_id: claim.to_owned(),
-        name: "test".into(),
-        protocol_version: PROTOCOL_VERSION,
-        capabilities: caps::SUPPORTED,
-        listen_port: 1,
-        software_version: "test".into(),
-        ..Default::default()
-    }));
     // In TLS 1.3 the client finishes first; the daemon's verdict on its certificate arrives
     // as an alert on the next read (or write).
-    if let Err(e) = async {
-        tls.write_all(&hello).await?;
-        tls.flush().await
-    }
-    .await
-    {
+    let hello = Body::Hello(hello_claiming(claim, p2p_core::net::wire::PROTOCOL_VERSION));
+    if let Err(e) = p.try_send(hello).await {
         return Outcome::ClosedAfterTls(e.to_string());
     }
-    match tokio::time::timeout(STEP, codec::read_frame(&mut tls, 1 << 20))
-        .await
-        .expect("no answer to the Hello")
-    {
+    match p.try_recv(STEP).await {
         Ok(Body::HelloAck(a)) => Outcome::HelloAck(a),
         Ok(other) => Outcome::ClosedAfterTls(format!("{other:?}")),
         Err(e) => Outcome::ClosedAfterTls(format!("{e}: {:?}", std::error::Error::source(&e))),
     }
 }
 
-/// Reads from `s` until EOF or an error; returns the bytes and when it ended. Panics after
-/// `within`.
-async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(
-    mut s: S,
-    within: Duration,
-    what: &str,
-) -> (Vec<u8>, Duration) {
+/// Reads from `p` until the daemon closes (or fails) the connection; returns the bytes and
+/// when it ended. Panics after `within`.
+async fn read_until_closed(mut p: Peer, within: Duration) -> (Vec<u8>, Duration) {
     let started = Instant::now();
-    let mut got = Vec::new();
-    let r = tokio::time::timeout(within, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(
-        r.is_ok(),
-        "{what}: still open after {within:?}; got {got:?}"
-    );
+    let got = p.raw_until_closed(within).await;
     (got, started.elapsed())
-}
-
-/// A ClientHello that offers TLS 1.2 only (no supported_versions extension), with the
-/// usual ECDHE suites and signature schemes, built by hand: the test's rustls has no TLS 1.2
-/// (enabling its `tls12` feature would switch it on in p2pd too, through feature
-/// unification).
-fn tls12_client_hello() -> Vec<u8> {
-    fn ext(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
-        out.extend_from_slice(&kind.to_be_bytes());
-        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
-        out.extend_from_slice(data);
-    }
-    let mut body = vec![0x03, 0x03];
-    body.extend_from_slice(&[0x42; 32]);
-    body.push(0);
-    let suites: [u16; 6] = [0xC02B, 0xC02F, 0xC02C, 0xC030, 0xCCA9, 0xCCA8];
-    body.extend_from_slice(&((suites.len() * 2) as u16).to_be_bytes());
-    for s in suites {
-        body.extend_from_slice(&s.to_be_bytes());
-    }
-    body.extend_from_slice(&[1, 0]);
-    let mut exts = Vec::new();
-    ext(&mut exts, 10, &[0x00, 0x04, 0x00, 0x1d, 0x00, 0x17]);
-    ext(&mut exts, 11, &[0x01, 0x00]);
-    ext(
-        &mut exts,
-        13,
-        &[0x00, 0x08, 0x08, 0x07, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01],
-    );
-    ext(&mut exts, 0xff01, &[0x00]);
-    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
-    body.extend_from_slice(&exts);
-    let mut hs = vec![1];
-    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    hs.extend_from_slice(&body);
-    let mut rec = vec![0x16, 0x03, 0x01];
-    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-    rec.extend_from_slice(&hs);
-    rec
 }
 
 // ---------------------------------------------------------------------------------------
@@ -395,7 +107,7 @@ struct Mitm {
     /// Plaintext the client sent through it.
     plaintext: Arc<Mutex<Vec<u8>>>,
     task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    _device: Device,
 }
 
 impl Drop for Mitm {
@@ -405,13 +117,14 @@ impl Drop for Mitm {
 }
 
 async fn start_mitm(listener: TcpListener, target: SocketAddr) -> Mitm {
-    let (dir, identity) = identity();
-    let id = identity.device_id.to_string();
+    let device = Device::new();
+    let identity = &device.identity;
+    let id = device.id();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(Mutex::new(0));
     let plaintext = Arc::new(Mutex::new(Vec::new()));
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&identity).unwrap());
-    let connector = tokio_rustls::TlsConnector::from(tls::client_config(&identity, None).unwrap());
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(identity).unwrap());
+    let connector = tokio_rustls::TlsConnector::from(tls::client_config(identity, None).unwrap());
     let task = {
         let accepted = accepted.clone();
         let plaintext = plaintext.clone();
@@ -467,7 +180,7 @@ async fn start_mitm(listener: TcpListener, target: SocketAddr) -> Mitm {
         accepted,
         plaintext,
         task,
-        _dir: dir,
+        _device: device,
     }
 }
 
@@ -477,18 +190,18 @@ async fn start_mitm(listener: TcpListener, target: SocketAddr) -> Mitm {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_that_trust_each_other_transfer_a_file() {
     let (a, b) = tokio::join!(start(&[]), start(&["--accept", "auto"]));
-    trust_each_other(&a, &b).await;
-    let (a_id, b_id) = (id_of(&a).await, id_of(&b).await);
+    api::trust_each_other(&a, &b).await;
+    let (a_id, b_id) = (a.device_id().to_owned(), b.device_id().to_owned());
     let src = tempfile::tempdir().unwrap();
     let path = src.path().join("sanity.bin");
-    api::random_file(&path, 3 << 20, 5);
+    random_file(&path, 3 << 20, 5);
 
-    let t = send_and_wait(&a, &path, &addr_of(&b).await.to_string()).await;
+    let t = send_and_wait(&a, &path, &b.peer_addr()).await;
     assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
     assert_eq!(t.peer_id, b_id);
     assert_eq!(
-        api::sha256_file(&b.dirs.download_dir.join("sanity.bin")),
-        api::sha256_file(&path)
+        sha256_file(&b.dirs.download_dir.join("sanity.bin")),
+        sha256_file(&path)
     );
     let (sa, sb) = (sessions(&a).await, sessions(&b).await);
     assert_eq!(sa.len(), 1, "{sa:?}");
@@ -506,30 +219,30 @@ async fn two_daemons_that_trust_each_other_transfer_a_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_copied_from_another_device_is_useless_without_its_key() {
     let (a, b) = tokio::join!(start(&["--accept", "auto"]), start(&[]));
-    let a_addr = addr_of(&a).await;
-    let b_id = id_of(&b).await;
+    let a_addr = a.listen_addr();
+    let b_id = b.device_id().to_owned();
     // A trusts B, so a session "as B" would be worth something.
     trust(&a, &b_id).await;
     let b_cert = CertificateDer::from_pem_file(b.dirs.state_dir.join(CERT_FILE))
         .expect("B's device.crt is a PEM certificate");
     assert_eq!(tls::device_id_of(&b_cert).unwrap().to_string(), b_id);
-    let (_k, thief) = identity();
+    let thief = Device::new();
 
     // Control: the same client construction with a certificate and key that belong together
     // gets a session, so the refusal below is about the key.
     match try_session(
         a_addr,
-        client_with(thief.cert.clone(), &thief),
-        &thief.device_id.to_string(),
+        client_with(thief.identity.cert.clone(), &thief.identity),
+        &thief.id(),
     )
     .await
     {
-        Outcome::HelloAck(ack) => assert_eq!(ack.device_id, id_of(&a).await),
+        Outcome::HelloAck(ack) => assert_eq!(ack.device_id, a.device_id()),
         other => panic!("a matching certificate and key must work: {other:?}"),
     }
 
     // B's certificate, signed with the thief's key: the handshake signature does not verify.
-    let outcome = try_session(a_addr, client_with(b_cert, &thief), &b_id).await;
+    let outcome = try_session(a_addr, client_with(b_cert, &thief.identity), &b_id).await;
     eprintln!("stolen certificate: {outcome:?}");
     match &outcome {
         Outcome::TlsFailed(e) | Outcome::ClosedAfterTls(e) => {
@@ -546,29 +259,22 @@ async fn a_certificate_copied_from_another_device_is_useless_without_its_key() {
         a.stderr()
     );
     // B itself is still welcome.
-    let s = control(&b)
-        .await
-        .connect(pb::ConnectRequest {
-            peer: a_addr.to_string(),
-        })
-        .await
-        .expect("the real B connects")
-        .into_inner();
-    assert_eq!(s.peer_id, id_of(&a).await);
-    let on_a = wait_sessions(&a, 1).await;
+    let s = api::connect(&b, &a_addr.to_string()).await;
+    assert_eq!(s.peer_id, a.device_id());
+    let on_a = api::wait_sessions(&a, 1, STEP).await;
     assert!(on_a[0].peer_id == b_id && on_a[0].trusted, "{on_a:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_is_not_the_expected_device_is_refused() {
     let (a, b, c) = tokio::join!(start(&[]), start(&["--accept", "auto"]), start(&[]));
-    let (b_id, c_id) = (id_of(&b).await, id_of(&c).await);
-    let b_addr = addr_of(&b).await;
-    let (_src, path) = small_file("pinned.txt", b"for B only\n");
+    let (b_id, c_id) = (b.device_id().to_owned(), c.device_id().to_owned());
+    let b_addr = b.listen_addr();
+    let (_src, path) = temp_file("pinned.txt", b"for B only\n");
     let wrong = format!("{c_id}@{b_addr}");
     let message = format!("peer is device {b_id} but expected {c_id}");
 
-    let out = ctl(&a, &["send", path.to_str().unwrap(), "--peer", &wrong]);
+    let out = a.ctl(&["send", path.to_str().unwrap(), "--peer", &wrong]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&message), "p2pctl names both ids: {stderr}");
@@ -583,7 +289,7 @@ async fn a_peer_that_is_not_the_expected_device_is_refused() {
     assert!(!b.dirs.download_dir.join("pinned.txt").exists());
 
     // The right id gets through.
-    trust(&b, &id_of(&a).await).await;
+    trust(&b, a.device_id()).await;
     let t = send_and_wait(&a, &path, &format!("{b_id}@{b_addr}")).await;
     assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
     assert_eq!(t.peer_id, b_id);
@@ -592,10 +298,10 @@ async fn a_peer_that_is_not_the_expected_device_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_man_in_the_middle_with_its_own_key_is_detected() {
     let (a, b) = tokio::join!(start(&[]), start(&["--accept", "auto"]));
-    trust_each_other(&a, &b).await;
-    let b_id = id_of(&b).await;
-    let b_addr = addr_of(&b).await;
-    let (_src, path) = small_file("secret.txt", b"P2PD-MITM-SECRET\n");
+    api::trust_each_other(&a, &b).await;
+    let b_id = b.device_id().to_owned();
+    let b_addr = b.listen_addr();
+    let (_src, path) = temp_file("secret.txt", b"P2PD-MITM-SECRET\n");
 
     // 1. A asks for B's id explicitly, at the proxy's address.
     let mitm = start_mitm(TcpListener::bind("127.0.0.1:0").await.unwrap(), b_addr).await;
@@ -618,19 +324,10 @@ async fn a_man_in_the_middle_with_its_own_key_is_detected() {
 
     // 2. A knows B at an address (a trusted device's last address pins it), and the proxy
     // takes that address over while B moves to another port.
-    let s = control(&a)
-        .await
-        .connect(pb::ConnectRequest {
-            peer: b_addr.to_string(),
-        })
-        .await
-        .expect("connect to B")
-        .into_inner();
+    let s = api::connect(&a, &b_addr.to_string()).await;
     assert_eq!(s.peer_id, b_id);
-    let b_dirs = tokio::task::spawn_blocking(move || b.into_dirs())
-        .await
-        .unwrap();
-    wait_sessions(&a, 0).await;
+    let b_dirs = b.into_dirs();
+    api::wait_sessions(&a, 0, STEP).await;
     let listener = {
         let deadline = Instant::now() + STEP;
         loop {
@@ -643,9 +340,9 @@ async fn a_man_in_the_middle_with_its_own_key_is_detected() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    let b = start_in(b_dirs, opts(&["--accept", "auto"])).await;
-    let b_new = addr_of(&b).await;
-    assert_eq!(id_of(&b).await, b_id, "B keeps its identity");
+    let b = Daemon::launch(b_dirs, DaemonOptions::accepting("auto")).await;
+    let b_new = b.listen_addr();
+    assert_eq!(b.device_id(), b_id, "B keeps its identity");
     let mitm = start_mitm(listener, b_new).await;
     let err = api::try_send(&a, &[&path], &b_addr.to_string(), None)
         .await
@@ -664,7 +361,7 @@ async fn a_man_in_the_middle_with_its_own_key_is_detected() {
     // in the Hello and refuses. (Rewriting the Hello would make it the proxy's own device,
     // which C would see instead of B.)
     let c = start(&[]).await;
-    let c_id = id_of(&c).await;
+    let c_id = c.device_id().to_owned();
     let err = api::try_send(&c, &[&path], &mitm.addr.to_string(), None)
         .await
         .expect_err("Send through the proxy without a pinned id");
@@ -698,51 +395,49 @@ async fn a_man_in_the_middle_with_its_own_key_is_detected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_handshakes_are_dropped_within_the_deadline() {
     let (d, e) = tokio::join!(start(&["--accept", "auto"]), start(&[]));
-    trust_each_other(&d, &e).await;
-    let addr = addr_of(&d).await;
+    api::trust_each_other(&d, &e).await;
+    let addr = d.listen_addr();
 
     let silent_tcp = tokio::spawn(async move {
-        let s = tcp(addr).await;
-        read_until_closed(s, Duration::from_secs(15), "silent TCP client").await
+        let p = Peer::plain(addr).await;
+        read_until_closed(p, Duration::from_secs(15)).await
     });
     let garbage = tokio::spawn(async move {
-        let mut s = tcp(addr).await;
-        s.write_all(b"\x00\x00\x00\x10garbage-garbage!")
-            .await
-            .unwrap();
-        read_until_closed(s, Duration::from_secs(15), "garbage").await
+        let mut p = Peer::plain(addr).await;
+        p.write_raw(b"\x00\x00\x00\x10garbage-garbage!").await;
+        read_until_closed(p, Duration::from_secs(15)).await
     });
     let tls12 = tokio::spawn(async move {
-        let mut s = tcp(addr).await;
-        s.write_all(&tls12_client_hello()).await.unwrap();
-        read_until_closed(s, Duration::from_secs(15), "TLS 1.2 client").await
+        let mut p = Peer::plain(addr).await;
+        p.write_raw(&tls12_client_hello()).await;
+        read_until_closed(p, Duration::from_secs(15)).await
     });
     // A TLS 1.3 ClientHello, then nothing: the daemon answers and waits for the rest.
     let stalled_tls = tokio::spawn(async move {
-        let (_dir, id) = identity();
+        let device = Device::new();
         let mut conn = rustls::ClientConnection::new(
-            tls::client_config(&id, None).unwrap(),
+            tls::client_config(&device.identity, None).unwrap(),
             tls::server_name(),
         )
         .unwrap();
         let mut hello = Vec::new();
         conn.write_tls(&mut hello).unwrap();
-        let mut s = tcp(addr).await;
-        s.write_all(&hello).await.unwrap();
-        read_until_closed(s, Duration::from_secs(15), "stalled TLS client").await
+        let mut p = Peer::plain(addr).await;
+        p.write_raw(&hello).await;
+        read_until_closed(p, Duration::from_secs(15)).await
     });
     let no_cert = tokio::spawn(async move {
         let started = Instant::now();
-        let config = Arc::new(tls13_builder().with_no_client_auth());
+        let config = Arc::new(tls13_any_server().with_no_client_auth());
         let outcome = try_session(addr, config, "no-cert").await;
         (outcome, started.elapsed())
     });
 
     // Meanwhile a real device transfers.
-    let (_src, path) = small_file("meanwhile.txt", b"real sessions go on\n");
+    let (_src, path) = temp_file("meanwhile.txt", b"real sessions go on\n");
     let t = send_and_wait(&e, &path, &addr.to_string()).await;
     assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
-    assert!(status(&d).await.session_count >= 1);
+    assert!(api::status(&d).await.session_count >= 1);
 
     let (outcome, elapsed) = no_cert.await.expect("no-cert client");
     eprintln!("client without a certificate: {outcome:?} after {elapsed:?}");
@@ -806,17 +501,15 @@ async fn broken_handshakes_are_dropped_within_the_deadline() {
         .is_ok_and(|o| o.status.success());
     if have_openssl {
         let started = Instant::now();
-        let out = tokio::task::block_in_place(|| {
-            p2p_tests::run_with_timeout(
-                std::process::Command::new("openssl").args([
-                    "s_client",
-                    "-tls1_2",
-                    "-connect",
-                    &addr.to_string(),
-                ]),
-                Duration::from_secs(15),
-            )
-        });
+        let out = p2p_tests::run_with_timeout(
+            std::process::Command::new("openssl").args([
+                "s_client",
+                "-tls1_2",
+                "-connect",
+                &addr.to_string(),
+            ]),
+            Duration::from_secs(15),
+        );
         let elapsed = started.elapsed();
         let text = format!(
             "{}{}",
@@ -838,7 +531,7 @@ async fn broken_handshakes_are_dropped_within_the_deadline() {
     }
 
     // The daemon is still there and serves another transfer.
-    assert!(!status(&d).await.device_id.is_empty());
+    assert!(!api::status(&d).await.device_id.is_empty());
     assert!(!d.stderr().contains("panicked"), "{}", d.stderr());
     let t = send_and_wait(&e, &path, &addr.to_string()).await;
     assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
@@ -851,11 +544,11 @@ async fn offers_from_untrusted_devices_wait_or_are_refused() {
         start(&["--accept", "auto"]),
         start(&["--accept", "auto", "--accept-untrusted", "reject"])
     );
-    let a_id = id_of(&a).await;
-    let (_src, path) = small_file("from-a.txt", b"hello from an untrusted device\n");
+    let a_id = a.device_id().to_owned();
+    let (_src, path) = temp_file("from-a.txt", b"hello from an untrusted device\n");
 
     // B: `--accept auto`, but A is not trusted: the offer waits.
-    let id = api::send(&a, &[&path], &addr_of(&b).await.to_string(), None).await;
+    let id = api::send(&a, &[&path], &b.peer_addr(), None).await;
     let offer = api::wait_offer(&b, STEP).await;
     assert_eq!(offer.transfer_id, id);
     assert_eq!(offer.peer_id, a_id);
@@ -864,25 +557,12 @@ async fn offers_from_untrusted_devices_wait_or_are_refused() {
     let t = api::wait_for(&a, &id, STEP, |_| true).await;
     assert!(!api::is_final(&t), "the offer still waits: {t:?}");
     assert!(!b.dirs.download_dir.join("from-a.txt").exists());
-    let pending = control(&b)
-        .await
-        .list_pending(pb::ListPendingRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .devices;
+    let pending = api::pending(&b).await;
     assert!(pending.iter().any(|d| d.id == a_id), "{pending:?}");
 
     // Trusting A, then accepting the waiting offer, lets it through.
     trust(&b, &a_id).await;
-    control(&b)
-        .await
-        .accept_incoming(pb::AcceptIncomingRequest {
-            transfer_id: id.clone(),
-            destination: String::new(),
-        })
-        .await
-        .expect("AcceptIncoming");
+    api::accept(&b, &id, None).await;
     let t = api::wait_done(&a, &id, Duration::from_secs(20)).await;
     assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
     assert_eq!(
@@ -890,13 +570,13 @@ async fn offers_from_untrusted_devices_wait_or_are_refused() {
         b"hello from an untrusted device\n"
     );
     // Trusted now: the next offer is accepted at once.
-    let (_src2, path2) = small_file("second.txt", b"auto now\n");
-    let t = send_and_wait(&a, &path2, &addr_of(&b).await.to_string()).await;
+    let (_src2, path2) = temp_file("second.txt", b"auto now\n");
+    let t = send_and_wait(&a, &path2, &b.peer_addr()).await;
     assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
     assert!(incoming(&b).await.is_empty());
 
     // C: `--accept-untrusted reject` refuses outright.
-    let t = send_and_wait(&a, &path, &addr_of(&c).await.to_string()).await;
+    let t = send_and_wait(&a, &path, &c.peer_addr()).await;
     assert_eq!(t.state, pb::TransferState::Rejected as i32, "{t:?}");
     assert!(t.error.contains("untrusted"), "the reason says why: {t:?}");
     assert!(incoming(&c).await.is_empty());
@@ -910,12 +590,12 @@ async fn per_device_rules_override_the_daemons_policy() {
         start(&["--accept", "auto"]),
         start(&["--accept", "ask"])
     );
-    let a_id = id_of(&a).await;
-    let (_src, path) = small_file("ruled.txt", b"rules\n");
+    let a_id = a.device_id().to_owned();
+    let (_src, path) = temp_file("ruled.txt", b"rules\n");
 
     // B accepts everything from trusted devices, but has a REJECT rule for A.
     trust_with(&b, &a_id, pb::DeviceAccept::Reject, None).await;
-    let t = send_and_wait(&a, &path, &addr_of(&b).await.to_string()).await;
+    let t = send_and_wait(&a, &path, &b.peer_addr()).await;
     assert_eq!(t.state, pb::TransferState::Rejected as i32, "{t:?}");
     assert!(t.error.contains("refuses"), "{t:?}");
     assert!(!b.dirs.download_dir.join("ruled.txt").exists());
@@ -923,7 +603,7 @@ async fn per_device_rules_override_the_daemons_policy() {
     // C asks, but has an AUTO rule with a directory of its own for A.
     let special = c.dirs.root.path().join("from-a");
     trust_with(&c, &a_id, pb::DeviceAccept::Auto, Some(&special)).await;
-    let t = send_and_wait(&a, &path, &addr_of(&c).await.to_string()).await;
+    let t = send_and_wait(&a, &path, &c.peer_addr()).await;
     assert_eq!(t.state, pb::TransferState::Completed as i32, "{t:?}");
     assert_eq!(
         std::fs::read(special.join("ruled.txt")).unwrap(),
@@ -931,13 +611,7 @@ async fn per_device_rules_override_the_daemons_policy() {
     );
     assert!(!c.dirs.download_dir.join("ruled.txt").exists());
     assert!(incoming(&c).await.is_empty());
-    let theirs = control(&c)
-        .await
-        .list_transfers(pb::ListTransfersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .transfers;
+    let theirs = api::transfers(&c).await;
     assert_eq!(theirs.len(), 1);
     assert_eq!(theirs[0].destination, special.display().to_string());
 }
@@ -945,7 +619,7 @@ async fn per_device_rules_override_the_daemons_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_device_id_has_the_new_format_and_survives_restarts() {
     let d = start(&[]).await;
-    let out = ctl(&d, &["status"]);
+    let out = d.ctl(&["status"]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let id = text
@@ -953,7 +627,7 @@ async fn the_device_id_has_the_new_format_and_survives_restarts() {
         .find(|w| is_device_id_format(w))
         .unwrap_or_else(|| panic!("no device id in `p2pctl status`:\n{text}"))
         .to_owned();
-    assert_eq!(id, id_of(&d).await);
+    assert_eq!(id, api::status(&d).await.device_id);
     assert!(!is_device_id_format(
         "P56IOI7-MZJNU2Y-IQGDREY-DM2MGTI-MGL3BXN-PQ6W5BM-TBBZ4TJ"
     ));
@@ -961,17 +635,15 @@ async fn the_device_id_has_the_new_format_and_survives_restarts() {
         "p56ioi7-mzjnu2y-iqgdrey-dm2mgti-mgl3bxn-pq6w5bm-tbbz4tj-xzwicq2"
     ));
     let json: serde_json::Value =
-        serde_json::from_slice(&ctl(&d, &["status", "--json"]).stdout).unwrap();
+        serde_json::from_slice(&d.ctl(&["status", "--json"]).stdout).unwrap();
     assert_eq!(json["device_id"], id.as_str());
 
     // Restart on the same state dir: the same id.
-    let dirs = tokio::task::spawn_blocking(move || d.into_dirs())
-        .await
-        .unwrap();
+    let dirs = d.into_dirs();
     let cert = dirs.state_dir.join(CERT_FILE);
     let cert_before = std::fs::read(&cert).expect("device.crt");
-    let d = start_in(dirs, DaemonOptions::default()).await;
-    assert_eq!(id_of(&d).await, id);
+    let d = Daemon::launch(dirs, DaemonOptions::default()).await;
+    assert_eq!(api::status(&d).await.device_id, id);
     assert_eq!(
         std::fs::read(&cert).unwrap(),
         cert_before,
@@ -979,12 +651,10 @@ async fn the_device_id_has_the_new_format_and_survives_restarts() {
     );
 
     // A deleted certificate is issued again for the same key: the same id.
-    let dirs = tokio::task::spawn_blocking(move || d.into_dirs())
-        .await
-        .unwrap();
+    let dirs = d.into_dirs();
     std::fs::remove_file(&cert).unwrap();
-    let d = start_in(dirs, DaemonOptions::default()).await;
-    assert_eq!(id_of(&d).await, id);
+    let d = Daemon::launch(dirs, DaemonOptions::default()).await;
+    assert_eq!(api::status(&d).await.device_id, id);
     assert!(cert.exists(), "device.crt is issued again");
     let reissued = CertificateDer::from_pem_file(&cert).unwrap();
     assert_eq!(tls::device_id_of(&reissued).unwrap().to_string(), id);
@@ -1041,9 +711,7 @@ async fn another_user_may_not_control_the_daemon_even_through_an_open_socket() {
         if let Some(uid) = uid {
             cmd.uid(uid).gid(uid);
         }
-        tokio::task::block_in_place(|| {
-            p2p_tests::run_with_timeout(&mut cmd, Duration::from_secs(30))
-        })
+        p2p_tests::run_with_timeout(&mut cmd, Duration::from_secs(30))
     };
 
     let out = run_as(Some(65534));
@@ -1061,25 +729,20 @@ async fn another_user_may_not_control_the_daemon_even_through_an_open_socket() {
 
     let out = run_as(None);
     assert!(out.status.success(), "root: {out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&id_of(&d).await));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(d.device_id()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offer_whose_sender_goes_away_is_withdrawn() {
     let (a, b) = tokio::join!(start(&[]), start(&[]));
-    let (_src, path) = small_file("orphan.txt", b"nobody will send this\n");
-    let id = api::send(&a, &[&path], &addr_of(&b).await.to_string(), None).await;
+    let (_src, path) = temp_file("orphan.txt", b"nobody will send this\n");
+    let id = api::send(&a, &[&path], &b.peer_addr(), None).await;
     let offer = api::wait_offer(&b, STEP).await;
     assert_eq!(offer.transfer_id, id);
-    tokio::task::block_in_place(move || drop(a));
+    drop(a);
     let deadline = Instant::now() + STEP;
     loop {
-        let t = control(&b)
-            .await
-            .get_transfer(pb::GetTransferRequest { id: id.clone() })
-            .await
-            .expect("GetTransfer")
-            .into_inner();
+        let t = api::transfer(&b, &id).await;
         // Withdrawn from the waiting offers; the transfer waits, interrupted, for its
         // sender to offer it again.
         if incoming(&b).await.is_empty() && t.state == pb::TransferState::Interrupted as i32 {

@@ -7,24 +7,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use p2p_proto::control::v1 as pb;
-use p2p_tests::api::{
-    self, SHORT, T, part_files, peer_addr, random_file, sha256_file, state, wait_done,
-};
-use p2p_tests::{Daemon, DaemonDirs, DaemonOptions};
+use p2p_tests::api::{self, SHORT, T, state, wait_done};
+use p2p_tests::files::{part_files, random_file, sha256_file, tree, wait_no_part_files};
+use p2p_tests::{Daemon, DaemonOptions};
 
-async fn daemon(accept: &str) -> Daemon {
-    let accept = accept.to_owned();
-    tokio::task::spawn_blocking(move || {
-        Daemon::start_with(
-            DaemonDirs::new(),
-            DaemonOptions {
-                args: vec!["--accept".into(), accept],
-                ..Default::default()
-            },
-        )
-    })
+/// A (`--accept auto`) and B (`--accept B_ACCEPT`), trusting each other.
+async fn pair(b_accept: &str) -> (Daemon, Daemon) {
+    api::trusted_pair(
+        DaemonOptions::accepting("auto"),
+        DaemonOptions::accepting(b_accept),
+    )
     .await
-    .expect("start daemon")
 }
 
 fn opts(chunk_size: u32, window: u32, compress: Option<bool>) -> Option<pb::SendOptions> {
@@ -39,8 +32,7 @@ fn opts(chunk_size: u32, window: u32, compress: Option<bool>) -> Option<pb::Send
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunk_boundary_sizes_arrive_intact_with_mode_and_mtime() {
-    let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
-    api::trust_each_other(&a, &b).await;
+    let (a, b) = pair("auto").await;
     let chunk: usize = 64 << 10;
     let src = a.dirs.root.path().join("src");
     std::fs::create_dir(&src).unwrap();
@@ -57,7 +49,7 @@ async fn chunk_boundary_sizes_arrive_intact_with_mode_and_mtime() {
         paths.push(p);
     }
     let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-    let id = api::send(&a, &refs, &peer_addr(&b), opts(chunk as u32, 0, None)).await;
+    let id = api::send(&a, &refs, &b.peer_addr(), opts(chunk as u32, 0, None)).await;
     let t = wait_done(&a, &id, T).await;
     api::expect_completed(&t);
     assert_eq!(t.total_files, sizes.len() as u64);
@@ -92,11 +84,10 @@ async fn chunk_boundary_sizes_arrive_intact_with_mode_and_mtime() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mib_random_file_is_verified() {
-    let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
-    api::trust_each_other(&a, &b).await;
+    let (a, b) = pair("auto").await;
     let src = a.dirs.root.path().join("big.bin");
     random_file(&src, 100 << 20, 42);
-    let id = api::send(&a, &[&src], &peer_addr(&b), None).await;
+    let id = api::send(&a, &[&src], &b.peer_addr(), None).await;
     let t = wait_done(&a, &id, Duration::from_secs(120)).await;
     api::expect_completed(&t);
     assert_eq!(
@@ -120,13 +111,12 @@ async fn a_100_mib_random_file_is_verified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressible_data_is_compressed_on_the_wire() {
-    let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
-    api::trust_each_other(&a, &b).await;
+    let (a, b) = pair("auto").await;
     let src = a.dirs.root.path().join("log.txt");
     let line =
         "2026-11-21T21:00:00Z INFO p2pd: a fairly repetitive log line with some words in it\n";
     std::fs::write(&src, line.repeat((20 << 20) / line.len())).unwrap();
-    let id = api::send(&a, &[&src], &peer_addr(&b), None).await;
+    let id = api::send(&a, &[&src], &b.peer_addr(), None).await;
     let t = wait_done(&a, &id, T).await;
     api::expect_completed(&t);
     assert!(
@@ -141,7 +131,7 @@ async fn compressible_data_is_compressed_on_the_wire() {
     );
 
     // With compression off, the bytes go as they are.
-    let id = api::send(&a, &[&src], &peer_addr(&b), opts(0, 0, Some(false))).await;
+    let id = api::send(&a, &[&src], &b.peer_addr(), opts(0, 0, Some(false))).await;
     let t = wait_done(&a, &id, T).await;
     api::expect_completed(&t);
     assert_eq!(t.wire_bytes, t.total_bytes);
@@ -157,34 +147,9 @@ async fn compressible_data_is_compressed_on_the_wire() {
     );
 }
 
-fn tree(dir: &Path) -> Vec<(String, Option<String>, u32)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-            let meta = std::fs::symlink_metadata(&p).unwrap();
-            if meta.is_dir() {
-                out.push((rel, None, meta.permissions().mode() & 0o777));
-                stack.push(p);
-            } else if meta.is_file() {
-                out.push((
-                    rel,
-                    Some(sha256_file(&p)),
-                    meta.permissions().mode() & 0o777,
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_folder_tree_with_10000_small_files_keeps_its_structure() {
-    let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
-    api::trust_each_other(&a, &b).await;
+    let (a, b) = pair("auto").await;
     let root = a.dirs.root.path().join("Fotos 2026 ✓");
     std::fs::create_dir_all(root.join("empty/also empty")).unwrap();
     std::fs::create_dir_all(root.join("naïve/日本語")).unwrap();
@@ -203,7 +168,7 @@ async fn a_folder_tree_with_10000_small_files_keeps_its_structure() {
         }
         random_file(&sub.join(format!("f{i:05}.dat")), 4096, i);
     }
-    let id = api::send(&a, &[&root], &peer_addr(&b), None).await;
+    let id = api::send(&a, &[&root], &b.peer_addr(), None).await;
     let t = wait_done(&a, &id, Duration::from_secs(180)).await;
     api::expect_completed(&t);
     assert_eq!(t.total_files, 10_003);
@@ -214,7 +179,7 @@ async fn a_folder_tree_with_10000_small_files_keeps_its_structure() {
     assert!(!got.join("a-symlink").exists());
 
     // Sending the same folder again does not merge into the first copy.
-    let id = api::send(&a, &[&root], &peer_addr(&b), None).await;
+    let id = api::send(&a, &[&root], &b.peer_addr(), None).await;
     api::expect_completed(&wait_done(&a, &id, Duration::from_secs(180)).await);
     assert!(
         b.dirs
@@ -229,8 +194,7 @@ async fn a_folder_tree_with_10000_small_files_keeps_its_structure() {
 /// flight towards the sender (whose frame channel holds only the window and a little slack).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_small_files_through_the_widest_window_stay_within_it() {
-    let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
-    api::trust_each_other(&a, &b).await;
+    let (a, b) = pair("auto").await;
     let root = a.dirs.root.path().join("small");
     std::fs::create_dir(&root).unwrap();
     for i in 0..3_000u64 {
@@ -240,7 +204,7 @@ async fn many_small_files_through_the_widest_window_stay_within_it() {
             i,
         );
     }
-    let id = api::send(&a, &[&root], &peer_addr(&b), opts(128 << 10, 1024, None)).await;
+    let id = api::send(&a, &[&root], &b.peer_addr(), opts(128 << 10, 1024, None)).await;
     let t = wait_done(&a, &id, Duration::from_secs(180)).await;
     api::assert_completed(&t, &a, &b);
     assert_eq!(t.total_files, 3_000);
@@ -254,8 +218,7 @@ async fn many_small_files_through_the_widest_window_stay_within_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_directions_and_concurrent_transfers_share_one_session() {
-    let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
-    api::trust_each_other(&a, &b).await;
+    let (a, b) = pair("auto").await;
     let mut files = Vec::new();
     for i in 0..3 {
         let p = a.dirs.root.path().join(format!("a{i}.bin"));
@@ -266,10 +229,10 @@ async fn both_directions_and_concurrent_transfers_share_one_session() {
     random_file(&back, 5 << 20, 99);
 
     // First contact opens the session from A.
-    let first = api::send(&a, &[&files[0]], &peer_addr(&b), None).await;
+    let first = api::send(&a, &[&files[0]], &b.peer_addr(), None).await;
     api::expect_completed(&wait_done(&a, &first, T).await);
 
-    let (to_b, to_a) = (peer_addr(&b), peer_addr(&a));
+    let (to_b, to_a) = (b.peer_addr(), a.peer_addr());
     let (f1, f2): (&Path, &Path) = (&files[1], &files[2]);
     let (s1, s2, s3) = ([f1], [f2], [back.as_path()]);
     let (r1, r2, r3) = tokio::join!(
@@ -294,13 +257,7 @@ async fn both_directions_and_concurrent_transfers_share_one_session() {
     let sessions = |d: &Daemon| d.status()["session_count"].as_u64().unwrap();
     assert_eq!(sessions(&a), 1, "A reuses its session to B");
     assert_eq!(sessions(&b), 1, "B sends back over the session A opened");
-    let list = api::client(&a)
-        .await
-        .list_sessions(pb::ListSessionsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
+    let list = api::sessions(&a).await;
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].peer_id, b.status()["device_id"].as_str().unwrap());
     assert!(list[0].outgoing);
@@ -308,18 +265,13 @@ async fn both_directions_and_concurrent_transfers_share_one_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_midway_leaves_no_partial_file() {
-    let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
-    api::trust_each_other(&a, &b).await;
+    let (a, b) = pair("auto").await;
     let src = a.dirs.root.path().join("slow.bin");
     random_file(&src, 64 << 20, 7);
     // Small chunks, one at a time: slow enough to cancel in the middle.
-    let id = api::send(&a, &[&src], &peer_addr(&b), opts(4096, 1, Some(false))).await;
+    let id = api::send(&a, &[&src], &b.peer_addr(), opts(4096, 1, Some(false))).await;
     api::wait_for(&a, &id, T, |t| t.bytes_done > 256 << 10).await;
-    api::client(&a)
-        .await
-        .cancel_transfer(pb::CancelTransferRequest { id: id.clone() })
-        .await
-        .expect("cancel");
+    api::cancel(&a, &id).await;
     let t = wait_done(&a, &id, SHORT).await;
     assert_eq!(state(&t), pb::TransferState::Cancelled);
     assert!(t.bytes_done < t.total_bytes);
@@ -334,49 +286,33 @@ async fn cancel_midway_leaves_no_partial_file() {
         !b.dirs.download_dir.join("slow.bin").exists(),
         "no partial file under the final name"
     );
-    assert!(
-        p2p_tests::wait_until(SHORT, || part_files(&b.dirs.download_dir).is_empty()),
-        "temporary files removed: {:?}",
-        part_files(&b.dirs.download_dir)
-    );
+    // Temporary files removed.
+    wait_no_part_files(&b.dirs.download_dir, SHORT).await;
     // Cancelling again is a precondition error.
-    let again = api::client(&a)
-        .await
-        .cancel_transfer(pb::CancelTransferRequest { id })
-        .await
-        .unwrap_err();
+    let again = api::try_cancel(&a, &id).await.unwrap_err();
     assert_eq!(again.code(), tonic::Code::FailedPrecondition);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_receiver_can_cancel_too() {
-    let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
-    api::trust_each_other(&a, &b).await;
+    let (a, b) = pair("auto").await;
     let src = a.dirs.root.path().join("slow.bin");
     random_file(&src, 64 << 20, 8);
-    let id = api::send(&a, &[&src], &peer_addr(&b), opts(4096, 1, Some(false))).await;
+    let id = api::send(&a, &[&src], &b.peer_addr(), opts(4096, 1, Some(false))).await;
     api::wait_for(&b, &id, T, |t| t.bytes_done > 256 << 10).await;
-    api::client(&b)
-        .await
-        .cancel_transfer(pb::CancelTransferRequest { id: id.clone() })
-        .await
-        .expect("cancel");
+    api::cancel(&b, &id).await;
     let t = wait_done(&a, &id, SHORT).await;
     assert_eq!(state(&t), pb::TransferState::Cancelled, "{}", t.error);
     assert!(!b.dirs.download_dir.join("slow.bin").exists());
-    assert!(p2p_tests::wait_until(SHORT, || part_files(
-        &b.dirs.download_dir
-    )
-    .is_empty()));
+    wait_no_part_files(&b.dirs.download_dir, SHORT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ask_policy_waits_then_reject_is_reported_to_the_sender() {
-    let (a, b) = tokio::join!(daemon("auto"), daemon("ask"));
-    api::trust_each_other(&a, &b).await;
+    let (a, b) = pair("ask").await;
     let src = a.dirs.root.path().join("offer.txt");
     std::fs::write(&src, b"do you want this?").unwrap();
-    let id = api::send(&a, &[&src], &peer_addr(&b), None).await;
+    let id = api::send(&a, &[&src], &b.peer_addr(), None).await;
     let offer = api::wait_offer(&b, SHORT).await;
     assert_eq!(offer.transfer_id, id);
     assert_eq!(offer.roots, vec!["offer.txt".to_owned()]);
@@ -385,46 +321,24 @@ async fn ask_policy_waits_then_reject_is_reported_to_the_sender() {
     let t = api::wait_for(&a, &id, SHORT, |t| state(t) == pb::TransferState::Offered).await;
     assert_eq!(t.bytes_done, 0);
 
-    api::client(&b)
-        .await
-        .reject_incoming(pb::RejectIncomingRequest {
-            transfer_id: id.clone(),
-            reason: "not now".into(),
-        })
-        .await
-        .expect("reject");
+    api::reject(&b, &id, "not now").await;
     let t = wait_done(&a, &id, SHORT).await;
     assert_eq!(state(&t), pb::TransferState::Rejected);
     assert!(t.error.contains("not now"), "{}", t.error);
     assert!(!b.dirs.download_dir.join("offer.txt").exists());
-    let err = api::client(&b)
-        .await
-        .accept_incoming(pb::AcceptIncomingRequest {
-            transfer_id: id,
-            destination: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let err = api::try_accept(&b, &id, None).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ask_then_accept_into_another_directory() {
-    let (a, b) = tokio::join!(daemon("auto"), daemon("ask"));
-    api::trust_each_other(&a, &b).await;
+    let (a, b) = pair("ask").await;
     let src = a.dirs.root.path().join("report.pdf");
     random_file(&src, 300_000, 3);
-    let id = api::send(&a, &[&src], &peer_addr(&b), None).await;
+    let id = api::send(&a, &[&src], &b.peer_addr(), None).await;
     let offer = api::wait_offer(&b, SHORT).await;
     let elsewhere = b.dirs.root.path().join("elsewhere/inbox");
-    api::client(&b)
-        .await
-        .accept_incoming(pb::AcceptIncomingRequest {
-            transfer_id: offer.transfer_id,
-            destination: elsewhere.display().to_string(),
-        })
-        .await
-        .expect("accept");
+    api::accept(&b, &offer.transfer_id, Some(&elsewhere)).await;
     api::expect_completed(&wait_done(&a, &id, T).await);
     assert_eq!(
         sha256_file(&elsewhere.join("report.pdf")),
@@ -435,7 +349,7 @@ async fn ask_then_accept_into_another_directory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_map_to_fitting_status_codes() {
-    let a = daemon("auto").await;
+    let a = p2p_tests::start(&["--accept", "auto"]).await;
     let missing = a.dirs.root.path().join("missing.bin");
     let e = api::try_send(&a, &[&missing], "127.0.0.1:9", None)
         .await
@@ -498,18 +412,10 @@ async fn errors_map_to_fitting_status_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_and_disconnect_sessions() {
-    let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
-    api::trust_each_other(&a, &b).await;
-    let s = api::client(&a)
-        .await
-        .connect(pb::ConnectRequest {
-            peer: peer_addr(&b),
-        })
-        .await
-        .expect("connect")
-        .into_inner();
+    let (a, b) = pair("auto").await;
+    let s = api::connect(&a, &b.peer_addr()).await;
     assert_eq!(s.peer_id, b.status()["device_id"].as_str().unwrap());
-    assert_eq!(s.peer_address, peer_addr(&b));
+    assert_eq!(s.peer_address, b.peer_addr());
     assert!(p2p_tests::wait_until(SHORT, || b.status()["session_count"] == 1));
     api::client(&a)
         .await
@@ -525,15 +431,12 @@ async fn connect_and_disconnect_sessions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_receiver_leaves_the_transfer_retrying_until_cancelled() {
-    let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
-    api::trust_each_other(&a, &b).await;
+    let (a, b) = pair("auto").await;
     let src = a.dirs.root.path().join("slow.bin");
     random_file(&src, 64 << 20, 9);
-    let id = api::send(&a, &[&src], &peer_addr(&b), opts(4096, 1, Some(false))).await;
+    let id = api::send(&a, &[&src], &b.peer_addr(), opts(4096, 1, Some(false))).await;
     api::wait_for(&a, &id, T, |t| t.bytes_done > 64 << 10).await;
-    let b_dirs = tokio::task::spawn_blocking(move || b.into_dirs())
-        .await
-        .unwrap();
+    let b_dirs = b.into_dirs();
     // Transient: the sender waits and tries again (resume is covered by resume.rs).
     let t = api::wait_for(&a, &id, Duration::from_secs(30), |t| {
         state(t) == pb::TransferState::Retrying
@@ -551,19 +454,16 @@ async fn a_killed_receiver_leaves_the_transfer_retrying_until_cancelled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_sender_leaves_the_receivers_transfer_interrupted_until_cancelled() {
-    let (a, b) = tokio::join!(daemon("auto"), daemon("auto"));
-    api::trust_each_other(&a, &b).await;
+    let (a, b) = pair("auto").await;
     let src = a.dirs.root.path().join("slow.bin");
     random_file(&src, 64 << 20, 10);
-    let id = api::send(&a, &[&src], &peer_addr(&b), opts(4096, 1, Some(false))).await;
+    let id = api::send(&a, &[&src], &b.peer_addr(), opts(4096, 1, Some(false))).await;
     api::wait_for(&b, &id, T, |t| t.bytes_done > 64 << 10).await;
     assert!(
         !part_files(&b.dirs.download_dir).is_empty(),
         "a part file exists mid-transfer"
     );
-    tokio::task::spawn_blocking(move || drop(a.into_dirs()))
-        .await
-        .unwrap();
+    drop(a.into_dirs());
     let t = api::wait_for(&b, &id, Duration::from_secs(30), |t| {
         state(t) == pb::TransferState::Interrupted
     })
@@ -577,6 +477,6 @@ async fn a_killed_sender_leaves_the_receivers_transfer_interrupted_until_cancell
     assert!(out.status.success(), "{out:?}");
     let t = wait_done(&b, &id, SHORT).await;
     assert_eq!(state(&t), pb::TransferState::Cancelled);
-    api::wait_no_part_files(&b.dirs.download_dir, SHORT).await;
+    wait_no_part_files(&b.dirs.download_dir, SHORT).await;
     assert_eq!(b.status()["active_transfer_count"], 0);
 }

@@ -10,7 +10,6 @@
 //! - [`node`]: the running node — the facade the daemon and tests drive.
 //! - [`paths`]: default locations of state, config and downloads (XDG on Linux).
 //! - [`fsutil`]: small filesystem helpers (atomic writes, private directories, fs kinds).
-//! - [`units`]: sizes and speeds as people write them (`64K`, `10M`, `unlimited`).
 
 pub mod fsutil;
 pub mod net;
@@ -18,13 +17,12 @@ pub mod node;
 pub mod paths;
 pub mod store;
 pub mod transfer;
-pub mod units;
 
 pub use net::device_id::DeviceId;
 pub use net::identity::{Identity, IdentityError};
 pub use node::{
-    AcceptPolicy, DeviceView, IncomingOffer, Node, NodeError, NodeSettings, SessionInfo, Status,
-    UntrustedPolicy,
+    AcceptPolicy, DeviceView, ErrorKind, IncomingOffer, Node, NodeError, NodeSettings, SessionInfo,
+    Status, UntrustedPolicy,
 };
 pub use store::history::{HistoryEntry, HistoryFilter, HistoryStatus};
 pub use transfer::{Direction, SendOptions, TransferSnapshot, TransferState};

@@ -1,94 +1,49 @@
-//! The running node: identity, live settings, the peer listener, sessions, transfers, incoming
-//! offers — and shutdown.
+//! The running node: construction, live settings, status and shutdown. `Node` is a cheap
+//! cloneable handle; the control service and tests call it. It never prints.
 //!
-//! `Node` is a cheap cloneable handle; the control service and tests call it. It never prints.
+//! The rest of the facade is cut along its seams, each file owning its part of the state:
+//! - `connect`: the accept loop, dialing, TLS, lanes, `connect` / `disconnect`, the live
+//!   sessions (`Sessions`).
+//! - `offers`: an incoming offer from its arrival to a decision — checks, rules, the wait for
+//!   `accept` / `reject`, expiry (`Offers`).
+//! - `incoming`: the receiving side's life across sessions — running an accepted transfer,
+//!   resume, restart (`Claims`).
+//! - `outgoing`: `send` and the supervisor of each outgoing transfer — retries with backoff,
+//!   pause and resume, restart (`Outgoing`).
+//! - `devices`: known devices and trust.
+//! - `peers`: discovery, static peers, peer names (`PeerBook`).
+//! - `transfers`: listing, cancelling, limits and history of transfers.
+//! - `views`: the plain values the node takes and shows (policies, status, offers, sessions).
+//! - `errors`: [`NodeError`] and its [`ErrorKind`], with the causes of dial failures.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use p2p_proto::wire::v1::frame::Body;
-use p2p_proto::wire::v1::{self as wire};
-use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
-use crate::error_chain;
-use crate::net::device_id::DeviceId;
-use crate::net::discovery::{Discovery, DiscoveryConfig, Peer, PeerEvent};
 use crate::net::identity::Identity;
-use crate::net::session::{self, LocalInfo, Session, SessionError, SessionEvents};
-use crate::net::wire::caps;
-use crate::net::{tls, tune};
-use crate::store::history::{self, HistoryEntry, HistoryFilter};
-use crate::store::records::OutgoingRecord;
-use crate::store::{DeviceAccept, Store};
-use crate::transfer::manifest::{self, LocalManifest, ManifestError};
-use crate::transfer::{
-    Direction, MAX_CHUNK, MAX_WINDOW, NewTransfer, SendOptions, TransferEntry, TransferSnapshot,
-    TransferState, Transfers,
-};
+use crate::net::tls;
+use crate::store::Store;
+use crate::store::history;
+use crate::transfer::Transfers;
 
+mod connect;
+mod devices;
+mod errors;
 mod incoming;
+mod offers;
 mod outgoing;
+mod peers;
+mod transfers;
+mod views;
 
-/// How long an incoming offer waits for a decision before it is rejected as expired.
-pub const OFFER_TIMEOUT: Duration = Duration::from_secs(600);
-/// Incoming transfers (running or waiting) at once; more are rejected as busy.
-const MAX_INCOMING_TRANSFERS: usize = 64;
-/// Offers waiting for a decision at once; more are rejected as busy.
-const MAX_WAITING_OFFERS: usize = 32;
-/// Time allowed to open a TCP connection to a peer.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes running at once on the listener; connections beyond are dropped at once.
-const MAX_HANDSHAKES: usize = 64;
-/// Handshakes running at once from one address, so one host cannot take every slot.
-const MAX_HANDSHAKES_PER_IP: usize = 8;
-
-type IpCounts = Mutex<HashMap<std::net::IpAddr, usize>>;
-
-fn release_ip(counts: &IpCounts, ip: std::net::IpAddr) {
-    let mut m = lock(counts);
-    if let Some(n) = m.get_mut(&ip) {
-        *n -= 1;
-        if *n == 0 {
-            m.remove(&ip);
-        }
-    }
-}
-
-/// Gives back a per-address handshake slot when dropped.
-struct IpSlot<'a>(&'a IpCounts, std::net::IpAddr);
-
-impl Drop for IpSlot<'_> {
-    fn drop(&mut self) {
-        release_ip(self.0, self.1);
-    }
-}
-
-/// What to do with an incoming offer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AcceptPolicy {
-    /// Wait for `accept` or `reject` from the user.
-    #[default]
-    Ask,
-    /// Accept into the download directory at once.
-    Auto,
-}
-
-impl std::str::FromStr for AcceptPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "ask" => Ok(Self::Ask),
-            "auto" => Ok(Self::Auto),
-            other => Err(format!("{other:?} is not a receiving policy (ask or auto)")),
-        }
-    }
-}
+pub use errors::{DialError, ErrorKind, NodeError, PeerLookupError, TlsHandshakeError};
+pub use offers::OFFER_TIMEOUT;
+pub use views::{AcceptPolicy, DeviceView, IncomingOffer, SessionInfo, Status, UntrustedPolicy};
 
 /// Settings that can change while the node runs (on a config reload).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,161 +62,13 @@ pub struct NodeSettings {
     pub max_speed: u64,
 }
 
-/// What to do with offers from devices that are not trusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum UntrustedPolicy {
-    /// Keep them waiting for an explicit accept (whatever `--accept` says).
-    #[default]
-    Ask,
-    /// Refuse them outright.
-    Reject,
-}
-
-impl std::str::FromStr for UntrustedPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "ask" => Ok(Self::Ask),
-            "reject" => Ok(Self::Reject),
-            other => Err(format!(
-                "{other:?} is not a policy for untrusted devices (ask or reject)"
-            )),
-        }
-    }
-}
-
-/// A device as the control API shows it.
-#[derive(Debug, Clone)]
-pub struct DeviceView {
-    /// The stored record.
-    pub device: crate::store::Device,
-    /// Whether a session with it is up.
-    pub connected: bool,
-}
-
-/// A snapshot of the node, as reported by `GetStatus`.
-#[derive(Debug, Clone)]
-pub struct Status {
-    /// The device id.
-    pub device_id: String,
-    /// The device name.
-    pub device_name: String,
-    /// The software version.
-    pub version: &'static str,
-    /// Time since the node started.
-    pub uptime: Duration,
-    /// The bound peer listen address.
-    pub listen_addr: SocketAddr,
-    /// Live peer sessions.
-    pub session_count: u32,
-    /// Transfers not yet finished.
-    pub active_transfer_count: u32,
-    /// The state directory.
-    pub state_dir: PathBuf,
-    /// The default download directory.
-    pub download_dir: PathBuf,
-    /// The global speed limit of outgoing transfers, bytes per second (0 = none).
-    pub max_speed: u64,
-}
-
-/// An offer waiting for a local decision.
-#[derive(Debug, Clone)]
-pub struct IncomingOffer {
-    /// Whether the offering device is trusted.
-    pub peer_trusted: bool,
-    /// Transfer id.
-    pub transfer_id: String,
-    /// Peer device id.
-    pub peer_id: String,
-    /// Peer name.
-    pub peer_name: String,
-    /// Peer listen address.
-    pub peer_address: String,
-    /// Top-level names.
-    pub roots: Vec<String>,
-    /// Number of files.
-    pub total_files: u64,
-    /// Payload bytes.
-    pub total_bytes: u64,
-    /// When it arrived (ms since the epoch).
-    pub offered_at_ms: u64,
-    /// When it expires (ms since the epoch).
-    pub expires_at_ms: u64,
-}
-
-/// A view of a live session.
-#[derive(Debug, Clone)]
-pub struct SessionInfo {
-    /// Peer device id.
-    pub peer_id: String,
-    /// Peer name.
-    pub peer_name: String,
-    /// Peer listen address.
-    pub peer_address: SocketAddr,
-    /// Remote address of the connection.
-    pub remote_address: SocketAddr,
-    /// Whether we connected.
-    pub outgoing: bool,
-    /// When it was established (ms since the epoch).
-    pub established_at_ms: u64,
-    /// Transfers using it.
-    pub active_transfers: u32,
-    /// Peer software version.
-    pub peer_version: String,
-    /// Whether the peer is a trusted device.
-    pub trusted: bool,
-}
-
-enum Decision {
-    Accept(Option<PathBuf>),
-    Reject(String),
-}
-
-struct PendingOffer {
-    offer: IncomingOffer,
-    decide: oneshot::Sender<Decision>,
-}
-
-/// Errors of node operations, each mapped to one gRPC status by the control service.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    /// The peer listener's address could not be read.
-    #[error("cannot read the peer listener's address")]
-    ListenerAddr(#[source] std::io::Error),
-    /// The state store or TLS could not be set up.
-    #[error("{0}")]
-    Setup(String),
-    /// A path to send does not exist.
-    #[error("no such file or directory: {0}")]
-    PathNotFound(PathBuf),
-    /// An argument is not acceptable.
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// The peer cannot be reached or the handshake failed.
-    #[error("cannot reach peer {peer}: {reason}")]
-    Unreachable {
-        /// The address given.
-        peer: String,
-        /// Why.
-        reason: String,
-    },
-    /// No such transfer, offer or session.
-    #[error("{0}")]
-    NotFound(String),
-    /// The operation does not fit the current state.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// Reading the files to send failed.
-    #[error("{0}")]
-    Io(String),
-}
-
 /// Handle to the running node.
 #[derive(Clone, Debug)]
 pub struct Node {
     inner: Arc<Inner>,
 }
 
+/// The node's state: what it is, and one component per concern, each owned by its file.
 struct Inner {
     identity: Identity,
     // Reloads replace the settings while RPCs read them; no one holds it across an await.
@@ -269,27 +76,18 @@ struct Inner {
     state_dir: PathBuf,
     started: Instant,
     listen_addr: SocketAddr,
-    // Live sessions by local session id; the session's reader removes its entry when it ends.
-    sessions: Mutex<HashMap<u64, Arc<Session>>>,
-    // Serialises dialing so that two sends to one peer share one new session.
-    dial: tokio::sync::Mutex<()>,
+    tls_acceptor: tokio_rustls::TlsAcceptor,
+    sessions: connect::Sessions,
+    offers: offers::Offers,
+    receiving: incoming::Claims,
+    outgoing: outgoing::Outgoing,
+    peers: peers::PeerBook,
     transfers: Transfers,
     // Known and trusted devices, unfinished transfers and history; shared with the
     // history hook of `transfers`.
     store: Arc<Store>,
-    // Control of each outgoing transfer's supervisor (pause, resume, wake), by transfer id.
-    outgoing: Mutex<HashMap<String, Arc<outgoing::Control>>>,
-    // Receives running now, by transfer id: at most one attempt per transfer, and how to
-    // stop it (shutdown, or a resume on a new session that replaces it).
-    receiving: Mutex<HashMap<String, incoming::Claim>>,
-    // LAN discovery, once started (it needs the runtime and may be disabled).
-    discovery: std::sync::OnceLock<Arc<Discovery>>,
-    // Static peers by the address the user gave, with what their last session told us.
-    static_peers: Mutex<Vec<(String, Option<Peer>)>>,
-    peer_events: tokio::sync::broadcast::Sender<PeerEvent>,
-    tls_acceptor: tokio_rustls::TlsAcceptor,
-    // Offers waiting for accept/reject, by transfer id.
-    offers: Mutex<HashMap<String, PendingOffer>>,
+    // The root token: cancelling it stops every task; sessions, claims and attempts hang
+    // child tokens under it.
     shutdown: CancellationToken,
     // Every task the node spawns is registered here so that shutdown can join them.
     tasks: TaskTracker,
@@ -304,6 +102,7 @@ impl std::fmt::Debug for Inner {
     }
 }
 
+/// Locks a std mutex; a panic elsewhere while it was held does not poison the node.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
@@ -311,70 +110,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
+/// Wall-clock time in ms since the epoch.
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// The node as the sessions see it: a weak handle, so sessions do not keep the node alive.
-struct Events(Weak<Inner>);
-
-impl SessionEvents for Events {
-    fn offer(&self, session: Arc<Session>, info: wire::TransferInfo, frames: mpsc::Receiver<Body>) {
-        if let Some(inner) = self.0.upgrade() {
-            let node = Node { inner };
-            node.inner
-                .tasks
-                .clone()
-                .spawn(async move { node.handle_offer(session, info, frames).await });
-        }
-    }
-
-    fn stray_cancel(&self, session: &Arc<Session>, cancel: &wire::Cancel) {
-        if let Some(inner) = self.0.upgrade() {
-            Node { inner }.stray_cancel(session, cancel);
-        }
-    }
-
-    fn overrun(&self, session: &Arc<Session>, transfer_id: &str, reason: &str) {
-        let Some(inner) = self.0.upgrade() else {
-            return;
-        };
-        if let Some(entry) = inner.transfers.get(transfer_id) {
-            if entry.snapshot().peer_id == session.peer.device_id {
-                let _ = entry
-                    .peer_fault
-                    .set(format!("peer broke the protocol: {reason}"));
-            }
-        }
-    }
-
-    fn lane_of(&self, token: &[u8], peer: DeviceId) -> Option<Arc<Session>> {
-        let inner = self.0.upgrade()?;
-        let sessions = lock(&inner.sessions);
-        sessions
-            .values()
-            .find(|s| {
-                !s.outgoing
-                    && s.peer.id == peer
-                    && !s.closed.is_cancelled()
-                    && same_secret(&s.lane_token, token)
-            })
-            .cloned()
-    }
-
-    fn ended(&self, session: &Arc<Session>, _reason: &str) {
-        if let Some(inner) = self.0.upgrade() {
-            lock(&inner.sessions).remove(&session.id);
-        }
-    }
-}
-
-/// Compares a secret without an early exit (no timing hint of how much of it matched).
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    !a.is_empty() && a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 impl Node {
@@ -383,8 +124,8 @@ impl Node {
     /// inside a tokio runtime.
     ///
     /// # Errors
-    /// [`NodeError::ListenerAddr`] if the listener cannot be used, [`NodeError::Setup`] if the
-    /// state store or TLS cannot be set up.
+    /// [`NodeError::ListenerAddr`] if the listener cannot be used, [`NodeError::Store`] or
+    /// [`NodeError::TlsSetup`] if the state store or TLS cannot be set up.
     pub fn start(
         identity: Identity,
         settings: NodeSettings,
@@ -400,33 +141,27 @@ impl Node {
             .map_err(NodeError::ListenerAddr)?;
         let listener =
             tokio::net::TcpListener::from_std(peer_listener).map_err(NodeError::ListenerAddr)?;
-        let store =
-            Arc::new(Store::open(state_dir).map_err(|e| NodeError::Setup(error_chain(&e)))?);
+        let store = Arc::new(Store::open(state_dir)?);
         // Every transfer that ends is recorded in history before its final event goes out.
         let transfers = Transfers::with_final_hook(history::recorder(store.clone()));
         transfers.set_max_speed(settings.max_speed);
-        let tls_acceptor = tokio_rustls::TlsAcceptor::from(
-            tls::server_config(&identity).map_err(|e| NodeError::Setup(error_chain(&e)))?,
-        );
+        let tls_acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&identity)?);
         tracing::info!(%listen_addr, device_id = %identity.device_id, name = %settings.name, "node started");
         let node = Node {
             inner: Arc::new(Inner {
-                discovery: std::sync::OnceLock::new(),
-                static_peers: Mutex::new(Vec::new()),
-                peer_events: tokio::sync::broadcast::channel(1024).0,
-                store,
-                outgoing: Mutex::new(HashMap::new()),
-                receiving: Mutex::new(HashMap::new()),
-                tls_acceptor,
                 identity,
                 settings: RwLock::new(settings),
                 state_dir: state_dir.to_path_buf(),
                 started: Instant::now(),
                 listen_addr,
-                sessions: Mutex::new(HashMap::new()),
-                dial: tokio::sync::Mutex::new(()),
+                tls_acceptor,
+                sessions: connect::Sessions::default(),
+                offers: offers::Offers::default(),
+                receiving: incoming::Claims::default(),
+                outgoing: outgoing::Outgoing::default(),
+                peers: peers::PeerBook::default(),
                 transfers,
-                offers: Mutex::new(HashMap::new()),
+                store,
                 shutdown,
                 tasks: TaskTracker::new(),
             }),
@@ -434,9 +169,10 @@ impl Node {
         // Restored before the listener runs, so that a sender resuming at once finds them.
         node.restore_incoming();
         let n = node.clone();
-        node.inner
-            .tasks
-            .spawn(async move { n.accept_loop(listener).await });
+        node.inner.tasks.spawn(
+            async move { n.accept_loop(listener).await }
+                .instrument(tracing::info_span!("listener", addr = %listen_addr)),
+        );
         node.restore_outgoing();
         Ok(node)
     }
@@ -460,9 +196,7 @@ impl Node {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(d) = self.inner.discovery.get() {
-            d.set_name(&new.name);
-        }
+        self.inner.peers.rename(&new.name);
         self.inner.transfers.set_max_speed(new.max_speed);
         std::mem::replace(&mut *guard, new)
     }
@@ -481,7 +215,7 @@ impl Node {
             version: crate::VERSION,
             uptime: self.inner.started.elapsed(),
             listen_addr: self.inner.listen_addr,
-            session_count: lock(&self.inner.sessions).len() as u32,
+            session_count: self.inner.sessions.len() as u32,
             active_transfer_count: self.inner.transfers.active_count(),
             state_dir: self.inner.state_dir.clone(),
             download_dir: settings.download_dir,
@@ -516,1251 +250,34 @@ impl Node {
         }
         joined
     }
-
-    fn local_info(&self) -> LocalInfo {
-        LocalInfo {
-            device_id: self.inner.identity.device_id.to_string(),
-            name: self.settings().name,
-            listen_port: self.inner.listen_addr.port(),
-        }
-    }
-
-    fn events(&self) -> Arc<dyn SessionEvents> {
-        Arc::new(Events(Arc::downgrade(&self.inner)))
-    }
-
-    async fn accept_loop(self, listener: tokio::net::TcpListener) {
-        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-        let pending_by_ip: Arc<IpCounts> = Arc::default();
-        loop {
-            let accepted = tokio::select! {
-                _ = self.inner.shutdown.cancelled() => break,
-                a = listener.accept() => a,
-            };
-            let (stream, remote) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(cause = %e, "accepting a peer connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            // Never wait for a slot: a flood of idle connections must not stall the listener.
-            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                tracing::warn!(%remote, "too many handshakes at once; dropping connection");
-                continue;
-            };
-            let ip = remote.ip();
-            let per_ip = {
-                let mut m = lock(&pending_by_ip);
-                let n = m.entry(ip).or_insert(0);
-                *n += 1;
-                *n
-            };
-            if per_ip > MAX_HANDSHAKES_PER_IP {
-                release_ip(&pending_by_ip, ip);
-                tracing::warn!(%remote, "too many handshakes from one address; dropping connection");
-                continue;
-            }
-            let node = self.clone();
-            let pending_by_ip = pending_by_ip.clone();
-            self.inner.tasks.spawn(async move {
-                let _permit = permit;
-                let _ip_slot = IpSlot(&pending_by_ip, ip);
-                tune::tune(&stream);
-                // One deadline for TLS and the protocol handshake together: a silent or slow
-                // client is dropped within HANDSHAKE_TIMEOUT whatever it stalls on.
-                let handshake = async {
-                    let mut tls = node
-                        .inner
-                        .tls_acceptor
-                        .accept(buffered(stream))
-                        .await
-                        .map_err(|e| format!("TLS handshake failed: {}", tls_reason(&e)))?;
-                    tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
-                    let proven = tls::peer_id(tls.get_ref().1).map_err(|e| e.to_string())?;
-                    session::accept(
-                        tls,
-                        remote,
-                        proven,
-                        &node.local_info(),
-                        node.events(),
-                        &node.inner.shutdown,
-                    )
-                    .await
-                    .map_err(|e| e.to_string())
-                };
-                match tokio::time::timeout(session::HANDSHAKE_TIMEOUT, handshake).await {
-                    Ok(Ok(session::Accepted::Session(s))) => node.register(s),
-                    Ok(Ok(session::Accepted::Lane(s))) => {
-                        tracing::debug!(%remote, session = s.id, "connection joined a session as a lane")
-                    }
-                    Ok(Err(e)) => {
-                        tracing::info!(%remote, cause = %e, "incoming peer handshake failed")
-                    }
-                    Err(_) => tracing::info!(%remote, "incoming peer handshake timed out"),
-                }
-            });
-        }
-    }
-
-    /// Opens a session to `peer` — `HOST:PORT`, `DEVICE-ID@HOST:PORT` to require that device,
-    /// or the name or id prefix of a peer found by discovery (which then must prove the id its
-    /// beacons announced) — or returns the live one with that address. Without an explicit id, a trusted
-    /// device last seen at that address is required; an unknown address is learnt on first
-    /// contact.
-    ///
-    /// # Errors
-    /// `InvalidArgument` for an address or id that does not parse or resolve, `Unreachable`
-    /// when the connection or handshake fails (including a peer that is not the device
-    /// expected).
-    pub async fn connect(&self, peer: &str) -> Result<Arc<Session>, NodeError> {
-        let target = self.resolve_target(peer)?;
-        let peer = target.as_str();
-        let (explicit, hostport) = match peer.rsplit_once('@') {
-            Some((id, hp)) => (Some(self.resolve_device(id)?), hp),
-            None => (None, peer),
-        };
-        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(hostport).await {
-            Ok(a) => a.collect(),
-            Err(e) => {
-                return Err(NodeError::InvalidArgument(format!(
-                    "peer {hostport:?} is not a usable HOST:PORT: {e}"
-                )));
-            }
-        };
-        if addrs.is_empty() {
-            return Err(NodeError::InvalidArgument(format!(
-                "peer {hostport:?} resolves to no address"
-            )));
-        }
-        let unreachable = |reason: String| NodeError::Unreachable {
-            peer: peer.to_owned(),
-            reason,
-        };
-        let expected = match explicit {
-            Some(id) => Some(id),
-            None => addrs
-                .iter()
-                .find_map(|a| self.inner.store.trusted_at(&a.to_string()).ok().flatten()),
-        };
-        let _dialing = self.inner.dial.lock().await;
-        if let Some(s) = self.find_session(&addrs, expected) {
-            return match expected {
-                Some(want) if want != s.peer.id => Err(unreachable(format!(
-                    "peer is device {} but expected {want}",
-                    s.peer.id
-                ))),
-                _ => Ok(s),
-            };
-        }
-        let connector = tokio_rustls::TlsConnector::from(
-            tls::client_config(&self.inner.identity, expected)
-                .map_err(|e| NodeError::Io(e.to_string()))?,
-        );
-        let mut last = String::from("no address");
-        for addr in addrs {
-            let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    last = e.to_string();
-                    continue;
-                }
-                Err(_) => {
-                    last = format!("no answer within {CONNECT_TIMEOUT:?}");
-                    continue;
-                }
-            };
-            tune::tune(&stream);
-            let proposal = wire::Config {
-                chunk_size: MAX_CHUNK,
-                compress: true,
-                level: crate::transfer::DEFAULT_LEVEL,
-                windowed: true,
-                window_size: MAX_WINDOW,
-            };
-            let handshake = async {
-                let (tls, proven) = connect_tls(&connector, stream).await?;
-                session::initiate(
-                    tls,
-                    addr,
-                    proven,
-                    &self.local_info(),
-                    proposal,
-                    self.events(),
-                    &self.inner.shutdown,
-                )
-                .await
-                .map_err(|e: SessionError| e.to_string())
-            };
-            let s = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, handshake)
-                .await
-                .map_err(|_| {
-                    unreachable(format!(
-                        "handshake timed out after {:?}",
-                        session::HANDSHAKE_TIMEOUT
-                    ))
-                })?
-                .map_err(unreachable)?;
-            self.register(s.clone());
-            self.open_lanes(addr, &s);
-            return Ok(s);
-        }
-        Err(unreachable(last))
-    }
-
-    /// Opens the further connections (lanes) of a new outgoing session, in the background:
-    /// one connection's send buffer may be too small for a long, fast path (see `tune`), so a
-    /// session gets as many as it takes to have `SESSION_SNDBUF` in all (at most `MAX_LANES`).
-    /// A lane that cannot be opened is only logged: the session works with fewer.
-    fn open_lanes(&self, addr: SocketAddr, s: &Arc<Session>) {
-        let extra = tune::lanes_wanted().saturating_sub(1);
-        if s.lane_token.is_empty() || extra == 0 {
-            return;
-        }
-        let node = self.clone();
-        let s = s.clone();
-        self.inner.tasks.spawn(async move {
-            let config = match tls::client_config(&node.inner.identity, Some(s.peer.id)) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!(cause = %e, "no TLS configuration for lanes");
-                    return;
-                }
-            };
-            let connector = tokio_rustls::TlsConnector::from(config);
-            for _ in 0..extra {
-                if s.closed.is_cancelled() {
-                    return;
-                }
-                let lane = async {
-                    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-                    tune::tune(&stream);
-                    let (tls, proven) = connect_tls(&connector, stream).await?;
-                    session::join(tls, proven, &node.local_info(), &s, node.events())
-                        .await
-                        .map_err(|e| e.to_string())
-                };
-                let joined = tokio::select! {
-                    r = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, lane) => r,
-                    _ = s.closed.cancelled() => return,
-                };
-                match joined {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::debug!(session = s.id, cause = %e, "cannot open a lane");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(session = s.id, "opening a lane timed out");
-                        return;
-                    }
-                }
-            }
-        });
-    }
-
-    /// Records a new session and its device.
-    fn register(&self, s: Arc<Session>) {
-        if let Err(e) =
-            self.inner
-                .store
-                .seen(&s.peer.id, &s.peer.name, &s.peer.listen_addr.to_string())
-        {
-            tracing::warn!(cause = %e, "cannot record the peer in the state store");
-        }
-        let trusted = self.is_trusted(&s.peer.id);
-        tracing::info!(peer = %s.peer.id, name = %s.peer.name, trusted, "peer session up");
-        let id = s.id;
-        let closed = s.closed.clone();
-        lock(&self.inner.sessions).insert(id, s);
-        // The session's tasks started before this insert: if it already ended, its removal
-        // ran first and would leave a dead entry behind.
-        if closed.is_cancelled() {
-            lock(&self.inner.sessions).remove(&id);
-        }
-    }
-
-    fn is_trusted(&self, id: &DeviceId) -> bool {
-        matches!(self.inner.store.get(id), Ok(Some(d)) if d.trusted)
-    }
-
-    fn resolve_device(&self, text: &str) -> Result<DeviceId, NodeError> {
-        match self.inner.store.resolve(text) {
-            Ok(Ok(id)) => Ok(id),
-            Ok(Err(msg)) => Err(NodeError::InvalidArgument(msg)),
-            Err(e) => Err(NodeError::Io(error_chain(&e))),
-        }
-    }
-
-    /// A live session to reuse for `addrs`: one we opened to that address, or one the peer
-    /// opened to us claiming that listen address — the latter only when the device is pinned,
-    /// since a claimed port proves nothing (anyone can connect first and claim it).
-    fn find_session(
-        &self,
-        addrs: &[SocketAddr],
-        expected: Option<DeviceId>,
-    ) -> Option<Arc<Session>> {
-        lock(&self.inner.sessions)
-            .values()
-            .find(|s| {
-                !s.closed.is_cancelled()
-                    && addrs.iter().any(|a| {
-                        (s.outgoing && *a == s.remote)
-                            || (*a == s.peer.listen_addr && expected == Some(s.peer.id))
-                    })
-            })
-            .cloned()
-    }
-
-    /// Starts sending `paths` to `peer`; returns the transfer id once the offer is on its way.
-    ///
-    /// # Errors
-    /// `PathNotFound`, `InvalidArgument` (options, paths, peer), `Unreachable`.
-    pub async fn send(
-        &self,
-        paths: Vec<PathBuf>,
-        peer: &str,
-        opts: SendOptions,
-    ) -> Result<String, NodeError> {
-        opts.validate().map_err(NodeError::InvalidArgument)?;
-        if let Some(p) = paths.iter().find(|p| !p.is_absolute()) {
-            return Err(NodeError::InvalidArgument(format!(
-                "path {} is not absolute",
-                p.display()
-            )));
-        }
-        let manifest = tokio::task::spawn_blocking(move || LocalManifest::build(&paths))
-            .await
-            .map_err(|e| NodeError::Io(format!("reading the files failed: {e}")))?
-            .map_err(|e| match e {
-                ManifestError::NotFound(p) => NodeError::PathNotFound(p),
-                ManifestError::Io { .. } => NodeError::Io(error_chain(&e)),
-                other => NodeError::InvalidArgument(other.to_string()),
-            })?;
-        let session = self.connect(peer).await?;
-        if manifest.has_folder && session.caps & caps::FOLDER == 0 {
-            return Err(NodeError::InvalidArgument(
-                "the peer does not accept folders".into(),
-            ));
-        }
-        let opts = SendOptions {
-            chunk_size: opts.chunk_size.min(session.limits.chunk_size),
-            window: if session.limits.windowed {
-                opts.window.min(session.limits.window_size)
-            } else {
-                1
-            },
-            compress: opts.compress && session.limits.compress,
-            level: opts.level,
-            max_speed: opts.max_speed,
-        };
-        let id = uuid::Uuid::new_v4().to_string();
-        // Retries dial the same device at the address that worked (an incoming session's
-        // peer is dialed at its listen address).
-        let dial = format!(
-            "{}@{}",
-            session.peer.id,
-            if session.outgoing {
-                session.remote
-            } else {
-                session.peer.listen_addr
-            }
-        );
-        let manifest = Arc::new(manifest);
-        let record = OutgoingRecord {
-            id: id.clone(),
-            peer_id: session.peer.device_id.clone(),
-            dial: dial.clone(),
-            info: manifest.offer(&id, opts, false),
-            sources: manifest.files.iter().map(|f| f.source.clone()).collect(),
-            options: opts,
-            paused: false,
-            started_ms: now_ms(),
-        };
-        let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || store.save_outgoing(&record))
-            .await
-            .map_err(|e| NodeError::Io(format!("recording the transfer failed: {e}")))?
-            .map_err(|e| {
-                NodeError::Io(format!("cannot record the transfer: {}", error_chain(&e)))
-            })?;
-        let entry = self.inner.transfers.insert(
-            NewTransfer {
-                id: id.clone(),
-                direction: Direction::Send,
-                state: TransferState::Offered,
-                peer_id: session.peer.device_id.clone(),
-                peer_name: session.peer.name.clone(),
-                peer_address: session.peer.listen_addr.to_string(),
-                roots: manifest.roots.clone(),
-                total_files: manifest.files.len() as u64,
-                total_bytes: manifest.total_bytes,
-                destination: String::new(),
-                started: None,
-                max_speed: opts.max_speed,
-            },
-            CancellationToken::new(),
-        );
-        tracing::info!(transfer = %id, peer = %session.peer.device_id, files = manifest.files.len(), bytes = manifest.total_bytes, "sending");
-        self.spawn_outgoing(entry, manifest, opts, dial, Some(session), false, false);
-        Ok(id)
-    }
-
-    async fn handle_offer(
-        self,
-        session: Arc<Session>,
-        info: wire::TransferInfo,
-        frames: mpsc::Receiver<Body>,
-    ) {
-        let id = info.transfer_id.clone();
-        self.offer_inner(&session, info, frames).await;
-        // `frames` went with offer_inner: this offer's route is closed now.
-        session.unroute_ended(&id);
-    }
-
-    async fn offer_inner(
-        &self,
-        session: &Arc<Session>,
-        info: wire::TransferInfo,
-        frames: mpsc::Receiver<Body>,
-    ) {
-        let id = info.transfer_id.clone();
-        let reject = |reason: String| session.reject(&id, reason);
-        // Ids are UUIDs in their canonical form (lowercase, hyphenated): short, printable,
-        // never equal to a short id the user types, and one spelling per transfer (temporary
-        // file names carry it).
-        if !uuid::Uuid::parse_str(&id).is_ok_and(|u| u.hyphenated().to_string() == id) {
-            reject("the transfer id is not a UUID in its canonical form".into()).await;
-            return;
-        }
-        let active = self.inner.transfers.active_receives();
-        if active >= MAX_INCOMING_TRANSFERS {
-            reject(format!(
-                "receiver busy: {active} incoming transfers already running or waiting"
-            ))
-            .await;
-            return;
-        }
-        let total_bytes: u64 = info
-            .files
-            .iter()
-            .map(|f| f.size)
-            .fold(0, u64::saturating_add);
-        // Validation is linear but may walk a million entries: keep it off the reactor.
-        let (limits_chunk, limits_window) = (session.limits.chunk_size, session.limits.window_size);
-        let (info, verdict) = match tokio::task::spawn_blocking(move || {
-            let v = manifest::validate(&info, limits_chunk, limits_window);
-            (info, v)
-        })
-        .await
-        {
-            Ok(x) => x,
-            Err(e) => {
-                reject(format!("receiver error: {e}")).await;
-                return;
-            }
-        };
-        let (info, frames) = if verdict.is_ok() && info.resume {
-            match self.resume_offer(session, info, frames).await {
-                Ok(()) => return,
-                Err(back) => back,
-            }
-        } else {
-            (info, frames)
-        };
-        let new = NewTransfer {
-            id: id.clone(),
-            direction: Direction::Receive,
-            state: TransferState::WaitingAccept,
-            peer_id: session.peer.device_id.clone(),
-            peer_name: session.peer.name.clone(),
-            peer_address: session.peer.listen_addr.to_string(),
-            roots: if verdict.is_ok() {
-                info.roots.clone()
-            } else {
-                Vec::new()
-            },
-            total_files: info.files.len() as u64,
-            total_bytes,
-            destination: String::new(),
-            started: None,
-            max_speed: 0,
-        };
-        let token = CancellationToken::new();
-        let entry = match self.inner.transfers.insert_new(new, token) {
-            Some(e) => e,
-            None => {
-                let existing = self.inner.transfers.get(&id).filter(|e| {
-                    e.direction == Direction::Receive
-                        && e.snapshot().peer_id == session.peer.device_id
-                });
-                let Some(e) = existing.filter(|_| verdict.is_ok()) else {
-                    let reason = match &verdict {
-                        Err(v) => v.to_string(),
-                        Ok(()) => "a transfer with this id already exists".into(),
-                    };
-                    reject(reason).await;
-                    return;
-                };
-                match e.state() {
-                    // Offered before, interrupted before anyone accepted it: it waits again.
-                    TransferState::Interrupted => {
-                        e.set_state(TransferState::WaitingAccept, "");
-                        e
-                    }
-                    s if s.is_final() => {
-                        let error = e.snapshot().error;
-                        reject(if error.is_empty() {
-                            format!("the transfer already ended here ({s:?})")
-                        } else {
-                            error
-                        })
-                        .await;
-                        return;
-                    }
-                    // Still waiting or running on a session this side has not seen end yet
-                    // (the sender noticed first): withdraw it, and let the sender come back.
-                    _ => {
-                        lock(&self.inner.offers).remove(&id);
-                        if let Some(c) = lock(&self.inner.receiving).get(&id) {
-                            c.stop_now();
-                        }
-                        session
-                            .cancel(
-                                &id,
-                                "the previous attempt of this transfer is still stopping",
-                                true,
-                            )
-                            .await;
-                        return;
-                    }
-                }
-            }
-        };
-        if let Err(e) = verdict {
-            tracing::warn!(transfer = %id, peer = %session.peer.device_id, cause = %e, "rejected an unsafe offer");
-            entry.set_state(TransferState::Rejected, e.to_string());
-            reject(e.to_string()).await;
-            return;
-        }
-        session
-            .active
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.receive(session, &entry, info, frames).await;
-        session
-            .active
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// The receiving rule for offers of device `peer`: its own rule, else the daemon's
-    /// policy (untrusted devices never get `auto`); its download dir; whether it is trusted.
-    fn rule_for(&self, peer: &DeviceId) -> (DeviceAccept, Option<PathBuf>, bool) {
-        let settings = self.settings();
-        let device = self
-            .inner
-            .store
-            .get(peer)
-            .ok()
-            .flatten()
-            .filter(|d| d.trusted);
-        match &device {
-            Some(d) => (
-                d.accept.unwrap_or(match settings.accept {
-                    AcceptPolicy::Auto => DeviceAccept::Auto,
-                    AcceptPolicy::Ask => DeviceAccept::Ask,
-                }),
-                d.download_dir.clone(),
-                true,
-            ),
-            None => match settings.accept_untrusted {
-                UntrustedPolicy::Ask => (DeviceAccept::Ask, None, false),
-                UntrustedPolicy::Reject => (DeviceAccept::Reject, None, false),
-            },
-        }
-    }
-
-    fn refusal_text(&self, trusted: bool) -> String {
-        if trusted {
-            format!(
-                "device {} refuses transfers from this device",
-                self.inner.identity.device_id
-            )
-        } else {
-            format!(
-                "device {} does not accept transfers from untrusted devices",
-                self.inner.identity.device_id
-            )
-        }
-    }
-
-    /// Why offers of device `peer` are refused now, if they are.
-    fn refusal(&self, peer: &DeviceId) -> Option<String> {
-        let (rule, _, trusted) = self.rule_for(peer);
-        (rule == DeviceAccept::Reject).then(|| self.refusal_text(trusted))
-    }
-
-    async fn receive(
-        &self,
-        session: &Arc<Session>,
-        entry: &Arc<TransferEntry>,
-        info: wire::TransferInfo,
-        mut route_rx: mpsc::Receiver<Body>,
-    ) {
-        let id = info.transfer_id.clone();
-        let send_reject = |reason: String| session.reject(&id, reason);
-        let (rule, device_dir, trusted) = self.rule_for(&session.peer.id);
-        let decision = match rule {
-            DeviceAccept::Auto => Decision::Accept(device_dir.clone()),
-            DeviceAccept::Reject => Decision::Reject(self.refusal_text(trusted)),
-            DeviceAccept::Ask if lock(&self.inner.offers).len() >= MAX_WAITING_OFFERS => {
-                Decision::Reject(format!(
-                    "receiver busy: {MAX_WAITING_OFFERS} offers already wait for a decision"
-                ))
-            }
-            DeviceAccept::Ask => {
-                let (tx, rx) = oneshot::channel();
-                let offer = IncomingOffer {
-                    peer_trusted: trusted,
-                    transfer_id: id.clone(),
-                    peer_id: session.peer.device_id.clone(),
-                    peer_name: session.peer.name.clone(),
-                    peer_address: session.peer.listen_addr.to_string(),
-                    roots: info.roots.clone(),
-                    total_files: info.files.len() as u64,
-                    total_bytes: info.total_bytes,
-                    offered_at_ms: now_ms(),
-                    expires_at_ms: now_ms() + OFFER_TIMEOUT.as_millis() as u64,
-                };
-                tracing::info!(transfer = %id, peer = %session.peer.device_id, "offer waits for accept or reject");
-                lock(&self.inner.offers).insert(id.clone(), PendingOffer { offer, decide: tx });
-                let decided = tokio::select! {
-                    d = rx => d.ok(),
-                    _ = tokio::time::sleep(OFFER_TIMEOUT) => Some(Decision::Reject("offer expired".into())),
-                    _ = entry.cancel.cancelled() => Some(Decision::Reject("cancelled by receiver".into())),
-                    _ = session.closed.cancelled() => None,
-                    f = route_rx.recv() => match f {
-                        Some(Body::Cancel(c)) => {
-                            lock(&self.inner.offers).remove(&id);
-                            // A pause or a restart of the sender withdraws the offer for now:
-                            // when it comes back, the offer waits again.
-                            let state = if c.resumable {
-                                TransferState::Interrupted
-                            } else {
-                                TransferState::Cancelled
-                            };
-                            entry.set_state(state, c.reason);
-                            return;
-                        }
-                        // Chunks (or anything else) before Ready break the protocol: no
-                        // session was lost, and the offer is not kept for a resume.
-                        Some(other) => {
-                            lock(&self.inner.offers).remove(&id);
-                            let reason = format!(
-                                "peer sent {} before the offer was accepted",
-                                crate::net::wire::body_name(&other)
-                            );
-                            tracing::warn!(transfer = %id, peer = %session.peer.device_id, "{reason}");
-                            entry.set_state(TransferState::Failed, reason.clone());
-                            session.fail(&id, reason).await;
-                            session.unroute(&id);
-                            return;
-                        }
-                        None => None,
-                    },
-                };
-                lock(&self.inner.offers).remove(&id);
-                match decided {
-                    Some(d) => d,
-                    None => {
-                        // The sender offers it again when it reconnects; it waits again then.
-                        entry.set_state(TransferState::Interrupted, "session to peer lost");
-                        return;
-                    }
-                }
-            }
-        };
-        let dest_dir = match decision {
-            Decision::Reject(reason) => {
-                entry.set_state(TransferState::Rejected, reason.clone());
-                send_reject(reason).await;
-                return;
-            }
-            Decision::Accept(dir) => dir
-                .or(device_dir)
-                .unwrap_or_else(|| self.settings().download_dir),
-        };
-        let Some(claim) = self.try_claim(&id) else {
-            entry.set_state(
-                TransferState::Interrupted,
-                "another attempt is still stopping",
-            );
-            session
-                .cancel(
-                    &id,
-                    "another attempt of this transfer is still stopping",
-                    true,
-                )
-                .await;
-            return;
-        };
-        self.run_receive(
-            session,
-            entry,
-            info,
-            route_rx,
-            incoming::Plan::Fresh(dest_dir),
-            claim,
-        )
-        .await;
-    }
-
-    /// Snapshots of every transfer since the node started.
-    pub fn transfers(&self) -> Vec<TransferSnapshot> {
-        self.inner.transfers.list()
-    }
-
-    /// One transfer.
-    ///
-    /// # Errors
-    /// `NotFound`.
-    pub fn transfer(&self, id: &str) -> Result<TransferSnapshot, NodeError> {
-        self.inner
-            .transfers
-            .get(id)
-            .map(|e| e.snapshot())
-            .ok_or_else(|| NodeError::NotFound(format!("no transfer {id}")))
-    }
-
-    /// Subscribes to transfer events (subscribe before listing to miss nothing).
-    pub fn subscribe_transfers(&self) -> tokio::sync::broadcast::Receiver<TransferSnapshot> {
-        self.inner.transfers.subscribe()
-    }
-
-    /// Cancels a transfer in either direction.
-    ///
-    /// # Errors
-    /// `NotFound`, or `FailedPrecondition` if it already ended.
-    pub fn cancel(&self, id: &str) -> Result<(), NodeError> {
-        self.cancel_because(id, "cancelled by user")
-    }
-
-    fn cancel_because(&self, id: &str, reason: &str) -> Result<(), NodeError> {
-        let entry = self
-            .inner
-            .transfers
-            .get(id)
-            .ok_or_else(|| NodeError::NotFound(format!("no transfer {id}")))?;
-        let was = entry.state();
-        if !entry.set_state(TransferState::Cancelled, reason) {
-            return Err(NodeError::FailedPrecondition(format!(
-                "transfer {id} has already ended ({:?})",
-                entry.state()
-            )));
-        }
-        lock(&self.inner.offers).remove(id);
-        let running_here = lock(&self.inner.receiving).contains_key(id);
-        if entry.direction == Direction::Receive
-            && was == TransferState::Interrupted
-            && !running_here
-        {
-            self.discard_incoming(id);
-        }
-        Ok(())
-    }
-
-    /// Changes the speed limit of an outgoing transfer (bytes per second, 0 = none), effective
-    /// at once. Returns the transfer with its new limit.
-    ///
-    /// # Errors
-    /// `NotFound`; `InvalidArgument` for a limit below the minimum; `FailedPrecondition` if the
-    /// transfer has ended or is an incoming one (limits apply on the sending daemon).
-    pub fn set_transfer_limit(
-        &self,
-        id: &str,
-        max_speed: u64,
-    ) -> Result<TransferSnapshot, NodeError> {
-        let entry =
-            self.outgoing_entry(id, "speed limits apply on the sending daemon, set it there")?;
-        let state = entry.state();
-        if state.is_final() {
-            return Err(NodeError::FailedPrecondition(format!(
-                "transfer {id} has already ended ({state:?})"
-            )));
-        }
-        crate::transfer::ratelimit::check_rate(max_speed)
-            .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
-        // Kept with the transfer's record, so the limit holds after a restart too.
-        self.inner
-            .store
-            .set_outgoing_max_speed(id, max_speed)
-            .map_err(|e| NodeError::Io(error_chain(&e)))?;
-        Ok(entry.set_max_speed(max_speed))
-    }
-
-    /// Offers waiting for a decision.
-    pub fn incoming(&self) -> Vec<IncomingOffer> {
-        let mut v: Vec<IncomingOffer> = lock(&self.inner.offers)
-            .values()
-            .map(|p| p.offer.clone())
-            .collect();
-        v.sort_by_key(|o| o.offered_at_ms);
-        v
-    }
-
-    /// Accepts a waiting offer, into `dest` or the download dir.
-    ///
-    /// # Errors
-    /// `NotFound` if no such offer waits; `InvalidArgument` for a relative `dest`.
-    pub fn accept(&self, id: &str, dest: Option<PathBuf>) -> Result<(), NodeError> {
-        if let Some(d) = &dest {
-            if !d.is_absolute() {
-                return Err(NodeError::InvalidArgument(format!(
-                    "destination {} is not absolute",
-                    d.display()
-                )));
-            }
-        }
-        self.decide(id, Decision::Accept(dest))
-    }
-
-    /// Rejects a waiting offer; the sender is told `reason`.
-    ///
-    /// # Errors
-    /// `NotFound` if no such offer waits.
-    pub fn reject(&self, id: &str, reason: &str) -> Result<(), NodeError> {
-        let reason = if reason.is_empty() {
-            "rejected by receiver"
-        } else {
-            reason
-        };
-        self.decide(id, Decision::Reject(reason.to_owned()))
-    }
-
-    fn decide(&self, id: &str, d: Decision) -> Result<(), NodeError> {
-        let pending = lock(&self.inner.offers).remove(id);
-        let pending =
-            pending.ok_or_else(|| NodeError::NotFound(format!("no offer {id} is waiting")))?;
-        pending
-            .decide
-            .send(d)
-            .map_err(|_| NodeError::FailedPrecondition(format!("offer {id} is no longer waiting")))
-    }
-
-    /// Live sessions.
-    pub fn sessions(&self) -> Vec<SessionInfo> {
-        let mut v: Vec<SessionInfo> = lock(&self.inner.sessions)
-            .values()
-            .map(|s| session_info(s, self.is_trusted(&s.peer.id)))
-            .collect();
-        v.sort_by_key(|s| s.established_at_ms);
-        v
-    }
-
-    /// Opens (or reuses) a session, for `Connect`.
-    ///
-    /// # Errors
-    /// As [`Node::connect`].
-    pub async fn open_session(&self, peer: &str) -> Result<SessionInfo, NodeError> {
-        self.connect(peer)
-            .await
-            .map(|s| session_info(&s, self.is_trusted(&s.peer.id)))
-    }
-
-    /// Closes the sessions whose peer id, listen address or remote address is `peer`.
-    ///
-    /// # Errors
-    /// `NotFound` if none matches.
-    pub fn disconnect(&self, peer: &str) -> Result<u32, NodeError> {
-        let sessions: Vec<Arc<Session>> = lock(&self.inner.sessions)
-            .values()
-            .filter(|s| {
-                s.peer.device_id == peer
-                    || s.peer.listen_addr.to_string() == peer
-                    || s.remote.to_string() == peer
-            })
-            .cloned()
-            .collect();
-        if sessions.is_empty() {
-            return Err(NodeError::NotFound(format!("no session with {peer}")));
-        }
-        for s in &sessions {
-            s.close();
-        }
-        Ok(sessions.len() as u32)
-    }
-}
-
-impl Node {
-    /// Trusted devices (`trusted`) or pending ones (untrusted devices that connected).
-    ///
-    /// # Errors
-    /// `Io` if the state store fails.
-    pub fn devices(&self, trusted: bool) -> Result<Vec<DeviceView>, NodeError> {
-        let connected: std::collections::HashSet<DeviceId> = lock(&self.inner.sessions)
-            .values()
-            .map(|s| s.peer.id)
-            .collect();
-        let list = self
-            .inner
-            .store
-            .list(trusted)
-            .map_err(|e| NodeError::Io(error_chain(&e)))?;
-        Ok(list
-            .into_iter()
-            .map(|d| DeviceView {
-                connected: connected.contains(&d.id),
-                device: d,
-            })
-            .collect())
-    }
-
-    /// Trusts a device — a full id, or a unique prefix of a known or pending one — and sets
-    /// its rules. Returns the stored record.
-    ///
-    /// # Errors
-    /// `InvalidArgument` for an id that does not resolve or a relative download dir; `Io` if
-    /// the store fails.
-    pub fn trust(
-        &self,
-        id: &str,
-        name: Option<&str>,
-        accept: Option<DeviceAccept>,
-        download_dir: Option<&Path>,
-    ) -> Result<crate::store::Device, NodeError> {
-        let id = self.resolve_device(id)?;
-        if id == self.inner.identity.device_id {
-            return Err(NodeError::InvalidArgument(
-                "that is this device's own id".into(),
-            ));
-        }
-        if let Some(d) = download_dir {
-            if !d.is_absolute() {
-                return Err(NodeError::InvalidArgument(format!(
-                    "download dir {} is not absolute",
-                    d.display()
-                )));
-            }
-        }
-        let io = |e: crate::store::StoreError| NodeError::Io(error_chain(&e));
-        self.inner
-            .store
-            .trust(&id, name, accept, download_dir)
-            .map_err(io)?;
-        tracing::info!(device = %id, "device trusted");
-        self.inner
-            .store
-            .get(&id)
-            .map_err(io)?
-            .ok_or_else(|| NodeError::Io("trusted device vanished".into()))
-    }
-
-    /// Forgets a device (trusted or pending); live sessions with it are closed.
-    ///
-    /// # Errors
-    /// `InvalidArgument` for an id that does not resolve, `NotFound` if it is not known.
-    pub fn untrust(&self, id: &str) -> Result<DeviceId, NodeError> {
-        let id = self.resolve_device(id)?;
-        if !self
-            .inner
-            .store
-            .forget(&id)
-            .map_err(|e| NodeError::Io(error_chain(&e)))?
-        {
-            return Err(NodeError::NotFound(format!("device {id} is not known")));
-        }
-        // What it was sending here ends: a device no longer trusted does not get to resume
-        // into the download dir.
-        let device = id.to_string();
-        for t in self.inner.transfers.list() {
-            if t.direction == Direction::Receive && t.peer_id == device && !t.state.is_final() {
-                let _ = self.cancel_because(&t.id, "the sending device is no longer trusted");
-            }
-        }
-        for s in lock(&self.inner.sessions)
-            .values()
-            .filter(|s| s.peer.id == id)
-        {
-            s.close();
-        }
-        tracing::info!(device = %id, "device untrusted");
-        Ok(id)
-    }
-}
-
-impl Node {
-    /// Ended transfers matching `filter`, newest first.
-    ///
-    /// # Errors
-    /// `InvalidArgument` for a bad filter value; `Io` if the state store fails.
-    pub fn history(&self, filter: &HistoryFilter) -> Result<Vec<HistoryEntry>, NodeError> {
-        filter.validate().map_err(NodeError::InvalidArgument)?;
-        self.inner
-            .store
-            .list_history(filter)
-            .map_err(|e| NodeError::Io(error_chain(&e)))
-    }
-
-    /// Deletes the whole history. Returns how many records it held.
-    ///
-    /// # Errors
-    /// `Io` if the state store fails.
-    pub fn clear_history(&self) -> Result<u64, NodeError> {
-        let removed = self
-            .inner
-            .store
-            .clear_history()
-            .map_err(|e| NodeError::Io(error_chain(&e)))?;
-        tracing::info!(removed, "history cleared");
-        Ok(removed)
-    }
-}
-
-/// How long a static peer waits between connection attempts.
-const STATIC_PROBE_EVERY: Duration = Duration::from_secs(10);
-
-/// Whether `text` is an address (`HOST:PORT`, `[V6]:PORT`, optionally `ID@…`) rather than a
-/// peer name.
-fn looks_like_address(text: &str) -> bool {
-    if text.contains('@') || text.parse::<SocketAddr>().is_ok() {
-        return true;
-    }
-    matches!(text.rsplit_once(':'), Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok())
-}
-
-impl Node {
-    /// Starts LAN discovery on UDP `port`.
-    ///
-    /// # Errors
-    /// `Setup` if the socket cannot be opened.
-    pub fn start_discovery(&self, port: u16) -> Result<u16, NodeError> {
-        let d = Discovery::start(
-            DiscoveryConfig {
-                port,
-                device_id: self.inner.identity.device_id,
-                listen_port: self.inner.listen_addr.port(),
-            },
-            self.settings().name,
-            self.inner.peer_events.clone(),
-            &self.inner.tasks,
-            &self.inner.shutdown,
-        )
-        .map_err(|e| NodeError::Setup(error_chain(&e)))?;
-        let port = d.port();
-        let _ = self.inner.discovery.set(d);
-        Ok(port)
-    }
-
-    /// Keeps sessions to these addresses (for networks broadcast does not reach) and lists
-    /// them as peers while they are up. Each is retried every 10 s.
-    pub fn add_static_peers(&self, addrs: Vec<String>) {
-        for addr in addrs {
-            lock(&self.inner.static_peers).push((addr.clone(), None));
-            let node = self.clone();
-            self.inner
-                .tasks
-                .spawn(async move { node.probe_static(addr).await });
-        }
-    }
-
-    async fn probe_static(self, addr: String) {
-        loop {
-            let up = match self.connect(&addr).await {
-                Ok(s) => Some(Peer {
-                    id: s.peer.id,
-                    name: s.peer.name.clone(),
-                    addr: s.peer.listen_addr,
-                    protocol_version: crate::net::wire::PROTOCOL_VERSION,
-                    last_seen_ms: now_ms(),
-                    is_static: true,
-                }),
-                Err(e) => {
-                    tracing::debug!(peer = %addr, cause = %e, "static peer not reachable");
-                    None
-                }
-            };
-            let event = {
-                let mut list = lock(&self.inner.static_peers);
-                let Some(slot) = list.iter_mut().find(|(a, _)| *a == addr) else {
-                    return;
-                };
-                let event = match (&slot.1, &up) {
-                    (None, Some(p)) => Some(PeerEvent::Appeared(p.clone())),
-                    (Some(old), None) => Some(PeerEvent::Lost(old.clone())),
-                    (Some(old), Some(p)) if old.id != p.id || old.name != p.name => {
-                        Some(PeerEvent::Changed(p.clone()))
-                    }
-                    _ => None,
-                };
-                slot.1 = up;
-                event
-            };
-            if let Some(ev) = event {
-                let _ = self.inner.peer_events.send(ev);
-            }
-            tokio::select! {
-                _ = self.inner.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(STATIC_PROBE_EVERY) => {}
-            }
-        }
-    }
-
-    /// Peers found by discovery and static peers that are up: (peer, whether static).
-    pub fn peers(&self) -> Vec<(Peer, bool)> {
-        let mut v: Vec<(Peer, bool)> = self
-            .inner
-            .discovery
-            .get()
-            .map(|d| d.peers().into_iter().map(|p| (p, false)).collect())
-            .unwrap_or_default();
-        for (_, p) in lock(&self.inner.static_peers).iter() {
-            if let Some(p) = p {
-                if !v.iter().any(|(q, _)| q.id == p.id) {
-                    v.push((p.clone(), true));
-                }
-            }
-        }
-        v
-    }
-
-    /// Subscribes to peer changes (discovered and static).
-    pub fn subscribe_peers(&self) -> tokio::sync::broadcast::Receiver<PeerEvent> {
-        self.inner.peer_events.subscribe()
-    }
-
-    /// Whether a device is trusted.
-    pub fn trusted(&self, id: &DeviceId) -> bool {
-        self.is_trusted(id)
-    }
-
-    /// Turns what the user typed as a peer into `HOST:PORT` or `ID@HOST:PORT`: addresses pass
-    /// through; anything else is a peer name (or id prefix) looked up among discovered peers.
-    fn resolve_target(&self, text: &str) -> Result<String, NodeError> {
-        let text = text.trim();
-        if looks_like_address(text) {
-            return Ok(text.to_owned());
-        }
-        let peers = self.peers();
-        let want = crate::net::device_id::normalize(text);
-        let matches: Vec<&Peer> = peers
-            .iter()
-            .map(|(p, _)| p)
-            .filter(|p| {
-                p.name.eq_ignore_ascii_case(text)
-                    || (want.len() >= 4
-                        && crate::net::device_id::normalize(&p.id.to_string()).starts_with(&want))
-            })
-            .collect();
-        let describe = |p: &Peer| format!("{} ({}, {})", p.name, p.id.short(), p.addr);
-        match matches.as_slice() {
-            [one] if !one.compatible() => Err(NodeError::InvalidArgument(format!(
-                "peer {} speaks protocol version {}, this p2pd speaks {}",
-                describe(one),
-                one.protocol_version,
-                crate::net::wire::PROTOCOL_VERSION
-            ))),
-            // The beacon's id is required: a device answering at that address with another key
-            // is an impostor.
-            [one] => Ok(format!("{}@{}", one.id, one.addr)),
-            [] if peers.is_empty() => Err(NodeError::InvalidArgument(format!(
-                "no peer named {text:?}: no peers are known (give HOST:PORT, or check that discovery reaches them)"
-            ))),
-            [] => Err(NodeError::InvalidArgument(format!(
-                "no peer named {text:?}; known peers: {}",
-                peers
-                    .iter()
-                    .map(|(p, _)| describe(p))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
-            many => Err(NodeError::InvalidArgument(format!(
-                "{text:?} matches several peers: {}; use the device id or HOST:PORT",
-                many.iter()
-                    .map(|p| describe(p))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
-        }
-    }
-}
-
-fn session_info(s: &Session, trusted: bool) -> SessionInfo {
-    SessionInfo {
-        trusted,
-        peer_id: s.peer.device_id.clone(),
-        peer_name: s.peer.name.clone(),
-        peer_address: s.peer.listen_addr,
-        remote_address: s.remote,
-        outgoing: s.outgoing,
-        established_at_ms: s
-            .established
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        active_transfers: s.active.load(std::sync::atomic::Ordering::Relaxed),
-        peer_version: s.peer.version.clone(),
-    }
-}
-
-/// The reason inside a TLS failure, without rustls' "unexpected error:" wrapping.
-fn tls_reason(e: &std::io::Error) -> String {
-    match e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        Some(rustls::Error::General(msg)) => msg.clone(),
-        Some(other) => other.to_string(),
-        None => e.to_string(),
-    }
-}
-
-/// How much encrypted data TLS may hold for the socket: a chunk's worth, so that it goes out
-/// in a few large writes (rustls' default is 64 KiB).
-const TLS_BUFFER: usize = 1 << 20;
-
-/// The TLS client side of a peer connection, and the device its certificate proves.
-async fn connect_tls(
-    connector: &tokio_rustls::TlsConnector,
-    stream: TcpStream,
-) -> Result<
-    (
-        tokio_rustls::client::TlsStream<tokio::io::BufReader<TcpStream>>,
-        crate::DeviceId,
-    ),
-    String,
-> {
-    let mut tls = connector
-        .connect(tls::server_name(), buffered(stream))
-        .await
-        .map_err(|e| tls_reason(&e))?;
-    tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
-    let proven = tls::peer_id(tls.get_ref().1).map_err(|e| e.to_string())?;
-    Ok((tls, proven))
-}
-
-/// TLS reads its records a few KiB at a time; a buffer under it turns that into one socket
-/// read per 256 KiB.
-fn buffered(stream: TcpStream) -> tokio::io::BufReader<TcpStream> {
-    tokio::io::BufReader::with_capacity(256 << 10, stream)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn node(dir: &Path) -> Node {
-        let identity = Identity::load_or_create(dir).unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let settings = NodeSettings {
+    /// Settings of a test node: named `n`, receiving into `dir/dl`, trusted offers accepted.
+    pub(super) fn settings(dir: &Path) -> NodeSettings {
+        NodeSettings {
             name: "n".into(),
             download_dir: dir.join("dl"),
             accept: AcceptPolicy::Auto,
             accept_untrusted: UntrustedPolicy::Ask,
             max_attempts: 0,
             max_speed: 0,
-        };
+        }
+    }
+
+    /// A node with its state in `dir`, listening on a free loopback port.
+    pub(super) fn node_with(dir: &Path, settings: NodeSettings) -> Node {
+        let identity = Identity::load_or_create(dir).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         Node::start(identity, settings, dir, listener, CancellationToken::new()).unwrap()
+    }
+
+    /// A node with the test settings.
+    pub(super) fn node(dir: &Path) -> Node {
+        node_with(dir, settings(dir))
     }
 
     #[tokio::test]
@@ -1784,47 +301,5 @@ mod tests {
         assert_eq!((old.max_speed, n.status().max_speed), (0, 5 << 20));
         assert!(n.shutdown(Duration::from_secs(1)).await);
         assert!(n.shutdown_token().is_cancelled());
-    }
-
-    #[tokio::test]
-    async fn two_nodes_transfer_a_file_in_process() {
-        let a_dir = tempfile::tempdir().unwrap();
-        let b_dir = tempfile::tempdir().unwrap();
-        let a = node(a_dir.path());
-        let b = node(b_dir.path());
-        let src = a_dir.path().join("hello.txt");
-        std::fs::write(&src, b"hello, peer").unwrap();
-        // Untrusted offers always wait: the two trust each other first.
-        a.trust(&b.identity().device_id.to_string(), None, None, None)
-            .unwrap();
-        b.trust(&a.identity().device_id.to_string(), None, None, None)
-            .unwrap();
-        let mut events = a.subscribe_transfers();
-        let id = a
-            .send(
-                vec![src],
-                &b.listen_addr().to_string(),
-                SendOptions::default(),
-            )
-            .await
-            .unwrap();
-        let end = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                let e = events.recv().await.unwrap();
-                if e.id == id && e.state.is_final() {
-                    return e;
-                }
-            }
-        })
-        .await
-        .unwrap();
-        assert_eq!(end.state, TransferState::Completed, "{}", end.error);
-        assert_eq!(
-            std::fs::read(b_dir.path().join("dl/hello.txt")).unwrap(),
-            b"hello, peer"
-        );
-        assert_eq!(a.sessions().len(), 1);
-        a.shutdown(Duration::from_secs(2)).await;
-        b.shutdown(Duration::from_secs(2)).await;
     }
 }

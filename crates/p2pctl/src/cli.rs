@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use crate::units;
+use p2p_client::units;
 
 /// p2pctl — control a running p2pd daemon.
 ///
@@ -97,7 +96,7 @@ pub(crate) enum Command {
         #[arg(
             value_name = "RATE",
             allow_negative_numbers = true,
-            value_parser = p2p_core::units::parse_rate
+            value_parser = units::parse_rate
         )]
         rate: u64,
     },
@@ -348,7 +347,7 @@ pub(crate) struct SendArgs {
         long,
         value_name = "RATE",
         allow_negative_numbers = true,
-        value_parser = p2p_core::units::parse_rate
+        value_parser = units::parse_rate
     )]
     pub(crate) max_speed: Option<u64>,
 }
@@ -356,10 +355,10 @@ pub(crate) struct SendArgs {
 /// Smallest and largest chunk size the daemon accepts.
 const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u64> = (4 << 10)..=(16 << 20);
 
-/// A `--chunk-size` value: a size (see [`p2p_core::units::parse_size`]) within
+/// A `--chunk-size` value: a size (see [`units::parse_size`]) within
 /// 4 KiB ..= 16 MiB.
 fn parse_chunk_size(text: &str) -> Result<u32, String> {
-    let size = p2p_core::units::parse_size(text).map_err(|e| e.to_string())?;
+    let size = units::parse_size(text).map_err(|e| e.to_string())?;
     if !CHUNK_SIZE_RANGE.contains(&size) {
         return Err(format!(
             "the chunk size must be between 4K and 16M, not {}",
@@ -745,7 +744,7 @@ mod tests {
         assert!(matches!(cli.command, Command::Limit { id, rate: 0 } if id == "0123"));
         let cli = Cli::try_parse_from(["p2pctl", "limit", "0123", "512K"]).unwrap();
         assert!(matches!(cli.command, Command::Limit { rate: 524_288, .. }));
-        // Every bad form is in p2p_core::units' tests and the end-to-end tests; here: that a
+        // Every bad form is in p2p_client::units' tests and the end-to-end tests; here: that a
         // bad RATE is a validation error naming the argument, a negative one included.
         for args in [
             &["p2pctl", "limit", "0123", "-1"][..],

@@ -5,15 +5,17 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use p2p_client::ControlClient;
+use p2p_client::units;
+use p2p_client::words::short_device_id;
 use p2p_proto::control::v1 as pb;
-use p2p_proto::control::v1::control_service_client::ControlServiceClient;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use crate::cli::{AcceptRule, Cli, Command, DirectionArg, HistoryAction, HistoryArgs, TrustArgs};
 use crate::client::{self, answer};
 use crate::progress::stdout_line;
-use crate::{json, peers, send, table, units, watch};
+
+use crate::{json, peers, send, table, watch};
 
 /// How a command that did not fail ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +32,7 @@ pub(crate) enum Finished {
 /// No daemon, a failed RPC, or a transfer that did not complete; see
 /// [`client::exit_code`] for the exit codes.
 pub(crate) async fn run(cli: Cli) -> Result<Finished> {
-    let socket = client::socket_path(cli.socket.as_deref());
+    let socket = p2p_client::paths::socket_path(cli.socket.as_deref());
     let as_json = cli.json;
 
     // What can be checked without the daemon is checked first, so that a wrong path is
@@ -195,7 +197,7 @@ fn devices_text(list: &[pb::Device], which: DeviceList, now_ms: u64) -> String {
         (DeviceList::Pending, Some(first)) => format!(
             "{}\ntrust one with `p2pctl trust ID` (ID: the full id or a unique beginning, e.g. {})\n",
             table::devices(list, now_ms),
-            table::short_device_id(&first.id),
+            short_device_id(&first.id),
         ),
     }
 }
@@ -231,7 +233,7 @@ fn connected_text(s: &pb::Session) -> String {
     } else {
         format!(
             "not trusted (`p2pctl trust {}` trusts it)",
-            table::short_device_id(&s.peer_id)
+            short_device_id(&s.peer_id)
         )
     };
     format!(
@@ -241,11 +243,7 @@ fn connected_text(s: &pb::Session) -> String {
 }
 
 /// `p2pctl history`: lists the history, or clears it.
-async fn history(
-    api: &mut ControlServiceClient<Channel>,
-    args: &HistoryArgs,
-    as_json: bool,
-) -> Result<()> {
+async fn history(api: &mut ControlClient, args: &HistoryArgs, as_json: bool) -> Result<()> {
     if let Some(HistoryAction::Clear) = args.action {
         let pb::ClearHistoryResponse { removed } =
             answer(api.clear_history(pb::ClearHistoryRequest {}).await)?;
@@ -331,7 +329,7 @@ fn cleared_text(removed: u64) -> String {
     }
 }
 
-async fn cancel(api: &mut ControlServiceClient<Channel>, given: &str, as_json: bool) -> Result<()> {
+async fn cancel(api: &mut ControlClient, given: &str, as_json: bool) -> Result<()> {
     let id = client::resolve_transfer_id(api, given).await?;
     let request = pb::CancelTransferRequest { id: id.clone() };
     answer(api.cancel_transfer(request).await)?;
@@ -343,7 +341,7 @@ async fn cancel(api: &mut ControlServiceClient<Channel>, given: &str, as_json: b
 }
 
 async fn pause_or_resume(
-    api: &mut ControlServiceClient<Channel>,
+    api: &mut ControlClient,
     given: &str,
     pause: bool,
     as_json: bool,
@@ -369,12 +367,7 @@ async fn pause_or_resume(
     }
 }
 
-async fn limit(
-    api: &mut ControlServiceClient<Channel>,
-    given: &str,
-    rate: u64,
-    as_json: bool,
-) -> Result<()> {
+async fn limit(api: &mut ControlClient, given: &str, rate: u64, as_json: bool) -> Result<()> {
     let id = client::resolve_transfer_id(api, given).await?;
     let request = pb::SetTransferLimitRequest {
         id,
@@ -411,7 +404,7 @@ fn global_limit_text(max_speed: u64) -> String {
 }
 
 async fn accept(
-    api: &mut ControlServiceClient<Channel>,
+    api: &mut ControlClient,
     given: &str,
     destination: Option<String>,
     as_json: bool,
@@ -439,7 +432,7 @@ async fn accept(
 }
 
 async fn reject(
-    api: &mut ControlServiceClient<Channel>,
+    api: &mut ControlClient,
     given: &str,
     reason: Option<String>,
     as_json: bool,

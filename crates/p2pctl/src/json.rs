@@ -1,87 +1,12 @@
 //! `--json` rendering of the control API's messages: one function per message, field names as
 //! in the proto, enums as lower-case words (`"send"`, `"waiting_accept"`), 64-bit counters as
-//! JSON numbers. The same words name directions and states in the human output.
+//! JSON numbers. The words are those of [`p2p_client::words`], as in the human output.
 
+use p2p_client::words::{
+    accept_word, direction_word, history_status_word, peer_change_word, state_word,
+};
 use p2p_proto::control::v1 as pb;
 use serde_json::{Value, json};
-
-/// `"send"`, `"receive"`; `"unknown"` for a value this p2pctl does not know.
-pub(crate) fn direction_word(direction: i32) -> &'static str {
-    match pb::Direction::try_from(direction) {
-        Ok(pb::Direction::Send) => "send",
-        Ok(pb::Direction::Receive) => "receive",
-        Ok(pb::Direction::Unspecified) => "unspecified",
-        Err(_) => "unknown",
-    }
-}
-
-/// `"offered"`, `"waiting_accept"`, `"running"`, `"completed"`, `"failed"`, `"cancelled"`,
-/// `"rejected"`, `"paused"`, `"retrying"`, `"interrupted"`; `"unknown"` for a value this p2pctl
-/// does not know.
-pub(crate) fn state_word(state: i32) -> &'static str {
-    match pb::TransferState::try_from(state) {
-        Ok(pb::TransferState::Unspecified) => "unspecified",
-        Ok(pb::TransferState::Offered) => "offered",
-        Ok(pb::TransferState::WaitingAccept) => "waiting_accept",
-        Ok(pb::TransferState::Running) => "running",
-        Ok(pb::TransferState::Completed) => "completed",
-        Ok(pb::TransferState::Failed) => "failed",
-        Ok(pb::TransferState::Cancelled) => "cancelled",
-        Ok(pb::TransferState::Rejected) => "rejected",
-        Ok(pb::TransferState::Paused) => "paused",
-        Ok(pb::TransferState::Retrying) => "retrying",
-        Ok(pb::TransferState::Interrupted) => "interrupted",
-        Err(_) => "unknown",
-    }
-}
-
-/// How a transfer in history ended: `"completed"`, `"failed"`, `"cancelled"`, `"rejected"`;
-/// `"unknown"` for a value this p2pctl does not know.
-pub(crate) fn history_status_word(status: i32) -> &'static str {
-    match pb::HistoryStatus::try_from(status) {
-        Ok(pb::HistoryStatus::Unspecified) => "unspecified",
-        Ok(pb::HistoryStatus::Completed) => "completed",
-        Ok(pb::HistoryStatus::Failed) => "failed",
-        Ok(pb::HistoryStatus::Cancelled) => "cancelled",
-        Ok(pb::HistoryStatus::Rejected) => "rejected",
-        Err(_) => "unknown",
-    }
-}
-
-/// A device's receiving rule: `"default"`, `"auto"`, `"ask"`, `"reject"`; `"unknown"` for a
-/// value this p2pctl does not know.
-pub(crate) fn accept_word(accept: i32) -> &'static str {
-    match pb::DeviceAccept::try_from(accept) {
-        Ok(pb::DeviceAccept::Default) => "default",
-        Ok(pb::DeviceAccept::Auto) => "auto",
-        Ok(pb::DeviceAccept::Ask) => "ask",
-        Ok(pb::DeviceAccept::Reject) => "reject",
-        Err(_) => "unknown",
-    }
-}
-
-/// A change of a peer: `"appeared"`, `"changed"`, `"lost"`; `"unknown"` for a value this
-/// p2pctl does not know.
-pub(crate) fn peer_change_word(change: i32) -> &'static str {
-    match pb::PeerChange::try_from(change) {
-        Ok(pb::PeerChange::Unspecified) => "unspecified",
-        Ok(pb::PeerChange::Appeared) => "appeared",
-        Ok(pb::PeerChange::Changed) => "changed",
-        Ok(pb::PeerChange::Lost) => "lost",
-        Err(_) => "unknown",
-    }
-}
-
-/// Whether a transfer in this state has ended (completed, failed, cancelled or rejected).
-pub(crate) fn is_final(state: i32) -> bool {
-    matches!(
-        pb::TransferState::try_from(state),
-        Ok(pb::TransferState::Completed
-            | pb::TransferState::Failed
-            | pb::TransferState::Cancelled
-            | pb::TransferState::Rejected)
-    )
-}
 
 /// A transfer as JSON, every field of the proto message.
 pub(crate) fn transfer(t: &pb::Transfer) -> Value {
@@ -489,35 +414,6 @@ pub(crate) mod tests {
                 "bytes_per_second": 524_288,
             })
         );
-        assert_eq!(
-            history_status_word(pb::HistoryStatus::Completed as i32),
-            "completed"
-        );
-        assert_eq!(
-            history_status_word(pb::HistoryStatus::Cancelled as i32),
-            "cancelled"
-        );
-        assert_eq!(
-            history_status_word(pb::HistoryStatus::Rejected as i32),
-            "rejected"
-        );
-        assert_eq!(history_status_word(0), "unspecified");
-        assert_eq!(history_status_word(12), "unknown");
-    }
-
-    #[test]
-    fn enum_words() {
-        assert_eq!(direction_word(pb::Direction::Receive as i32), "receive");
-        assert_eq!(direction_word(99), "unknown");
-        assert_eq!(
-            state_word(pb::TransferState::WaitingAccept as i32),
-            "waiting_accept"
-        );
-        assert_eq!(state_word(pb::TransferState::Completed as i32), "completed");
-        assert_eq!(state_word(-1), "unknown");
-        assert!(is_final(pb::TransferState::Rejected as i32));
-        assert!(!is_final(pb::TransferState::Offered as i32));
-        assert!(!is_final(42));
     }
 
     #[test]
@@ -543,15 +439,6 @@ pub(crate) mod tests {
         assert_eq!(pending["accept"], "default");
         assert_eq!(pending["trusted"], false);
         assert_eq!(pending["connected"], false);
-    }
-
-    #[test]
-    fn accept_words() {
-        assert_eq!(accept_word(pb::DeviceAccept::Default as i32), "default");
-        assert_eq!(accept_word(pb::DeviceAccept::Auto as i32), "auto");
-        assert_eq!(accept_word(pb::DeviceAccept::Ask as i32), "ask");
-        assert_eq!(accept_word(pb::DeviceAccept::Reject as i32), "reject");
-        assert_eq!(accept_word(7), "unknown");
     }
 
     #[test]
@@ -604,16 +491,5 @@ pub(crate) mod tests {
         assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
         let bare = peer_event(&pb::PeerEvent::default());
         assert_eq!(bare, json!({ "change": "unspecified", "peer": null }));
-    }
-
-    #[test]
-    fn peer_change_words() {
-        assert_eq!(
-            peer_change_word(pb::PeerChange::Appeared as i32),
-            "appeared"
-        );
-        assert_eq!(peer_change_word(pb::PeerChange::Changed as i32), "changed");
-        assert_eq!(peer_change_word(pb::PeerChange::Lost as i32), "lost");
-        assert_eq!(peer_change_word(9), "unknown");
     }
 }

@@ -1,8 +1,11 @@
 //! `p2pctl`: command-line client of the p2pd control API.
 //!
+//! Built on [`p2p_client`] (the socket, units, state words, short ids, watches) and `p2p-proto`;
+//! what is here is the command line and its rendering.
+//!
 //! Module map:
 //! - [`cli`]: commands and flags (the `--help` text), and checks of flag values.
-//! - [`client`]: connecting to the daemon, RPC errors, exit codes, short transfer ids.
+//! - [`client`]: the socket and the connection (through [`p2p_client`]), and exit codes.
 //! - [`commands`]: runs the command named on the command line.
 //! - [`send`]: `p2pctl send` — local path checks, starting and following a transfer.
 //! - [`watch`]: following transfers over `WatchTransfers` (`watch`, and `send`'s progress).
@@ -11,7 +14,6 @@
 //! - [`table`]: the human tables of `transfers`, `history`, `incoming`, `sessions`, `devices`,
 //!   `pending` and `peers`.
 //! - [`json`]: `--json` rendering of the control API's messages.
-//! - [`units`]: human sizes, speeds, durations and percentages; parsing sizes.
 
 mod cli;
 mod client;
@@ -21,7 +23,6 @@ mod peers;
 mod progress;
 mod send;
 mod table;
-mod units;
 mod watch;
 
 use clap::Parser;

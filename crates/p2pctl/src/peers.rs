@@ -2,11 +2,10 @@
 //! listed once or followed over `WatchPeers`.
 
 use anyhow::Result;
+use p2p_client::ControlClient;
+use p2p_client::words::{peer_change_word, short_device_id};
 use p2p_proto::control::v1 as pb;
-use p2p_proto::control::v1::control_service_client::ControlServiceClient;
-use tonic::transport::Channel;
 
-use crate::client::{self, RpcError};
 use crate::progress::stdout_line;
 use crate::{json, table};
 
@@ -25,17 +24,13 @@ pub(crate) fn list_text(list: &[pb::Peer], now_ms: u64) -> String {
 /// event without a peer.
 pub(crate) fn event_line(e: &pb::PeerEvent) -> Option<String> {
     let p = e.peer.as_ref()?;
-    let id = table::short_device_id(&p.device_id);
+    let id = short_device_id(&p.device_id);
     let who = if p.name.is_empty() {
         id.to_owned()
     } else {
         format!("{} ({id})", p.name)
     };
-    let mut line = format!(
-        "{} {who} at {}",
-        json::peer_change_word(e.change),
-        p.address
-    );
+    let mut line = format!("{} {who} at {}", peer_change_word(e.change), p.address);
     let lost = e.change == pb::PeerChange::Lost as i32;
     if !p.compatible && !lost {
         line.push_str(&format!(
@@ -52,9 +47,9 @@ pub(crate) fn event_line(e: &pb::PeerEvent) -> Option<String> {
 ///
 /// # Errors
 /// A failed RPC, the connection lost, or stdout closed.
-pub(crate) async fn watch(api: &mut ControlServiceClient<Channel>, as_json: bool) -> Result<()> {
-    let mut stream = client::answer(api.watch_peers(pb::WatchPeersRequest {}).await)?;
-    while let Some(event) = stream.message().await.map_err(RpcError)? {
+pub(crate) async fn watch(api: &mut ControlClient, as_json: bool) -> Result<()> {
+    let mut events = p2p_client::watch::peers(api).await?;
+    while let Some(event) = events.next().await? {
         if as_json {
             stdout_line(&json::peer_event(&event).to_string())?;
         } else if let Some(line) = event_line(&event) {

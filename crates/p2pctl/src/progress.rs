@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use p2p_client::units;
+use p2p_client::words::{direction_short, is_final, peer_label, short_id, state_word};
 use p2p_proto::control::v1 as pb;
 
 use crate::json;
-use crate::units;
 
 /// How often a plain progress line may be printed per transfer; state changes always print.
 const LINE_INTERVAL: Duration = Duration::from_secs(1);
@@ -137,7 +138,7 @@ impl Bars {
         let waiting = match pb::TransferState::try_from(t.state) {
             Ok(pb::TransferState::Offered) => Some(format!(
                 "waiting for {} to accept {} ({})",
-                peer(t),
+                peer_label(t),
                 units::files(t.total_files),
                 units::bytes(t.total_bytes)
             )),
@@ -205,21 +206,12 @@ impl RateLimiter {
             Some(&(last_state, at)) => last_state != state || now.duration_since(at) >= self.every,
             None => true,
         };
-        if json::is_final(state) {
+        if is_final(state) {
             self.last.remove(id);
         } else if allowed {
             self.last.insert(id.to_owned(), (state, now));
         }
         allowed
-    }
-}
-
-/// The peer as people know it: its name, else its address.
-pub(crate) fn peer(t: &pb::Transfer) -> &str {
-    if t.peer_name.is_empty() {
-        &t.peer_address
-    } else {
-        &t.peer_name
     }
 }
 
@@ -259,20 +251,20 @@ pub(crate) fn send_progress_line(t: &pb::Transfer) -> Option<String> {
             "offered {} ({}) to {}, waiting for acceptance",
             units::files(t.total_files),
             units::bytes(t.total_bytes),
-            peer(t)
+            peer_label(t)
         )),
         Ok(pb::TransferState::WaitingAccept) => Some(format!(
             "{} ({}) from {} waits for your accept",
             units::files(t.total_files),
             units::bytes(t.total_bytes),
-            peer(t)
+            peer_label(t)
         )),
         Ok(
             pb::TransferState::Retrying
             | pb::TransferState::Paused
             | pb::TransferState::Interrupted,
         ) => Some(format!("{verb} {}: {}", progress_text(t), pause_text(t))),
-        _ if json::is_final(t.state) => None,
+        _ if is_final(t.state) => None,
         _ => Some(format!("{verb} {}", progress_text(t))),
     }
 }
@@ -320,7 +312,7 @@ pub(crate) fn completed_summary(t: &pb::Transfer) -> String {
         "{verb} {} ({}) {to} {}{}",
         units::files(t.total_files),
         units::bytes(t.total_bytes),
-        peer(t),
+        peer_label(t),
         time_and_speed(t)
     )
 }
@@ -356,7 +348,7 @@ pub(crate) fn failure_text(t: &pb::Transfer) -> Option<String> {
             return Some(format!(
                 "transfer {} did not end: the daemon stopped reporting while it was {}",
                 t.id,
-                json::state_word(t.state)
+                state_word(t.state)
             ));
         }
     };
@@ -366,19 +358,6 @@ pub(crate) fn failure_text(t: &pb::Transfer) -> Option<String> {
     })
 }
 
-/// The first 8 characters of an id, as the tables show it.
-pub(crate) fn short_id(id: &str) -> &str {
-    id.char_indices().nth(8).map_or(id, |(i, _)| &id[..i])
-}
-
-/// `send`, `recv`.
-pub(crate) fn direction_short(direction: i32) -> &'static str {
-    match json::direction_word(direction) {
-        "receive" => "recv",
-        word => word,
-    }
-}
-
 /// One line of `p2pctl watch`:
 /// `01234567 send running kitchen-pc 3/10 files, 12.0 MiB / 40.0 MiB (30%), 8.2 MiB/s`.
 pub(crate) fn event_line(t: &pb::Transfer) -> String {
@@ -386,8 +365,8 @@ pub(crate) fn event_line(t: &pb::Transfer) -> String {
         "{} {} {} {}",
         short_id(&t.id),
         direction_short(t.direction),
-        json::state_word(t.state),
-        peer(t)
+        state_word(t.state),
+        peer_label(t)
     );
     let tail = match pb::TransferState::try_from(t.state) {
         Ok(pb::TransferState::Completed) => format!(
@@ -596,13 +575,6 @@ mod tests {
             event_line(&ended(pb::TransferState::Failed, "disk full")),
             "01234567 send failed kitchen-pc disk full"
         );
-    }
-
-    #[test]
-    fn short_ids_cut_at_eight_characters() {
-        assert_eq!(short_id("0123456789"), "01234567");
-        assert_eq!(short_id("abc"), "abc");
-        assert_eq!(short_id("ééééééééé"), "éééééééé");
     }
 
     #[test]

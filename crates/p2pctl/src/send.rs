@@ -4,16 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+use p2p_client::ControlClient;
 use p2p_proto::control::v1 as pb;
-use p2p_proto::control::v1::control_service_client::ControlServiceClient;
 use serde_json::json;
-use tonic::transport::Channel;
 
 use crate::cli::SendArgs;
 use crate::client;
 use crate::commands::Finished;
 use crate::progress::{self, SendView};
-use crate::watch;
 
 /// The paths as absolute text for the daemon (which has another working directory), each
 /// checked to exist here first so that a typo is reported without asking the daemon.
@@ -65,7 +63,7 @@ fn options(args: &SendArgs) -> pb::SendOptions {
 /// # Errors
 /// A failed RPC, stdout closed, or a transfer that did not complete.
 pub(crate) async fn send(
-    api: &mut ControlServiceClient<Channel>,
+    api: &mut ControlClient,
     args: &SendArgs,
     paths: Vec<String>,
     json: bool,
@@ -87,7 +85,7 @@ pub(crate) async fn send(
 
     let mut view = SendView::new(json);
     let followed = tokio::select! {
-        result = watch::follow_one(api, &id, |event| view.event(event)) => Some(result),
+        result = p2p_client::watch::follow_transfer(api, &id, |event| view.event(event)) => Some(result),
         Ok(()) = tokio::signal::ctrl_c() => None,
     };
     view.finish();

@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
+use p2p_client::units;
+use p2p_client::words::{
+    accept_word, direction_short, history_status_word, peer_label, short_device_id, short_id,
+    state_word,
+};
 use p2p_proto::control::v1 as pb;
-
-use crate::json;
-use crate::progress::{direction_short, peer, short_id};
-use crate::units;
 
 /// Lays out `rows` under `headers`; the last column is not padded.
 fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
@@ -47,16 +48,6 @@ fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.to_owned()
 }
 
-/// The short form of a device id the tables show: its first group of 7 characters
-/// (`P56IOI7` of `P56IOI7-MZJNU2Y-…`); at most 7 characters of an id without groups.
-pub(crate) fn short_device_id(id: &str) -> &str {
-    let group = id.split('-').next().unwrap_or(id);
-    group
-        .char_indices()
-        .nth(7)
-        .map_or(group, |(i, _)| &group[..i])
-}
-
 /// The `p2pctl transfers` table.
 pub(crate) fn transfers(list: &[pb::Transfer]) -> String {
     if list.is_empty() {
@@ -68,8 +59,8 @@ pub(crate) fn transfers(list: &[pb::Transfer]) -> String {
             vec![
                 short_id(&t.id).to_owned(),
                 direction_short(t.direction).to_owned(),
-                json::state_word(t.state).to_owned(),
-                peer(t).to_owned(),
+                state_word(t.state).to_owned(),
+                peer_label(t).to_owned(),
                 format!(
                     "{} {}/{}",
                     units::percent(t.bytes_done, t.total_bytes),
@@ -117,7 +108,7 @@ pub(crate) fn history(list: &[pb::HistoryEntry], now_ms: u64) -> String {
                     ))
                 },
                 direction_short(e.direction).to_owned(),
-                json::history_status_word(e.status).to_owned(),
+                history_status_word(e.status).to_owned(),
                 if e.peer_name.is_empty() {
                     or_dash(&e.peer_address)
                 } else {
@@ -277,7 +268,7 @@ pub(crate) fn devices(list: &[pb::Device], now_ms: u64) -> String {
             vec![
                 or_dash(&d.name),
                 short_device_id(&d.id).to_owned(),
-                json::accept_word(d.accept).to_owned(),
+                accept_word(d.accept).to_owned(),
                 or_dash(&d.download_dir),
                 yes_no(d.connected),
                 last_seen(d, now_ms),
@@ -520,15 +511,6 @@ mod tests {
         assert!(text.contains("out  12s  2"), "{text}");
         let s = pb::Session { trusted: true, ..s };
         assert!(sessions(&[s], 13_000).contains("laptop  P56IOI7  yes"));
-    }
-
-    #[test]
-    fn device_ids_shorten_to_their_first_group() {
-        assert_eq!(short_device_id(DEVICE_ID), "P56IOI7");
-        assert_eq!(short_device_id("P56IOI7"), "P56IOI7");
-        assert_eq!(short_device_id("0011223344556677"), "0011223");
-        assert_eq!(short_device_id("ab-cd"), "ab");
-        assert_eq!(short_device_id(""), "");
     }
 
     #[test]

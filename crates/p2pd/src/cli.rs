@@ -12,7 +12,7 @@ use clap::Parser;
 /// or any gRPC client on its Unix socket. Every setting has a default: no config file is needed.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "p2pd", version, about, long_about)]
-pub(crate) struct Cli {
+pub struct Cli {
     /// Control socket path [default: $XDG_RUNTIME_DIR/p2pd/p2pd.sock].
     #[arg(long, env = "P2PD_SOCKET", value_name = "PATH")]
     pub(crate) socket: Option<PathBuf>,
@@ -65,7 +65,7 @@ pub(crate) struct Cli {
         long,
         value_name = "RATE",
         allow_negative_numbers = true,
-        value_parser = p2p_core::units::parse_rate
+        value_parser = p2p_client::units::parse_rate
     )]
     pub(crate) max_speed: Option<u64>,
 

@@ -153,9 +153,9 @@ impl Config {
         };
         let socket = match cli.socket.clone().or(file.socket.clone()) {
             Some(p) => non_empty_path(p, "socket", origin(cli.socket.is_some()))?,
-            None => p2p_core::paths::default_socket_path(),
+            None => p2p_client::paths::default_socket_path(),
         };
-        p2p_core::paths::check_socket_path(&socket).map_err(|e| ConfigError::Invalid {
+        p2p_client::paths::check_socket_path(&socket).map_err(|e| ConfigError::Invalid {
             key: "socket",
             origin: origin(cli.socket.is_some()),
             problem: e.to_string(),
@@ -261,10 +261,10 @@ fn absolute(p: &Path) -> PathBuf {
 }
 
 /// A `max_speed` value: a speed as text (`"10M"`, `"unlimited"`, see
-/// [`p2p_core::units::parse_rate`]) or a whole number of bytes per second.
+/// [`p2p_client::units::parse_rate`]) or a whole number of bytes per second.
 fn rate_of(value: &toml::Value) -> Result<u64, String> {
     match value {
-        toml::Value::String(text) => p2p_core::units::parse_rate(text).map_err(|e| e.to_string()),
+        toml::Value::String(text) => p2p_client::units::parse_rate(text).map_err(|e| e.to_string()),
         toml::Value::Integer(n) => {
             let rate = u64::try_from(*n)
                 .map_err(|_| format!("{n} is negative; use 0 or \"unlimited\" for no limit"))?;

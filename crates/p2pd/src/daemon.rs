@@ -5,30 +5,104 @@
 //! runtime is built only after the fork.
 
 use std::fs::OpenOptions;
+use std::io;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use p2p_core::{Identity, Node, NodeSettings};
-use p2p_proto::control::v1::control_service_server::ControlServiceServer;
-use tokio::signal::unix::{SignalKind, signal};
+use p2p_core::{Identity, IdentityError, Node, NodeError, NodeSettings};
+use tokio::signal::unix::SignalKind;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::Cli;
-use crate::config::Config;
-use crate::control::ControlApi;
+use crate::config::{Config, ConfigError};
 use crate::logging::{self, LogHandle};
-use crate::socket::ControlSocket;
+use crate::server::ServeError;
+use crate::socket::{ControlSocket, SocketError};
+use crate::tasks::Tasks;
 
 /// How long the gRPC server may take to drain after shutdown begins.
 const SERVER_DRAIN: Duration = Duration::from_secs(2);
 /// How long the node's tasks may take to stop.
 const NODE_STOP: Duration = Duration::from_secs(2);
 
-/// Runs the daemon until it is told to stop.
-pub(crate) fn run(cli: Cli) -> Result<()> {
+/// Why the daemon could not start, or stopped with an error. Its message and the chain of its
+/// [sources](std::error::Error::source) are what `p2pd` prints.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct DaemonError(Failure);
+
+/// One variant per failure site of the daemon.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot use state dir {}", .path.display())]
+    StateDir { path: PathBuf, source: io::Error },
+    #[error("cannot open log file {}", .path.display())]
+    LogFile { path: PathBuf, source: io::Error },
+    #[error("cannot duplicate log file")]
+    DupLogFile(#[source] io::Error),
+    #[error("{0}")]
+    Logging(String),
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("cannot listen for peers on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
+    #[error("cannot make the peer listener non-blocking")]
+    ListenNonBlocking(#[source] io::Error),
+    #[error("cannot open pid file {}", .path.display())]
+    PidFileOpen { path: PathBuf, source: io::Error },
+    #[error("pid file {} is locked by a running p2pd (pid {holder})", .path.display())]
+    PidFileLocked { path: PathBuf, holder: String },
+    #[error("cannot write pid file {}", .path.display())]
+    PidFileWrite { path: PathBuf, source: io::Error },
+    #[error("cannot daemonize")]
+    Daemonize(#[source] daemonize::Error),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] io::Error),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("{what} the control socket")]
+    ControlSocket {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("cannot install {signal} handler")]
+    Signal {
+        signal: &'static str,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Server(#[from] ServeError),
+    #[error("control server task failed")]
+    ServerTask(#[source] tokio::task::JoinError),
+}
+
+/// Runs the daemon until it is told to stop: loads the configuration, binds the control
+/// socket and the peer listener, forks with `--daemon`, then starts the node and serves the
+/// control API until SIGTERM, SIGINT or a `Shutdown` call; SIGHUP reloads the configuration.
+///
+/// # Errors
+/// A [`DaemonError`] naming the step that failed: invalid configuration, an unusable state
+/// dir, log file, control socket, identity or peer address, a pid file held by another
+/// daemon, or a failure of the node or the control server.
+pub fn run(cli: Cli) -> Result<(), DaemonError> {
+    run_daemon(cli).map_err(DaemonError)
+}
+
+fn run_daemon(cli: Cli) -> Result<(), Failure> {
     let config = Config::load(&cli)?;
-    p2p_core::fsutil::ensure_private_dir(&config.state_dir)
-        .with_context(|| format!("cannot use state dir {}", config.state_dir.display()))?;
+    p2p_core::fsutil::ensure_private_dir(&config.state_dir).map_err(|source| {
+        Failure::StateDir {
+            path: config.state_dir.clone(),
+            source,
+        }
+    })?;
 
     let log_file = if cli.daemon {
         let path = config.state_dir.join("p2pd.log");
@@ -36,19 +110,19 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             .create(true)
             .append(true)
             .open(&path)
-            .with_context(|| format!("cannot open log file {}", path.display()))?;
+            .map_err(|source| Failure::LogFile { path, source })?;
         Some(f)
     } else {
         None
     };
     let log_for_std = match &log_file {
         Some(f) => Some((
-            f.try_clone().context("cannot duplicate log file")?,
-            f.try_clone().context("cannot duplicate log file")?,
+            f.try_clone().map_err(Failure::DupLogFile)?,
+            f.try_clone().map_err(Failure::DupLogFile)?,
         )),
         None => None,
     };
-    let log = logging::init(&config.log_level, log_file).map_err(anyhow::Error::msg)?;
+    let log = logging::init(&config.log_level, log_file).map_err(Failure::Logging)?;
     match p2p_core::fsutil::raise_open_file_limit() {
         Ok(limit) => tracing::debug!(?limit, "open files limit"),
         Err(e) => tracing::warn!(cause = %e, "cannot raise the open files limit"),
@@ -69,8 +143,8 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         .enable_all()
         .thread_name("p2pd")
         .build()
-        .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(cli, config, identity, &control, peer, log));
+        .map_err(Failure::Runtime)?;
+    let result = runtime.block_on(operate(cli, config, identity, &control, peer, log));
     control.remove();
     if let Some(p) = pidfile {
         p.remove();
@@ -84,12 +158,14 @@ fn prepare(
     cli: &Cli,
     config: &Config,
     log_for_std: Option<(std::fs::File, std::fs::File)>,
-) -> Result<(Identity, std::net::TcpListener, Option<PidFile>)> {
+) -> Result<(Identity, std::net::TcpListener, Option<PidFile>), Failure> {
     let identity = Identity::load_or_create(&config.state_dir)?;
-    let peer = std::net::TcpListener::bind(config.listen)
-        .with_context(|| format!("cannot listen for peers on {}", config.listen))?;
+    let peer = std::net::TcpListener::bind(config.listen).map_err(|source| Failure::Listen {
+        addr: config.listen,
+        source,
+    })?;
     peer.set_nonblocking(true)
-        .context("cannot make the peer listener non-blocking")?;
+        .map_err(Failure::ListenNonBlocking)?;
     if !cli.daemon {
         return Ok((identity, peer, None));
     }
@@ -106,7 +182,7 @@ fn prepare(
     if let Some((out, err)) = log_for_std {
         d = d.stdout(out).stderr(err);
     }
-    d.start().context("cannot daemonize")?;
+    d.start().map_err(Failure::Daemonize)?;
     pidfile.write_pid()?;
     Ok((identity, peer, Some(pidfile)))
 }
@@ -114,11 +190,11 @@ fn prepare(
 /// A pid file held with an exclusive `flock` for the daemon's lifetime.
 struct PidFile {
     file: std::fs::File,
-    path: std::path::PathBuf,
+    path: PathBuf,
 }
 
 impl PidFile {
-    fn lock(path: &std::path::Path) -> Result<Self> {
+    fn lock(path: &std::path::Path) -> Result<Self, Failure> {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new()
@@ -128,16 +204,18 @@ impl PidFile {
             .truncate(false)
             .mode(0o644)
             .open(path)
-            .with_context(|| format!("cannot open pid file {}", path.display()))?;
+            .map_err(|source| Failure::PidFileOpen {
+                path: path.to_path_buf(),
+                source,
+            })?;
         // SAFETY: flock on a valid descriptor we own.
         let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if r != 0 {
             let holder = std::fs::read_to_string(path).unwrap_or_default();
-            anyhow::bail!(
-                "pid file {} is locked by a running p2pd (pid {})",
-                path.display(),
-                holder.trim()
-            );
+            return Err(Failure::PidFileLocked {
+                path: path.to_path_buf(),
+                holder: holder.trim().to_owned(),
+            });
         }
         Ok(PidFile {
             file,
@@ -145,15 +223,18 @@ impl PidFile {
         })
     }
 
-    fn write_pid(&mut self) -> Result<()> {
+    fn write_pid(&mut self) -> Result<(), Failure> {
         use std::io::{Seek, Write};
-        let ctx = || format!("cannot write pid file {}", self.path.display());
-        self.file.set_len(0).with_context(ctx)?;
-        self.file
-            .seek(std::io::SeekFrom::Start(0))
-            .with_context(ctx)?;
-        writeln!(self.file, "{}", std::process::id()).with_context(ctx)?;
-        self.file.sync_all().with_context(ctx)
+        let file = &mut self.file;
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.seek(std::io::SeekFrom::Start(0)))
+            .and_then(|_| writeln!(file, "{}", std::process::id()))
+            .and_then(|()| file.sync_all());
+        written.map_err(|source| Failure::PidFileWrite {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     fn remove(self) {
@@ -163,14 +244,17 @@ impl PidFile {
     }
 }
 
-async fn serve(
+/// The running daemon: starts the node, serves the control API on the control socket, and
+/// handles signals until shutdown; then drains the server and stops the node, each within its
+/// bound. A second SIGTERM or SIGINT during the drain exits at once.
+async fn operate(
     cli: Cli,
     config: Config,
     identity: Identity,
     control: &ControlSocket,
     peer: std::net::TcpListener,
     log: LogHandle,
-) -> Result<()> {
+) -> Result<(), Failure> {
     let shutdown = CancellationToken::new();
     let settings = settings_of(&config, &identity);
     let node = Node::start(
@@ -185,54 +269,35 @@ async fn serve(
     }
     node.add_static_peers(config.peers.clone());
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<ControlServiceServer<ControlApi>>()
-        .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(p2p_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("cannot build the reflection service")?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(p2p_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .context("cannot build the reflection service")?;
-
+    let control_socket = |what| move |source| Failure::ControlSocket { what, source };
     let std_listener = control
         .listener
         .try_clone()
-        .context("cannot duplicate the control socket")?;
+        .map_err(control_socket("cannot duplicate"))?;
     std_listener
         .set_nonblocking(true)
-        .context("cannot prepare the control socket")?;
+        .map_err(control_socket("cannot prepare"))?;
     let uds = tokio::net::UnixListener::from_std(std_listener)
-        .context("cannot register the control socket")?;
+        .map_err(control_socket("cannot register"))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds);
 
-    let server_shutdown = shutdown.clone();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(tonic::service::InterceptorLayer::new(
-                crate::control::check_caller,
-            ))
-            .add_service(ControlServiceServer::new(ControlApi::new(
-                node.clone(),
-                control.path.clone(),
-            )))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(
-                incoming,
-                async move { server_shutdown.cancelled().await },
-            ),
+    let tasks = Tasks::new();
+    let server = tasks.spawn(
+        tracing::info_span!("control_server", socket = %control.path.display()),
+        crate::serve(
+            node.clone(),
+            control.path.clone(),
+            incoming,
+            shutdown.clone(),
+        ),
     );
 
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    let handler = |kind, signal| {
+        tokio::signal::unix::signal(kind).map_err(|source| Failure::Signal { signal, source })
+    };
+    let mut sigterm = handler(SignalKind::terminate(), "SIGTERM")?;
+    let mut sigint = handler(SignalKind::interrupt(), "SIGINT")?;
+    let mut sighup = handler(SignalKind::hangup(), "SIGHUP")?;
 
     tracing::info!(socket = %control.path.display(), pid = std::process::id(), "p2pd ready");
     notify(&[sd_notify::NotifyState::Ready]);
@@ -249,27 +314,34 @@ async fn serve(
     shutdown.cancel();
     notify(&[sd_notify::NotifyState::Stopping]);
 
-    // A second signal during the drain means "now".
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = sigterm.recv() => {}
-            _ = sigint.recv() => {}
-        }
-        tracing::warn!("second signal: exiting at once");
-        std::process::exit(130);
-    });
-
-    let server_result = match tokio::time::timeout(SERVER_DRAIN, server).await {
-        Ok(Ok(r)) => r.context("control server failed"),
-        Ok(Err(join)) => Err(anyhow::anyhow!("control server task failed: {join}")),
-        Err(_) => {
-            tracing::warn!("control server did not drain in time");
-            Ok(())
-        }
+    let drain = async {
+        // Joins the server task (the only one in `tasks`); if it does not drain in time, the
+        // runtime's shutdown ends it.
+        let server_result = match tokio::time::timeout(SERVER_DRAIN, server).await {
+            Ok(Ok(r)) => r.map_err(Failure::from),
+            Ok(Err(join)) => Err(Failure::ServerTask(join)),
+            Err(_) => {
+                tracing::warn!("control server did not drain in time");
+                Ok(())
+            }
+        };
+        node.shutdown(NODE_STOP).await;
+        server_result
     };
-    node.shutdown(NODE_STOP).await;
+    // A second signal during the drain means "now".
+    let result = tokio::select! {
+        r = drain => r,
+        _ = sigterm.recv() => second_signal(),
+        _ = sigint.recv() => second_signal(),
+    };
     tracing::info!("p2pd stopped");
-    server_result
+    result
+}
+
+/// A second SIGTERM or SIGINT while shutting down: exit at once.
+fn second_signal() -> ! {
+    tracing::warn!("second signal: exiting at once");
+    std::process::exit(130);
 }
 
 fn settings_of(config: &Config, identity: &Identity) -> NodeSettings {

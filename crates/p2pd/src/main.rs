@@ -1,30 +1,20 @@
-//! `p2pd`: the resident peer-to-peer file transfer daemon.
-//!
-//! Module map:
-//! - [`cli`]: command-line flags (the `--help` text).
-//! - [`config`]: the optional TOML config merged with flags and defaults, validated.
-//! - [`logging`]: tracing set-up with a reloadable filter.
-//! - [`socket`]: the control socket — stale detection, permissions, socket activation.
-//! - [`control`]: the gRPC control service, a thin adapter over `p2p_core::Node`.
-//! - [`daemon`]: start-up order, daemonizing, the runtime, signals, reload and shutdown.
-
-mod cli;
-mod config;
-mod control;
-mod daemon;
-mod logging;
-mod socket;
+//! The `p2pd` binary: parses the flags, runs the daemon ([`p2pd::run`]) and prints the error
+//! chain if it fails. Everything else lives in the library.
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
-    match daemon::run(cli) {
+    let cli = p2pd::Cli::parse();
+    match p2pd::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("p2pd: error: {err}");
-            for (i, cause) in err.chain().skip(1).enumerate() {
-                eprintln!("  {}: {cause}", i + 1);
+            let mut cause = std::error::Error::source(&err);
+            let mut i = 1;
+            while let Some(c) = cause {
+                eprintln!("  {i}: {c}");
+                cause = c.source();
+                i += 1;
             }
             std::process::ExitCode::FAILURE
         }

@@ -20,6 +20,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::net::device_id::DeviceId;
 use crate::net::wire::PROTOCOL_VERSION;
@@ -207,15 +208,25 @@ impl Discovery {
             dropped: AtomicU64::new(0),
         });
         let v4 = Arc::new(v4);
+        let span = tracing::info_span!("discovery", port = bound);
         tasks.spawn(
             d.clone()
-                .send_loop(v4.clone(), v6.clone(), shutdown.clone()),
+                .send_loop(v4.clone(), v6.clone(), shutdown.clone())
+                .instrument(span.clone()),
         );
-        tasks.spawn(d.clone().receive_loop(v4, shutdown.clone()));
+        tasks.spawn(
+            d.clone()
+                .receive_loop(v4, shutdown.clone())
+                .instrument(span.clone()),
+        );
         if let Some(v6) = v6 {
-            tasks.spawn(d.clone().receive_loop(v6, shutdown.clone()));
+            tasks.spawn(
+                d.clone()
+                    .receive_loop(v6, shutdown.clone())
+                    .instrument(span.clone()),
+            );
         }
-        tasks.spawn(d.clone().sweep_loop(shutdown.clone()));
+        tasks.spawn(d.clone().sweep_loop(shutdown.clone()).instrument(span));
         tracing::info!(port = bound, "LAN discovery started");
         Ok(d)
     }

@@ -1,10 +1,12 @@
 //! The receiving side's life across sessions: running an accepted transfer, keeping what
 //! arrived when it is interrupted, and continuing it when the sender offers it again
-//! (`resume`) — also after this daemon restarted.
+//! (`resume`) — also after this daemon restarted. The receives running now are this file's
+//! state ([`Claims`]).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use p2p_proto::wire::v1::frame::Body;
@@ -37,30 +39,38 @@ pub(super) const INTERRUPTED_TTL: Duration = Duration::from_secs(30 * 86_400);
 /// How long a sender that resumes a completed transfer has to send `Complete`.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Answers the resume of a transfer that ended here — `ended` is `Ok` if it completed, else
-/// why not: a completed one is confirmed (everything arrived, the sender did not hear so: a
-/// lost CompleteAck, or it stopped just then), any other refused with its reason.
+/// How a transfer that ended here ended, as the answer to its resume needs it.
+enum Ended {
+    /// Everything arrived.
+    Completed,
+    /// It failed, was cancelled or rejected: why, as the sender is told.
+    Otherwise(String),
+}
+
+/// Answers the resume of a transfer that ended here: a completed one is confirmed
+/// (everything arrived, the sender did not hear so: a lost CompleteAck, or it stopped just
+/// then), any other refused with its reason.
 async fn answer_ended(
     session: &Session,
     info: wire::TransferInfo,
     frames: mpsc::Receiver<Body>,
-    ended: Result<(), String>,
+    ended: Ended,
 ) {
     match ended {
-        Ok(()) => {
+        Ended::Completed => {
             tracing::info!(transfer = %info.transfer_id, peer = %session.peer.device_id, "resume of a completed transfer; confirming");
             already_complete(session, &info, frames).await;
         }
-        Err(reason) => session.reject(&info.transfer_id, reason).await,
+        Ended::Otherwise(reason) => session.reject(&info.transfer_id, reason).await,
     }
 }
 
-/// How a transfer entry that is final here ended, as `answer_ended` takes it.
-fn outcome(e: &TransferEntry) -> Result<(), String> {
+/// How a transfer entry that is final here ended.
+fn outcome(e: &TransferEntry) -> Ended {
     if e.state() == TransferState::Completed {
-        Ok(())
+        Ended::Completed
     } else {
-        Err(format!(
+        Ended::Otherwise(format!(
             "the transfer already ended here: {}",
             e.snapshot().error
         ))
@@ -115,9 +125,18 @@ fn free_space(dir: &Path) -> std::io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// An offer that does not fit in the free space of its destination.
+#[derive(Debug, thiserror::Error)]
+#[error("not enough free space in {dir}: the transfer needs {need} bytes, {free} are free")]
+struct NoSpace {
+    dir: PathBuf,
+    need: u64,
+    free: u64,
+}
+
 /// Refuses an offer that cannot fit: `need` payload bytes into `dir` (or its nearest
 /// existing ancestor, before it is created).
-fn check_space(dir: &Path, need: u64) -> Result<(), String> {
+fn check_space(dir: &Path, need: u64) -> Result<(), NoSpace> {
     let mut probe = dir;
     while !probe.exists() {
         match probe.parent() {
@@ -126,10 +145,11 @@ fn check_space(dir: &Path, need: u64) -> Result<(), String> {
         }
     }
     match free_space(probe) {
-        Ok(free) if free < need => Err(format!(
-            "not enough free space in {}: the transfer needs {need} bytes, {free} are free",
-            dir.display()
-        )),
+        Ok(free) if free < need => Err(NoSpace {
+            dir: dir.to_path_buf(),
+            need,
+            free,
+        }),
         Ok(_) => Ok(()),
         Err(e) => {
             tracing::warn!(dir = %probe.display(), cause = %e, "cannot read free space; accepting without the check");
@@ -137,9 +157,6 @@ fn check_space(dir: &Path, need: u64) -> Result<(), String> {
         }
     }
 }
-
-/// Numbers the receive attempts, so that an attempt releases only its own claim.
-static NEXT_CLAIM: AtomicU64 = AtomicU64::new(1);
 
 /// The right to run the receive of one transfer: at most one attempt holds it at a time.
 #[derive(Debug, Clone)]
@@ -153,10 +170,53 @@ pub(super) struct Claim {
 /// tries again a little later.
 const STILL_STOPPING: &str = "the previous attempt of this transfer is still stopping";
 
-impl Claim {
-    /// Asks the attempt holding this claim to stop (it keeps what it has).
-    pub(super) fn stop_now(&self) {
-        self.stop.cancel();
+/// The receives running now: at most one attempt per transfer holds its claim.
+#[derive(Debug, Default)]
+pub(super) struct Claims {
+    // Claims held, by transfer id, with how to stop each attempt (shutdown, or a resume on a
+    // new session that replaces it). Taken and given back by the attempts, read by cancels:
+    // a short std lock, never held across an await.
+    held: Mutex<HashMap<String, Claim>>,
+    // Numbers the claims, so that an attempt releases only its own.
+    next: AtomicU64,
+}
+
+impl Claims {
+    /// Claims transfer `id` for a new attempt, stopped with `parent` or on its own; if another
+    /// attempt holds it, asks that one to stop and returns `None`.
+    fn try_claim(&self, id: &str, parent: &CancellationToken) -> Option<Claim> {
+        let mut map = lock(&self.held);
+        if let Some(previous) = map.get(id) {
+            previous.stop.cancel();
+            return None;
+        }
+        let claim = Claim {
+            seq: self.next.fetch_add(1, Ordering::Relaxed),
+            stop: parent.child_token(),
+        };
+        map.insert(id.to_owned(), claim.clone());
+        Some(claim)
+    }
+
+    /// Gives a claim back (only if it is still the one held).
+    fn release(&self, id: &str, claim: &Claim) {
+        let mut map = lock(&self.held);
+        if map.get(id).is_some_and(|c| c.seq == claim.seq) {
+            map.remove(id);
+        }
+    }
+
+    /// Whether an attempt holds the claim of transfer `id`.
+    pub(super) fn holds(&self, id: &str) -> bool {
+        lock(&self.held).contains_key(id)
+    }
+
+    /// Asks the attempt holding the claim of transfer `id`, if any, to stop (it keeps what it
+    /// has).
+    pub(super) fn stop(&self, id: &str) {
+        if let Some(c) = lock(&self.held).get(id) {
+            c.stop.cancel();
+        }
     }
 }
 
@@ -165,25 +225,12 @@ impl Node {
     /// that one is asked to stop and `None` comes back: the caller tells the sender to try
     /// again (`Cancel{resumable}`), by when the other has stopped.
     pub(super) fn try_claim(&self, id: &str) -> Option<Claim> {
-        let mut map = lock(&self.inner.receiving);
-        if let Some(previous) = map.get(id) {
-            previous.stop.cancel();
-            return None;
-        }
-        let claim = Claim {
-            seq: NEXT_CLAIM.fetch_add(1, Ordering::Relaxed),
-            stop: self.inner.shutdown.child_token(),
-        };
-        map.insert(id.to_owned(), claim.clone());
-        Some(claim)
+        self.inner.receiving.try_claim(id, &self.inner.shutdown)
     }
 
     /// Gives a claim back (only if it is still the one held).
     pub(super) fn release(&self, id: &str, claim: &Claim) {
-        let mut map = lock(&self.inner.receiving);
-        if map.get(id).is_some_and(|c| c.seq == claim.seq) {
-            map.remove(id);
-        }
+        self.inner.receiving.release(id, claim);
     }
 
     /// Handles an offer marked `resume`: when this node holds a record of that transfer from
@@ -217,8 +264,8 @@ impl Node {
                     .store
                     .history_outcome(&id, Direction::Receive, &peer);
                 let ended = match ended {
-                    Ok(Some((HistoryStatus::Completed, _))) => Ok(()),
-                    Ok(Some((_, reason))) => Err(reason),
+                    Ok(Some((HistoryStatus::Completed, _))) => Ended::Completed,
+                    Ok(Some((_, reason))) => Ended::Otherwise(reason),
                     _ => return Err((info, frames)),
                 };
                 answer_ended(session, info, frames, ended).await;
@@ -568,7 +615,7 @@ impl Node {
         // transfer cancelled).
         let stopped = match entry.state() {
             TransferState::Interrupted => true,
-            TransferState::Running => !lock(&self.inner.receiving).contains_key(&c.transfer_id),
+            TransferState::Running => !self.inner.receiving.holds(&c.transfer_id),
             _ => false,
         };
         if entry.direction != Direction::Receive
@@ -599,7 +646,7 @@ fn prepare(
     peer_id: &str,
 ) -> Result<(Destination, receive::Start), (TransferState, String)> {
     let failed = |e: String| (TransferState::Failed, e);
-    let rejected = |e: String| (TransferState::Rejected, e);
+    let rejected = |e: NoSpace| (TransferState::Rejected, e.to_string());
     let total: u64 = info
         .files
         .iter()

@@ -170,14 +170,15 @@ impl Store {
     /// Resolves a full id, or a unique prefix among known (trusted or pending) devices.
     ///
     /// # Errors
-    /// A message: no match, or the ambiguous candidates.
-    pub fn resolve(&self, text: &str) -> Result<Result<DeviceId, String>, StoreError> {
+    /// The outer [`StoreError`] if the store fails; the inner [`ResolveError`] if no device or
+    /// several match.
+    pub fn resolve(&self, text: &str) -> Result<Result<DeviceId, ResolveError>, StoreError> {
         if let Ok(id) = text.parse::<DeviceId>() {
             return Ok(Ok(id));
         }
         let want = normalize(text);
         if want.is_empty() {
-            return Ok(Err("empty device id".into()));
+            return Ok(Err(ResolveError::Empty));
         }
         let mut all = self.list(true)?;
         all.extend(self.list(false)?);
@@ -187,18 +188,40 @@ impl Store {
             .collect();
         Ok(match matches.as_slice() {
             [one] => Ok(one.id),
-            [] => Err(format!(
-                "no known or pending device matches {text:?}; give the full device id"
-            )),
-            many => Err(format!(
-                "{text:?} matches several devices: {}",
-                many.iter()
-                    .map(|d| format!("{} ({})", d.id, d.name))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+            [] => Err(ResolveError::NoMatch(text.to_owned())),
+            many => Err(ResolveError::Ambiguous {
+                text: text.to_owned(),
+                candidates: many.iter().map(|d| (d.id, d.name.clone())).collect(),
+            }),
         })
     }
+}
+
+/// A device id the user typed that names no single known device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// Nothing was given.
+    #[error("empty device id")]
+    Empty,
+    /// No known or pending device has an id that begins so.
+    #[error("no known or pending device matches {0:?}; give the full device id")]
+    NoMatch(String),
+    /// Several do.
+    #[error("{text:?} matches several devices: {}", list(.candidates))]
+    Ambiguous {
+        /// What was given.
+        text: String,
+        /// The devices it matches: id and name.
+        candidates: Vec<(DeviceId, String)>,
+    },
+}
+
+fn list(candidates: &[(DeviceId, String)]) -> String {
+    candidates
+        .iter()
+        .map(|(id, name)| format!("{id} ({name})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 const SELECT: &str = "SELECT id, name, trusted, accept, download_dir, first_seen_ms, last_seen_ms, last_address FROM devices";
@@ -264,7 +287,11 @@ mod tests {
         s.seen(&a, "alpha", "").unwrap();
         let short = a.short();
         assert_eq!(s.resolve(&short.to_lowercase()).unwrap(), Ok(a));
-        assert!(s.resolve("ZZZZZZZ").unwrap().is_err());
+        assert_eq!(
+            s.resolve("ZZZZZZZ").unwrap(),
+            Err(ResolveError::NoMatch("ZZZZZZZ".into()))
+        );
+        assert_eq!(s.resolve(" - ").unwrap(), Err(ResolveError::Empty));
         assert_eq!(
             s.resolve(&a.to_string()).unwrap(),
             Ok(a),

@@ -212,36 +212,45 @@ pub struct HistoryFilter {
 }
 
 impl HistoryFilter {
-    /// Checks the values; the message names the bad one.
+    /// Checks the values.
     ///
     /// # Errors
-    /// A limit above [`MAX_HISTORY`], a blank or overlong peer, a time beyond the year 292
-    /// million.
-    pub fn validate(&self) -> Result<(), String> {
+    /// A [`FilterError`] naming the bad value: a limit above [`MAX_HISTORY`], a blank or
+    /// overlong peer, a time beyond the year 292 million.
+    pub fn validate(&self) -> Result<(), FilterError> {
         if self.limit > MAX_HISTORY {
-            return Err(format!(
-                "limit {} is above {MAX_HISTORY}, the number of transfers history keeps",
-                self.limit
-            ));
+            return Err(FilterError::Limit(self.limit));
         }
         if let Some(peer) = &self.peer {
             if peer.trim().is_empty() {
-                return Err(
-                    "the peer filter is blank; give a device id (or its beginning) or a peer name"
-                        .into(),
-                );
+                return Err(FilterError::BlankPeer);
             }
             if peer.chars().count() > MAX_PEER_FILTER_CHARS {
-                return Err(format!(
-                    "the peer filter is longer than {MAX_PEER_FILTER_CHARS} characters"
-                ));
+                return Err(FilterError::LongPeer);
             }
         }
         if self.since_ms.is_some_and(|t| i64::try_from(t).is_err()) {
-            return Err("since is too far in the future".into());
+            return Err(FilterError::Since);
         }
         Ok(())
     }
+}
+
+/// A history filter value that is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// More records than history keeps.
+    #[error("limit {0} is above {MAX_HISTORY}, the number of transfers history keeps")]
+    Limit(usize),
+    /// A peer filter of nothing but blanks.
+    #[error("the peer filter is blank; give a device id (or its beginning) or a peer name")]
+    BlankPeer,
+    /// A peer filter longer than any id or name.
+    #[error("the peer filter is longer than {MAX_PEER_FILTER_CHARS} characters")]
+    LongPeer,
+    /// A time the store cannot hold.
+    #[error("since is too far in the future")]
+    Since,
 }
 
 /// The hook the node installs on its transfer registry: records each final snapshot in
@@ -652,19 +661,21 @@ mod tests {
         }
         .validate()
         .unwrap_err();
-        assert!(err.contains("limit 10001"), "{err}");
+        assert_eq!(err, FilterError::Limit(MAX_HISTORY + 1));
+        assert!(err.to_string().contains("limit 10001"), "{err}");
         for peer in ["", "  ", &"x".repeat(300)] {
             let f = HistoryFilter {
                 peer: Some(peer.to_owned()),
                 ..Default::default()
             };
-            assert!(f.validate().unwrap_err().contains("peer filter"), "{peer}");
+            let err = f.validate().unwrap_err();
+            assert!(err.to_string().contains("peer filter"), "{peer}: {err}");
         }
         let f = HistoryFilter {
             since_ms: Some(u64::MAX),
             ..Default::default()
         };
-        assert!(f.validate().is_err());
+        assert_eq!(f.validate(), Err(FilterError::Since));
     }
 
     #[test]

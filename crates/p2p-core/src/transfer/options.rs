@@ -61,51 +61,113 @@ impl Default for SendOptions {
 }
 
 impl SendOptions {
-    /// Checks the ranges; the message names the option.
+    /// Checks the ranges.
     ///
     /// # Errors
-    /// A human-readable description of the bad option.
-    pub fn validate(&self) -> Result<(), String> {
+    /// An [`OptionsError`] naming the bad option.
+    pub fn validate(&self) -> Result<(), OptionsError> {
         if !(MIN_CHUNK..=MAX_CHUNK).contains(&self.chunk_size) {
-            return Err(format!(
-                "chunk size {} is outside {MIN_CHUNK}..={MAX_CHUNK} bytes",
-                self.chunk_size
-            ));
+            return Err(OptionsError::ChunkSize(self.chunk_size));
         }
         if !(1..=MAX_WINDOW).contains(&self.window) {
-            return Err(format!(
-                "window {} is outside 1..={MAX_WINDOW}",
-                self.window
-            ));
+            return Err(OptionsError::Window(self.window));
         }
         if u64::from(self.chunk_size) * u64::from(self.window) > MAX_IN_FLIGHT_BYTES {
-            return Err(format!(
-                "chunk size {} × window {} exceeds {} MiB in flight; use a smaller window or chunk size",
-                self.chunk_size,
-                self.window,
-                MAX_IN_FLIGHT_BYTES >> 20
-            ));
+            return Err(OptionsError::InFlight {
+                chunk_size: self.chunk_size,
+                window: self.window,
+            });
         }
         if !(-7..=22).contains(&self.level) || self.level == 0 {
-            return Err(format!(
-                "compression level {} is outside 1..=22 and -7..=-1",
-                self.level
-            ));
+            return Err(OptionsError::Level(self.level));
         }
-        ratelimit::check_rate(self.max_speed).map_err(|e| e.to_string())?;
+        ratelimit::check_rate(self.max_speed)?;
         // A chunk must reach the receiver well within its idle limit.
         if self.max_speed > 0
             && u64::from(self.chunk_size) > self.max_speed.saturating_mul(MAX_SECONDS_PER_CHUNK)
         {
-            return Err(format!(
-                "speed limit {} bytes/s is too low for chunks of {} bytes (one chunk would take over {MAX_SECONDS_PER_CHUNK} s); use a smaller chunk size",
-                self.max_speed, self.chunk_size
-            ));
+            return Err(OptionsError::TooSlowForChunk {
+                max_speed: self.max_speed,
+                chunk_size: self.chunk_size,
+            });
         }
         Ok(())
     }
 }
 
+/// An option of an outgoing transfer that is out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionsError {
+    /// The chunk size is outside [`MIN_CHUNK`]`..=`[`MAX_CHUNK`].
+    #[error("chunk size {0} is outside {MIN_CHUNK}..={MAX_CHUNK} bytes")]
+    ChunkSize(u32),
+    /// The window is outside `1..=`[`MAX_WINDOW`].
+    #[error("window {0} is outside 1..={MAX_WINDOW}")]
+    Window(u32),
+    /// Chunk size × window exceeds [`MAX_IN_FLIGHT_BYTES`].
+    #[error(
+        "chunk size {chunk_size} × window {window} exceeds {} MiB in flight; use a smaller window or chunk size",
+        MAX_IN_FLIGHT_BYTES >> 20
+    )]
+    InFlight {
+        /// The chunk size asked for.
+        chunk_size: u32,
+        /// The window asked for.
+        window: u32,
+    },
+    /// The zstd level is not one zstd knows.
+    #[error("compression level {0} is outside 1..=22 and -7..=-1")]
+    Level(i32),
+    /// The speed limit is below the minimum.
+    #[error(transparent)]
+    Rate(#[from] ratelimit::RateTooLow),
+    /// At this speed limit one chunk would take longer than [`MAX_SECONDS_PER_CHUNK`].
+    #[error(
+        "speed limit {max_speed} bytes/s is too low for chunks of {chunk_size} bytes (one chunk would take over {MAX_SECONDS_PER_CHUNK} s); use a smaller chunk size"
+    )]
+    TooSlowForChunk {
+        /// The speed limit, bytes per second.
+        max_speed: u64,
+        /// The chunk size.
+        chunk_size: u32,
+    },
+}
+
 /// Longest a single chunk may take at a transfer's own speed limit (the receiver gives up
 /// on a transfer after `receive::TRANSFER_IDLE` without data).
 pub const MAX_SECONDS_PER_CHUNK: u64 = 60;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_bad_option_is_named() {
+        let ok = SendOptions::default();
+        assert_eq!(ok.validate(), Ok(()));
+        let with = |f: fn(&mut SendOptions)| {
+            let mut o = ok;
+            f(&mut o);
+            o.validate().unwrap_err()
+        };
+        assert_eq!(with(|o| o.chunk_size = 1), OptionsError::ChunkSize(1));
+        assert_eq!(with(|o| o.window = 0), OptionsError::Window(0));
+        assert!(matches!(
+            with(|o| {
+                o.chunk_size = MAX_CHUNK;
+                o.window = MAX_WINDOW;
+            }),
+            OptionsError::InFlight { .. }
+        ));
+        assert_eq!(with(|o| o.level = 0), OptionsError::Level(0));
+        assert!(matches!(with(|o| o.max_speed = 5), OptionsError::Rate(_)));
+        assert!(matches!(
+            with(|o| o.max_speed = 1024),
+            OptionsError::TooSlowForChunk { .. }
+        ));
+        assert_eq!(
+            OptionsError::Window(0).to_string(),
+            format!("window 0 is outside 1..={MAX_WINDOW}")
+        );
+    }
+}

@@ -318,7 +318,10 @@ async fn drive(
         let compress = opts.compress && session.limits.compress;
         let handle = tokio::runtime::Handle::current();
         let manifest = manifest.clone();
+        // The producer thread logs inside the attempt's span (transfer, peer).
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
             produce(
                 &handle, &manifest, &have, opts, compress, attempt, &window, &lanes, &entry,
                 &cancel,
