@@ -178,9 +178,18 @@ impl Receiver<'_> {
                     };
                 }
                 Err(error) => {
-                    return ReceiveEnd::Failed {
-                        error,
-                        tell_peer: true,
+                    return match entry.peer_fault.get() {
+                        // The session's reader cut the peer off meanwhile and told it so: a
+                        // failure on frames queued before is its consequence, no news to the
+                        // peer (which would hear of the transfer's end twice).
+                        Some(fault) => ReceiveEnd::Failed {
+                            error: ReceiveError::PeerFault(fault.clone()),
+                            tell_peer: false,
+                        },
+                        None => ReceiveEnd::Failed {
+                            error,
+                            tell_peer: true,
+                        },
                     };
                 }
             }
