@@ -7,9 +7,10 @@
 //! - [`chunkmap`]: bitmaps of the chunks of a file that are done.
 //! - [`ratelimit`]: token buckets with a live-changeable rate (per-transfer and global limits).
 //! - [`send`]: the sending side of a transfer (window, adaptive compression, hashing).
-//! - [`receive`]: the receiving side of a pushed transfer (window, resume, the receive loop).
+//! - `receive`: the receiving side of a pushed transfer — the receive loop, the window,
+//!   acknowledgements, checkpoints and resume — feeding `place`.
 //! - `place`: the pipeline every received byte ends in — destination naming, temporary files,
-//!   hashing, sync and atomic placement — with no knowledge of the push protocol.
+//!   hashing, verification, sync and atomic placement — with no knowledge of the push protocol.
 //!
 //! The invariants that keep the sender's window, the receiver's trackers and the resume records
 //! consistent are written in `STATE.md` beside this module.
@@ -19,7 +20,7 @@ pub mod manifest;
 pub mod options;
 pub(crate) mod place;
 pub mod ratelimit;
-pub mod receive;
+pub(crate) mod receive;
 pub mod registry;
 pub mod send;
 

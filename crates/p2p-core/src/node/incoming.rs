@@ -444,9 +444,10 @@ impl Node {
                 }
             }
             Ok(ReceiveEnd::Failed {
-                reason,
+                error,
                 tell_peer: tell,
             }) => {
+                let reason = error_chain(&error);
                 entry.set_state(TransferState::Failed, reason.clone());
                 self.forget_incoming(&entry.id).await;
                 if tell || local_cancel {
@@ -666,7 +667,7 @@ fn prepare(
                     .map_err(|e| failed(error_chain(&e)))?;
             }
             check_space(&dir, total).map_err(rejected)?;
-            let dest = receive::prepare(&dir, info).map_err(|e| failed(e.to_string()))?;
+            let dest = receive::prepare(&dir, info).map_err(|e| failed(error_chain(&e)))?;
             let record = IncomingRecord {
                 id: info.transfer_id.clone(),
                 peer_id: peer_id.to_owned(),
@@ -684,8 +685,8 @@ fn prepare(
             Ok((dest, receive::fresh(info)))
         }
         Plan::Resume(record) => {
-            let dest = Destination::restore(&record.dest_dir, record.roots.clone(), info)
-                .map_err(|e| failed(e.to_string()))?;
+            let dest = receive::restore(&record.dest_dir, record.roots.clone(), info)
+                .map_err(|e| failed(error_chain(&e)))?;
             let recorded = store
                 .chunk_maps(&info.transfer_id, Direction::Receive)
                 .map_err(|e| {

@@ -17,6 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use sha2::{Digest, Sha256};
+
+use super::PlaceError;
+
 /// A file being received, from its first byte until it is in place (or removed).
 pub(crate) struct PartFile {
     /// Shared with the syncer, which syncs it for checkpoints and placement.
@@ -31,14 +35,20 @@ pub(crate) struct PartFile {
 
 impl PartFile {
     /// Creates the hidden file `name`, failing if anything (a symlink included) sits there.
-    pub(crate) fn create_named(name: PathBuf) -> Result<Self, String> {
-        let file = OpenOptions::new()
+    ///
+    /// # Errors
+    /// [`PlaceError::CreateTemp`].
+    pub(crate) fn create_named(name: PathBuf) -> Result<Self, PlaceError> {
+        let file = match OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&name)
-            .map_err(|e| format!("cannot create {}: {e}", name.display()))?;
+        {
+            Ok(file) => file,
+            Err(source) => return Err(PlaceError::CreateTemp { path: name, source }),
+        };
         Ok(Self {
             file: Arc::new(file),
             shown: name.clone(),
@@ -60,14 +70,43 @@ impl PartFile {
         })
     }
 
-    /// A kept hidden file reopened by a resume.
-    pub(crate) fn reopened(name: &Path, file: File) -> Self {
-        Self {
+    /// Reopens the kept hidden file `name` to continue after its first `keep` bytes: it must
+    /// be a regular file of ours with no other name, holding at least those bytes; it is cut
+    /// back to them and they are hashed again. Returns it with that hash; `None` if anything
+    /// does not check out.
+    pub(crate) fn reopen(name: &Path, keep: u64) -> Option<(Self, Sha256)> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(name)
+            .ok()?;
+        let meta = file.metadata().ok()?;
+        // Ours, a plain file with no other name, holding at least the recorded bytes.
+        if !meta.file_type().is_file()
+            || meta.nlink() != 1
+            || meta.uid() != rustix::process::geteuid().as_raw()
+            || meta.len() < keep
+        {
+            return None;
+        }
+        file.set_len(keep).ok()?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = keep;
+        while left > 0 {
+            let n = (left.min(buf.len() as u64)) as usize;
+            file.read_exact(&mut buf[..n]).ok()?;
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        let part = Self {
             file: Arc::new(file),
             name: Some(name.to_path_buf()),
             shown: name.to_path_buf(),
             direct: false,
-        }
+        };
+        Some((part, hasher))
     }
 
     /// Lets the file's writes bypass the page cache (`O_DIRECT`) where its file system is one
