@@ -399,7 +399,10 @@ impl Node {
             let info = info.clone();
             let store = self.inner.store.clone();
             let rt = tokio::runtime::Handle::current();
+            // The receiving thread logs in the offer's span (transfer, peer).
+            let span = tracing::Span::current();
             tokio::task::spawn_blocking(move || {
+                let _span = span.enter();
                 receive::receive(&rt, &info, &dest, start, route_rx, &writer, &entry, &store)
             })
         };
