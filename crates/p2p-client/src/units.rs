@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 /// The smallest speed limit, in bytes per second (0 means unlimited). The engine's rate limiter
-/// has the same floor (`p2p_core`'s `ratelimit::MIN_RATE`; a test of p2pd keeps the two equal):
-/// checking it here lets a client refuse `5` (meant as 5M) before asking the daemon.
+/// uses this very constant: checking it here lets a client refuse `5` (meant as 5M) before
+/// asking the daemon.
 pub const MIN_RATE: u64 = 1024;
 
 /// A speed limit below [`MIN_RATE`]. The message is the one the daemon gives.

@@ -281,15 +281,12 @@ async fn operate(
         .map_err(control_socket("cannot register"))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds);
 
+    // Built before the daemon reports itself ready: a failure stops the start-up.
+    let services = crate::ControlServer::new(node.clone(), control.path.clone())?;
     let tasks = Tasks::new();
     let server = tasks.spawn(
         tracing::info_span!("control_server", socket = %control.path.display()),
-        crate::serve(
-            node.clone(),
-            control.path.clone(),
-            incoming,
-            shutdown.clone(),
-        ),
+        services.run(incoming, shutdown.clone()),
     );
 
     let handler = |kind, signal| {

@@ -28,4 +28,4 @@ mod tasks;
 
 pub use cli::Cli;
 pub use daemon::{DaemonError, run};
-pub use server::{ServeError, serve};
+pub use server::{ControlServer, ServeError, serve};

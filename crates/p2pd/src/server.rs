@@ -1,5 +1,6 @@
 //! [`serve`]: the control services of one node on any stream of Unix connections — the
-//! daemon's control socket, or a temporary socket in a test.
+//! daemon's control socket, or a temporary socket in a test; [`ControlServer`] does the same in
+//! two steps (build, then run).
 //!
 //! Every call passes the caller check first: the peer credentials of the Unix connection
 //! (SO_PEERCRED) must name the daemon's own user or root, whatever the socket's mode.
@@ -58,40 +59,77 @@ where
     S: Stream<Item = Result<UnixStream, E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<ControlServiceServer<ControlApi>>()
-        .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(p2p_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(ServeError::Reflection)?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(p2p_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(ServeError::Reflection)?;
+    ControlServer::new(node, socket_path)?
+        .run(incoming, shutdown)
+        .await
+}
 
-    let tasks = Tasks::new();
-    let watchers = Watchers::new(tasks.clone(), shutdown.clone(), &node);
-    let stop = shutdown.clone();
-    let result = tonic::transport::Server::builder()
-        .layer(tonic::service::InterceptorLayer::new(check_caller))
-        .add_service(ControlServiceServer::new(ControlApi::new(
+/// The control services of one node, built and not yet serving: [`serve`] in two steps, so that
+/// the daemon can fail at start-up — before it reports itself ready — if they cannot be built.
+#[derive(Debug)]
+pub struct ControlServer {
+    node: Node,
+    socket_path: PathBuf,
+    // Server reflection v1 and v1alpha, built from the compiled-in descriptor sets.
+    reflection: tonic::service::Routes,
+}
+
+impl ControlServer {
+    /// Builds the services of `node`; `socket_path` is the socket that `GetStatus` reports.
+    ///
+    /// # Errors
+    /// [`ServeError::Reflection`] if the reflection service cannot be built from the file
+    /// descriptor sets.
+    pub fn new(node: Node, socket_path: PathBuf) -> Result<Self, ServeError> {
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(p2p_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(ServeError::Reflection)?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(p2p_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(ServeError::Reflection)?;
+        Ok(ControlServer {
             node,
             socket_path,
-            watchers,
-        )))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await })
-        .await;
-    // No call is running any more, so no forwarder can be added; those left have seen the
-    // shutdown or lost their client.
-    tasks.join().await;
-    result.map_err(ServeError::Transport)
+            reflection: tonic::service::Routes::new(reflection_v1).add_service(reflection_v1alpha),
+        })
+    }
+
+    /// Serves until `shutdown` is cancelled, as [`serve`] describes.
+    ///
+    /// # Errors
+    /// [`ServeError::Transport`] if the server fails.
+    pub async fn run<S, E>(self, incoming: S, shutdown: CancellationToken) -> Result<(), ServeError>
+    where
+        S: Stream<Item = Result<UnixStream, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<ControlServiceServer<ControlApi>>()
+            .await;
+        let tasks = Tasks::new();
+        let watchers = Watchers::new(tasks.clone(), shutdown.clone(), &self.node);
+        let stop = shutdown.clone();
+        let result = tonic::transport::Server::builder()
+            .layer(tonic::service::InterceptorLayer::new(check_caller))
+            .add_routes(self.reflection)
+            .add_service(ControlServiceServer::new(ControlApi::new(
+                self.node,
+                self.socket_path,
+                watchers,
+            )))
+            .add_service(health_service)
+            .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await })
+            .await;
+        // No call is running any more, so no forwarder can be added; those left have seen the
+        // shutdown or lost their client.
+        tasks.join().await;
+        result.map_err(ServeError::Transport)
+    }
 }
 
 /// Refuses calls from any user but the daemon's own (and root), whatever the socket's mode:

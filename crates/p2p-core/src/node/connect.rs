@@ -222,7 +222,6 @@ impl Node {
         }
     }
 
-    /// The handle the node's sessions report to.
     /// Where session tasks are spawned: under the node's shutdown token and tracker.
     pub(super) fn task_scope(&self) -> session::TaskScope {
         session::TaskScope {
@@ -231,6 +230,7 @@ impl Node {
         }
     }
 
+    /// The handle the node's sessions report to.
     pub(super) fn events(&self) -> Arc<dyn SessionEvents> {
         Arc::new(Events(Arc::downgrade(&self.inner)))
     }

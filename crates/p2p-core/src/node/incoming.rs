@@ -589,7 +589,9 @@ impl Node {
     pub(super) fn discard_incoming(&self, id: &str) {
         let store = self.inner.store.clone();
         let id = id.to_owned();
+        let span = tracing::info_span!("discard", transfer = %id);
         self.inner.tasks.spawn_blocking(move || {
+            let _span = span.enter();
             if let Ok(Some(r)) = store.incoming_record(&id) {
                 let dest = Destination {
                     dir: r.dest_dir.clone(),

@@ -200,7 +200,7 @@ impl Node {
         control.paused.store(paused, Ordering::Relaxed);
         self.inner.outgoing.insert(&entry.id, control.clone());
         let node = self.clone();
-        let span = tracing::info_span!("send", transfer = %entry.id);
+        let span = tracing::info_span!("send", transfer = %entry.id, peer = %dial);
         self.inner.tasks.spawn(
             async move {
                 node.supervise(&entry, manifest, opts, &dial, session, resume, &control)

@@ -42,30 +42,13 @@ use tokio_util::sync::CancellationToken;
 /// ones.
 pub const BURST: Duration = Duration::from_millis(100);
 
-/// The lowest limit accepted, in bytes per second. Lower values are almost certainly a unit
-/// left out (`--max-speed 5` meaning 5 MiB/s), and a 1 MiB chunk would wait longer than a day.
-pub const MIN_RATE: u64 = 1024;
+// The floor of every limit, and its check, are shared with the clients (p2pctl refuses `5`,
+// meant as 5M, before asking the daemon): one definition, in p2p-client. Lower values are
+// almost certainly a unit left out, and a 1 MiB chunk would wait longer than a day.
+pub use p2p_client::units::{MIN_RATE, RateTooLow, check_rate};
 
 /// Nano-bytes per byte.
 const NANOS: u128 = 1_000_000_000;
-
-/// A bandwidth limit that is not acceptable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "a speed limit of {0} bytes/s is below the minimum of 1 KiB/s (did you leave out a unit, as in 5M?); use 0 or \"unlimited\" for no limit"
-)]
-pub struct RateTooLow(pub u64);
-
-/// Checks a limit in bytes per second: 0 (unlimited) or at least [`MIN_RATE`].
-///
-/// # Errors
-/// [`RateTooLow`] for 1 ..= 1023.
-pub fn check_rate(bytes_per_second: u64) -> Result<(), RateTooLow> {
-    if bytes_per_second != 0 && bytes_per_second < MIN_RATE {
-        return Err(RateTooLow(bytes_per_second));
-    }
-    Ok(())
-}
 
 /// The wait was cancelled: the transfer is stopping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
