@@ -7,14 +7,16 @@
 //! - [`device_id`]: device ids (SHA-256 of the public key) in Syncthing's format.
 //! - [`tls`]: TLS 1.3 configurations and the verifier that pins device ids.
 //! - [`wire`]: framing of the peer wire protocol (length prefix, limits, capability bits).
-//! - [`session`]: peer sessions — handshake, reader and writer tasks, keepalive, routing.
+//! - `session`: peer sessions — handshake, reader and writer tasks, keepalive, routing.
 //! - [`discovery`]: LAN discovery beacons and the table of peers heard.
 //! - `tune`: TCP options of peer connections (send buffer, lanes wanted).
 
 pub mod device_id;
 pub mod discovery;
 pub mod identity;
-pub mod session;
+pub(crate) mod session;
 pub mod tls;
 pub(crate) mod tune;
 pub mod wire;
+
+pub use session::SessionError;

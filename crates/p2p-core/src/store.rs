@@ -4,7 +4,7 @@
 //!
 //! - [`devices`]: known devices — trusted ones with their rules, pending ones.
 //! - [`history`]: the transfer history — records of ended transfers, filters, retention.
-//! - [`records`]: durable records of unfinished transfers (resume after a break or restart).
+//! - `records`: durable records of unfinished transfers (resume after a break or restart).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -14,7 +14,7 @@ use rusqlite::Connection;
 
 pub mod devices;
 pub mod history;
-pub mod records;
+pub(crate) mod records;
 
 pub use devices::{Device, DeviceAccept};
 

@@ -31,17 +31,17 @@ mod handshake;
 mod io;
 mod route;
 
-pub use handshake::{Accepted, MAX_PEER_NAME, accept, clean_name, initiate, join};
+pub(crate) use handshake::{Accepted, accept, initiate, join};
 use io::{read_loop, write_loop};
 use route::Route;
-pub use route::{ROUTE_SLACK, route_capacity};
+pub(crate) use route::route_capacity;
 
 /// Time allowed for the whole handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a ping is sent.
-pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// A session that receives nothing for this long is dead.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a closing session may spend writing what was queued before the close.
 const DRAIN_ON_CLOSE: Duration = Duration::from_secs(1);
 /// Frames queued for the writer before producers wait.
@@ -82,61 +82,61 @@ pub enum SessionError {
 
 /// What we tell a peer about ourselves.
 #[derive(Debug, Clone)]
-pub struct LocalInfo {
+pub(crate) struct LocalInfo {
     /// Our device id.
-    pub device_id: String,
+    pub(crate) device_id: String,
     /// Our name.
-    pub name: String,
+    pub(crate) name: String,
     /// Our peer listen port.
-    pub listen_port: u16,
+    pub(crate) listen_port: u16,
 }
 
 /// Where the tasks of sessions belong: the token whose cancellation ends every session (each
 /// session's own token is a child of it), and the tracker that shutdown joins. Every reader and
 /// writer task of a session, lanes included, is spawned on it.
 #[derive(Debug, Clone)]
-pub struct TaskScope {
+pub(crate) struct TaskScope {
     /// Cancelled when the node shuts down.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// The node's tracker.
-    pub tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
 }
 
 /// What a peer proved (its key) and told us (the rest) about itself.
 #[derive(Debug, Clone)]
-pub struct PeerInfo {
+pub(crate) struct PeerInfo {
     /// Its device id, proven by its TLS certificate's key.
-    pub id: DeviceId,
+    pub(crate) id: DeviceId,
     /// The same id as text.
-    pub device_id: String,
+    pub(crate) device_id: String,
     /// Its name.
-    pub name: String,
+    pub(crate) name: String,
     /// Its software version.
-    pub version: String,
+    pub(crate) version: String,
     /// Where it listens for peers.
-    pub listen_addr: SocketAddr,
+    pub(crate) listen_addr: SocketAddr,
 }
 
 /// A live session.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     /// Local id of the session.
-    pub id: u64,
+    pub(crate) id: u64,
     /// The peer.
-    pub peer: PeerInfo,
+    pub(crate) peer: PeerInfo,
     /// The connection's remote address.
-    pub remote: SocketAddr,
+    pub(crate) remote: SocketAddr,
     /// Whether we connected.
-    pub outgoing: bool,
+    pub(crate) outgoing: bool,
     /// When the handshake finished.
-    pub established: SystemTime,
+    pub(crate) established: SystemTime,
     /// Capabilities both sides have.
-    pub caps: u32,
+    pub(crate) caps: u32,
     /// Agreed limits.
-    pub limits: wire::Config,
+    pub(crate) limits: wire::Config,
     /// The secret a further connection presents to join this session as a lane (empty when
     /// the session has no lanes).
-    pub lane_token: Bytes,
+    pub(crate) lane_token: Bytes,
     tx: mpsc::Sender<OutFrame>,
     // The writers of the lanes after the first (see `add_lane`); read per chunk producer.
     lanes: Mutex<Vec<mpsc::Sender<OutFrame>>>,
@@ -145,9 +145,9 @@ pub struct Session {
     // Numbers the attempts of transfers sent over this session (TransferInfo.attempt).
     attempts: AtomicU32,
     /// Cancelled when the session ends.
-    pub closed: CancellationToken,
+    pub(crate) closed: CancellationToken,
     /// Transfers using the session.
-    pub active: AtomicU32,
+    pub(crate) active: AtomicU32,
     // Where the tasks of lanes that join later are spawned (see `add_lane`).
     tasks: TaskTracker,
 }
@@ -162,7 +162,7 @@ impl Session {
     ///
     /// # Errors
     /// [`SessionError::Closed`] if the session ended.
-    pub async fn send(&self, body: Body) -> Result<(), SessionError> {
+    pub(crate) async fn send(&self, body: Body) -> Result<(), SessionError> {
         self.tx
             .send(codec::encode(body).into())
             .await
@@ -170,7 +170,7 @@ impl Session {
     }
 
     /// Refuses an offer. Best effort: a session that ended has no one left to tell.
-    pub async fn reject(&self, transfer_id: &str, reason: impl Into<String>) {
+    pub(crate) async fn reject(&self, transfer_id: &str, reason: impl Into<String>) {
         let _ = self
             .send(Body::Reject(wire::Reject {
                 transfer_id: transfer_id.to_owned(),
@@ -181,7 +181,12 @@ impl Session {
 
     /// Tells the peer that a transfer stops — for good, or `resumable` (it may be offered
     /// again). Best effort, as [`Session::reject`].
-    pub async fn cancel(&self, transfer_id: &str, reason: impl Into<String>, resumable: bool) {
+    pub(crate) async fn cancel(
+        &self,
+        transfer_id: &str,
+        reason: impl Into<String>,
+        resumable: bool,
+    ) {
         let _ = self
             .send(Body::Cancel(wire::Cancel {
                 transfer_id: transfer_id.to_owned(),
@@ -194,7 +199,7 @@ impl Session {
 
     /// Tells the peer that a transfer failed here, for good. Best effort, as
     /// [`Session::reject`].
-    pub async fn fail(&self, transfer_id: &str, reason: impl Into<String>) {
+    pub(crate) async fn fail(&self, transfer_id: &str, reason: impl Into<String>) {
         let _ = self
             .send(Body::Cancel(wire::Cancel {
                 transfer_id: transfer_id.to_owned(),
@@ -206,13 +211,13 @@ impl Session {
     }
 
     /// A handle to the writer queue, for blocking producers.
-    pub fn writer(&self) -> mpsc::Sender<OutFrame> {
+    pub(crate) fn writer(&self) -> mpsc::Sender<OutFrame> {
         self.tx.clone()
     }
 
     /// The writer queues of every lane, the first lane's first: large chunk frames may go on
     /// any of them, everything else goes on the first.
-    pub fn lane_writers(&self) -> Vec<mpsc::Sender<OutFrame>> {
+    pub(crate) fn lane_writers(&self) -> Vec<mpsc::Sender<OutFrame>> {
         let lanes = match self.lanes.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -223,7 +228,7 @@ impl Session {
     }
 
     /// How many connections (lanes) the session runs over.
-    pub fn lane_count(&self) -> usize {
+    pub(crate) fn lane_count(&self) -> usize {
         match self.lanes.lock() {
             Ok(g) => g.len() + 1,
             Err(p) => p.into_inner().len() + 1,
@@ -233,7 +238,7 @@ impl Session {
     /// Adds a connection that joined the session (its handshake done) as one more lane: its
     /// frames are routed like the first connection's, frames may be written to it, and when
     /// it ends the session ends.
-    pub fn add_lane<R, W>(self: &Arc<Self>, rd: R, wr: W, events: Arc<dyn SessionEvents>)
+    pub(crate) fn add_lane<R, W>(self: &Arc<Self>, rd: R, wr: W, events: Arc<dyn SessionEvents>)
     where
         R: AsyncRead + Send + Unpin + 'static,
         W: AsyncWrite + Send + Unpin + 'static,
@@ -255,26 +260,26 @@ impl Session {
     }
 
     /// Routes the frames of `transfer_id` to `tx` (the sending side of a transfer).
-    pub fn route(&self, transfer_id: &str, tx: mpsc::Sender<Body>) {
+    pub(crate) fn route(&self, transfer_id: &str, tx: mpsc::Sender<Body>) {
         self.lock_routes()
             .insert(transfer_id.to_owned(), Route::new(0, tx));
     }
 
     /// A number for a new attempt at sending a transfer over this session, distinct from the
     /// earlier ones (its chunks carry it, so that the receiver can tell stale ones).
-    pub fn next_attempt(&self) -> u32 {
+    pub(crate) fn next_attempt(&self) -> u32 {
         self.attempts.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Stops routing `transfer_id`.
-    pub fn unroute(&self, transfer_id: &str) {
+    pub(crate) fn unroute(&self, transfer_id: &str) {
         self.lock_routes().remove(transfer_id);
     }
 
     /// Stops routing `transfer_id` if nothing receives its frames any more — so that the
     /// end of an offer's handling does not take the route of a newer offer of the same
     /// transfer, which may have replaced it once the old one was closed.
-    pub fn unroute_ended(&self, transfer_id: &str) {
+    pub(crate) fn unroute_ended(&self, transfer_id: &str) {
         let mut routes = self.lock_routes();
         if routes.get(transfer_id).is_some_and(|r| r.tx.is_closed()) {
             routes.remove(transfer_id);
@@ -289,13 +294,13 @@ impl Session {
     }
 
     /// Closes the session.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.closed.cancel();
     }
 }
 
 /// Receives what a session's reader cannot route: new offers, and the end of the session.
-pub trait SessionEvents: Send + Sync + 'static {
+pub(crate) trait SessionEvents: Send + Sync + 'static {
     /// A peer offers a transfer; its later frames arrive on `frames` (already routed).
     fn offer(&self, session: Arc<Session>, info: wire::TransferInfo, frames: mpsc::Receiver<Body>);
     /// A `Cancel` for a transfer that runs on no session (an interrupted one).

@@ -323,7 +323,7 @@ impl Node {
     /// [`NodeError::DeviceLookup`] for a peer that does not parse or resolve;
     /// [`NodeError::Unreachable`] when the connection or handshake fails (including a peer
     /// that is not the device expected); [`NodeError::TlsSetup`].
-    pub async fn connect(&self, peer: &str) -> Result<Arc<Session>, NodeError> {
+    pub(crate) async fn connect(&self, peer: &str) -> Result<Arc<Session>, NodeError> {
         let target = self.resolve_target(peer)?;
         let peer = target.as_str();
         let (explicit, hostport) = match peer.rsplit_once('@') {
@@ -495,7 +495,10 @@ impl Node {
     /// Opens (or reuses) a session, for `Connect`.
     ///
     /// # Errors
-    /// As [`Node::connect`].
+    /// [`NodeError::BadAddress`], [`NodeError::NoAddress`],
+    /// [`NodeError::PeerLookup`] or [`NodeError::DeviceLookup`] for a peer that does not parse or
+    /// resolve; [`NodeError::Unreachable`] when the connection or handshake fails;
+    /// [`NodeError::TlsSetup`].
     pub async fn open_session(&self, peer: &str) -> Result<SessionInfo, NodeError> {
         self.connect(peer)
             .await

@@ -90,7 +90,9 @@ impl Node {
     /// # Errors
     /// [`NodeError::Options`] or [`NodeError::NotAbsolute`] for what was asked;
     /// [`NodeError::PathNotFound`], [`NodeError::ReadPath`] or [`NodeError::Sources`] for the
-    /// paths; what [`Node::connect`] returns; [`NodeError::NoFolders`];
+    /// paths; [`NodeError::BadAddress`], [`NodeError::NoAddress`], [`NodeError::PeerLookup`],
+    /// [`NodeError::DeviceLookup`], [`NodeError::Unreachable`] or [`NodeError::TlsSetup`] for
+    /// the peer; [`NodeError::NoFolders`];
     /// [`NodeError::RecordTransfer`] or [`NodeError::Task`] if the transfer cannot be recorded.
     pub async fn send(
         &self,

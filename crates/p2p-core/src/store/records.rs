@@ -59,49 +59,49 @@ pub(crate) const MIGRATION: &str = "
 
 /// An outgoing transfer that has not ended.
 #[derive(Debug, Clone)]
-pub struct OutgoingRecord {
+pub(crate) struct OutgoingRecord {
     /// Transfer id.
-    pub id: String,
+    pub(crate) id: String,
     /// The receiving device.
-    pub peer_id: String,
+    pub(crate) peer_id: String,
     /// What to dial again: `ID@HOST:PORT`.
-    pub dial: String,
+    pub(crate) dial: String,
     /// The offer (files, dirs, roots, chunk size, window).
-    pub info: TransferInfo,
+    pub(crate) info: TransferInfo,
     /// Local source path of each file, in manifest order.
-    pub sources: Vec<PathBuf>,
+    pub(crate) sources: Vec<PathBuf>,
     /// Options it was sent with.
-    pub options: SendOptions,
+    pub(crate) options: SendOptions,
     /// Paused by the user.
-    pub paused: bool,
+    pub(crate) paused: bool,
     /// When it started, ms since the epoch.
-    pub started_ms: u64,
+    pub(crate) started_ms: u64,
 }
 
 /// An accepted incoming transfer that has not ended.
 #[derive(Debug, Clone)]
-pub struct IncomingRecord {
+pub(crate) struct IncomingRecord {
     /// Transfer id.
-    pub id: String,
+    pub(crate) id: String,
     /// The sending device.
-    pub peer_id: String,
+    pub(crate) peer_id: String,
     /// The offer as accepted.
-    pub info: TransferInfo,
+    pub(crate) info: TransferInfo,
     /// The directory it goes to.
-    pub dest_dir: PathBuf,
+    pub(crate) dest_dir: PathBuf,
     /// Wire root → local top-level name.
-    pub roots: HashMap<String, String>,
+    pub(crate) roots: HashMap<String, String>,
     /// When it started, ms since the epoch.
-    pub started_ms: u64,
+    pub(crate) started_ms: u64,
 }
 
 /// What one side recorded of one file.
 #[derive(Debug, Clone, Default)]
-pub struct FileRecord {
+pub(crate) struct FileRecord {
     /// Verified and in place (receiver) or confirmed (sender).
-    pub complete: bool,
+    pub(crate) complete: bool,
     /// Done chunks.
-    pub chunks: Vec<u8>,
+    pub(crate) chunks: Vec<u8>,
 }
 
 fn side(d: Direction) -> &'static str {
@@ -144,7 +144,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`].
-    pub fn save_outgoing(&self, r: &OutgoingRecord) -> Result<(), StoreError> {
+    pub(crate) fn save_outgoing(&self, r: &OutgoingRecord) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 "INSERT OR REPLACE INTO outgoing (id, peer_id, dial, info, sources, compress, level, chunk_size, window, paused, started_ms, max_speed)
@@ -172,7 +172,11 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`].
-    pub fn set_outgoing_max_speed(&self, id: &str, max_speed: u64) -> Result<(), StoreError> {
+    pub(crate) fn set_outgoing_max_speed(
+        &self,
+        id: &str,
+        max_speed: u64,
+    ) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 "UPDATE outgoing SET max_speed = ?2 WHERE id = ?1",
@@ -186,7 +190,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`].
-    pub fn set_outgoing_paused(&self, id: &str, paused: bool) -> Result<(), StoreError> {
+    pub(crate) fn set_outgoing_paused(&self, id: &str, paused: bool) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 "UPDATE outgoing SET paused = ?2 WHERE id = ?1",
@@ -201,7 +205,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`].
-    pub fn outgoing_records(&self) -> Result<Vec<OutgoingRecord>, StoreError> {
+    pub(crate) fn outgoing_records(&self) -> Result<Vec<OutgoingRecord>, StoreError> {
         self.with(|c| {
             let mut st = c.prepare(
                 "SELECT id, peer_id, dial, info, sources, compress, level, chunk_size, window, paused, started_ms, max_speed
@@ -253,7 +257,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`].
-    pub fn save_incoming(&self, r: &IncomingRecord) -> Result<(), StoreError> {
+    pub(crate) fn save_incoming(&self, r: &IncomingRecord) -> Result<(), StoreError> {
         let roots = serde_json::to_string(&r.roots).unwrap_or_else(|_| "{}".into());
         self.with(|c| {
             c.execute(
@@ -277,7 +281,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`].
-    pub fn incoming_records(&self) -> Result<Vec<IncomingRecord>, StoreError> {
+    pub(crate) fn incoming_records(&self) -> Result<Vec<IncomingRecord>, StoreError> {
         self.incoming_where("1 = 1", params![])
     }
 
@@ -285,7 +289,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`].
-    pub fn incoming_record(&self, id: &str) -> Result<Option<IncomingRecord>, StoreError> {
+    pub(crate) fn incoming_record(&self, id: &str) -> Result<Option<IncomingRecord>, StoreError> {
         Ok(self.incoming_where("id = ?1", params![id])?.pop())
     }
 
@@ -339,7 +343,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`].
-    pub fn save_chunk_maps(
+    pub(crate) fn save_chunk_maps(
         &self,
         id: &str,
         direction: Direction,
@@ -373,7 +377,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`].
-    pub fn chunk_maps(
+    pub(crate) fn chunk_maps(
         &self,
         id: &str,
         direction: Direction,
@@ -399,7 +403,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`].
-    pub fn forget_transfer(&self, id: &str, direction: Direction) -> Result<(), StoreError> {
+    pub(crate) fn forget_transfer(&self, id: &str, direction: Direction) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.unchecked_transaction()?;
             match direction {

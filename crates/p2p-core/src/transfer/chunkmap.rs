@@ -3,19 +3,19 @@
 
 /// A bitmap of a file's chunks; chunk `i` is bit `i % 8` of byte `i / 8`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ChunkMap {
+pub(crate) struct ChunkMap {
     bits: Vec<u8>,
     len: u64,
 }
 
 /// Number of chunks of a file of `size` bytes.
-pub fn chunk_count(size: u64, chunk_size: u32) -> u64 {
+pub(crate) fn chunk_count(size: u64, chunk_size: u32) -> u64 {
     size.div_ceil(u64::from(chunk_size.max(1)))
 }
 
 impl ChunkMap {
     /// An empty map of `len` chunks.
-    pub fn new(len: u64) -> Self {
+    pub(crate) fn new(len: u64) -> Self {
         ChunkMap {
             bits: vec![0; len.div_ceil(8) as usize],
             len,
@@ -25,7 +25,7 @@ impl ChunkMap {
     /// A map of `len` chunks from stored or received bytes. Bytes beyond the map and bits
     /// beyond `len` are ignored, missing bytes count as zero: a peer cannot make it claim
     /// chunks that do not exist.
-    pub fn from_bytes(len: u64, bytes: &[u8]) -> Self {
+    pub(crate) fn from_bytes(len: u64, bytes: &[u8]) -> Self {
         let mut map = Self::new(len);
         let n = map.bits.len().min(bytes.len());
         map.bits[..n].copy_from_slice(&bytes[..n]);
@@ -38,51 +38,41 @@ impl ChunkMap {
     }
 
     /// The map's bytes.
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.bits
     }
 
-    /// Number of chunks the map covers.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether the map covers no chunk.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Whether chunk `i` is done.
-    pub fn get(&self, i: u64) -> bool {
+    pub(crate) fn get(&self, i: u64) -> bool {
         i < self.len && self.bits[(i / 8) as usize] & (1 << (i % 8)) != 0
     }
 
     /// Marks chunk `i` done (ignored beyond the map).
-    pub fn set(&mut self, i: u64) {
+    pub(crate) fn set(&mut self, i: u64) {
         if i < self.len {
             self.bits[(i / 8) as usize] |= 1 << (i % 8);
         }
     }
 
     /// Marks chunks `0..n` done.
-    pub fn set_prefix(&mut self, n: u64) {
+    pub(crate) fn set_prefix(&mut self, n: u64) {
         for i in 0..n.min(self.len) {
             self.set(i);
         }
     }
 
     /// Number of chunks done.
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.bits.iter().map(|b| u64::from(b.count_ones())).sum()
     }
 
     /// Length of the run of done chunks from chunk 0.
-    pub fn prefix(&self) -> u64 {
+    pub(crate) fn prefix(&self) -> u64 {
         (0..self.len).find(|&i| !self.get(i)).unwrap_or(self.len)
     }
 
     /// Payload bytes of the done chunks of a file of `size` bytes.
-    pub fn bytes_done(&self, size: u64, chunk_size: u32) -> u64 {
+    pub(crate) fn bytes_done(&self, size: u64, chunk_size: u32) -> u64 {
         let cs = u64::from(chunk_size.max(1));
         let mut total = 0u64;
         for (byte_index, byte) in self.bits.iter().enumerate() {

@@ -34,7 +34,7 @@ use crate::transfer::{
 };
 
 /// How often one chunk may be re-sent after CRC failures before the transfer fails.
-pub const MAX_RESENDS: u8 = 5;
+pub(crate) const MAX_RESENDS: u8 = 5;
 /// Chunks sampled at the start of each file to decide whether compression pays.
 const SAMPLE_CHUNKS: u32 = 2;
 /// A sampled chunk that compresses to more than this fraction counts as incompressible.

@@ -89,7 +89,7 @@ async fn read_hello_ack<R: AsyncRead + Unpin>(rd: &mut R) -> Result<wire::HelloA
 ///
 /// # Errors
 /// [`SessionError`] if the handshake fails or times out.
-pub async fn initiate<S>(
+pub(crate) async fn initiate<S>(
     stream: S,
     remote: SocketAddr,
     proven: DeviceId,
@@ -152,7 +152,7 @@ pub(super) const LANE_TOKEN_LEN: usize = 16;
 ///
 /// # Errors
 /// [`SessionError`] if the session has no lanes, or the join handshake fails or times out.
-pub async fn join<S>(
+pub(crate) async fn join<S>(
     stream: S,
     proven: DeviceId,
     local: &LocalInfo,
@@ -187,11 +187,11 @@ where
 }
 
 /// Longest peer name kept, in characters.
-pub const MAX_PEER_NAME: usize = 64;
+pub(crate) const MAX_PEER_NAME: usize = 64;
 
 /// A peer's name as shown to the user: control characters (terminal escapes) replaced, length
 /// capped.
-pub fn clean_name(name: &str) -> String {
+pub(crate) fn clean_name(name: &str) -> String {
     let cleaned: String = name
         .chars()
         .map(|c| if c.is_control() { '?' } else { c })
@@ -230,7 +230,7 @@ fn check_agreed(c: &wire::Config) -> Result<(), SessionError> {
 
 /// What an accepted connection became.
 #[derive(Debug)]
-pub enum Accepted {
+pub(crate) enum Accepted {
     /// A new session.
     Session(Arc<Session>),
     /// One more lane of an existing session.
@@ -243,7 +243,7 @@ pub enum Accepted {
 /// # Errors
 /// [`SessionError`] if the handshake fails or times out; a version mismatch is reported to
 /// the peer before returning.
-pub async fn accept<S>(
+pub(crate) async fn accept<S>(
     stream: S,
     remote: SocketAddr,
     proven: DeviceId,

@@ -81,12 +81,12 @@ impl Drop for Held {
 
 /// Frames a transfer may have queued for its owner beyond its window (FileDone, Complete,
 /// Cancel and the like).
-pub const ROUTE_SLACK: usize = 16;
+pub(crate) const ROUTE_SLACK: usize = 16;
 
 /// Capacity of a transfer's frame channel: a peer that keeps to the window never fills it.
 /// Small files have a window of their own, and each may have two frames on the way (its chunk
 /// and `FileDone`; its chunk's acknowledgement and `FileResult`).
-pub fn route_capacity(window: u32) -> usize {
+pub(crate) fn route_capacity(window: u32) -> usize {
     (window.clamp(1, MAX_WINDOW) as usize) + 2 * SMALL_FILE_WINDOW as usize + ROUTE_SLACK
 }
 
