@@ -169,12 +169,23 @@ impl Node {
         // Restored before the listener runs, so that a sender resuming at once finds them.
         node.restore_incoming();
         let n = node.clone();
-        node.inner.tasks.spawn(
-            async move { n.accept_loop(listener).await }
-                .instrument(tracing::info_span!("listener", addr = %listen_addr)),
+        node.spawn(
+            tracing::info_span!("listener", addr = %listen_addr),
+            async move { n.accept_loop(listener).await },
         );
         node.restore_outgoing();
         Ok(node)
+    }
+
+    /// Spawns `task` on the node's tracker, which shutdown joins, inside `span`, which names
+    /// what the task is for (transfer, peer, address): every task the node starts goes through
+    /// here (session tasks go on the same tracker through their `TaskScope`).
+    pub(crate) fn spawn(
+        &self,
+        span: tracing::Span,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        self.inner.tasks.spawn(task.instrument(span));
     }
 
     /// The device identity.

@@ -12,7 +12,6 @@ use p2p_proto::wire::v1::frame::Body;
 use p2p_proto::wire::v1::{self as wire};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
-use tracing::Instrument;
 
 use super::errors::{DialError, TlsHandshakeError};
 use super::{Inner, Node, NodeError, SessionInfo, lock};
@@ -176,9 +175,9 @@ impl SessionEvents for Events {
                 transfer = %info.transfer_id,
                 peer = %session.peer.id.short()
             );
-            node.inner.tasks.clone().spawn(
-                async move { node.handle_offer(session, info, frames).await }.instrument(span),
-            );
+            node.clone().spawn(span, async move {
+                node.handle_offer(session, info, frames).await
+            });
         }
     }
 
@@ -272,7 +271,7 @@ impl Node {
             }
             let node = self.clone();
             let pending_by_ip = pending_by_ip.clone();
-            self.inner.tasks.spawn(async move {
+            self.spawn(tracing::info_span!("handshake", %remote), async move {
                 let _permit = permit;
                 let _ip_slot = IpSlot(&pending_by_ip, ip);
                 tune::tune(&stream);
@@ -308,7 +307,7 @@ impl Node {
                     }
                     Err(_) => tracing::info!(%remote, "incoming peer handshake timed out"),
                 }
-            }.instrument(tracing::info_span!("handshake", %remote)));
+            });
         }
     }
 
@@ -426,7 +425,7 @@ impl Node {
         let node = self.clone();
         let s = s.clone();
         let span = tracing::info_span!("lanes", session = s.id);
-        self.inner.tasks.spawn(async move {
+        self.spawn(span, async move {
             let config = match tls::client_config(&node.inner.identity, Some(s.peer.id)) {
                 Ok(c) => c,
                 Err(e) => {
@@ -462,7 +461,7 @@ impl Node {
                     }
                 }
             }
-        }.instrument(span));
+        });
     }
 
     /// Records a new session and its device.

@@ -17,7 +17,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::{Node, NodeError, lock, now_ms};
 use crate::error_chain;
@@ -203,14 +202,11 @@ impl Node {
         self.inner.outgoing.insert(&entry.id, control.clone());
         let node = self.clone();
         let span = tracing::info_span!("send", transfer = %entry.id, peer = %dial);
-        self.inner.tasks.spawn(
-            async move {
-                node.supervise(&entry, manifest, opts, &dial, session, resume, &control)
-                    .await;
-                node.inner.outgoing.remove(&entry.id);
-            }
-            .instrument(span),
-        );
+        self.spawn(span, async move {
+            node.supervise(&entry, manifest, opts, &dial, session, resume, &control)
+                .await;
+            node.inner.outgoing.remove(&entry.id);
+        });
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
-use tracing::Instrument;
 
 use super::errors::PeerLookupError;
 use super::{Node, NodeError, lock, now_ms};
@@ -132,9 +131,7 @@ impl Node {
             lock(&self.inner.peers.statics).push((addr.clone(), None));
             let node = self.clone();
             let span = tracing::info_span!("static peer", %addr);
-            self.inner
-                .tasks
-                .spawn(async move { node.probe_static(addr).await }.instrument(span));
+            self.spawn(span, async move { node.probe_static(addr).await });
         }
     }
 
