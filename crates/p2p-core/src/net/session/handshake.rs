@@ -58,10 +58,25 @@ async fn refuse<W: AsyncWrite + Unpin>(
     err
 }
 
-fn peer_listen(remote: SocketAddr, port: u32) -> Result<SocketAddr, SessionError> {
+/// The peer as its certificate proved it (`proven`) and as it described itself in its `Hello`
+/// or `HelloAck` (name and version cleaned for display; it listens on `port` at the address it
+/// connected from or was reached at).
+fn peer_info(
+    proven: DeviceId,
+    name: &str,
+    version: &str,
+    remote: SocketAddr,
+    port: u32,
+) -> Result<PeerInfo, SessionError> {
     let port = u16::try_from(port)
         .map_err(|_| SessionError::Protocol(format!("listen port {port} out of range")))?;
-    Ok(SocketAddr::new(remote.ip(), port))
+    Ok(PeerInfo {
+        id: proven,
+        device_id: proven.to_string(),
+        name: clean_name(name),
+        version: clean_name(version),
+        listen_addr: SocketAddr::new(remote.ip(), port),
+    })
 }
 
 /// Reads the acceptor's answer to our Hello: a HelloAck of our protocol version, or its error.
@@ -120,13 +135,13 @@ where
         };
         check_agreed(&agreed)?;
         check_claim(&ack.device_id, proven)?;
-        let peer = PeerInfo {
-            id: proven,
-            device_id: proven.to_string(),
-            name: clean_name(&ack.name),
-            version: clean_name(&ack.software_version),
-            listen_addr: peer_listen(remote, ack.listen_port)?,
-        };
+        let peer = peer_info(
+            proven,
+            &ack.name,
+            &ack.software_version,
+            remote,
+            ack.listen_port,
+        )?;
         let caps = ack.capabilities & caps::SUPPORTED;
         // Lanes only with the capability and a token of the right size.
         let token = if caps & caps::LANES != 0 && ack.lane_token.len() == LANE_TOKEN_LEN {
@@ -347,13 +362,7 @@ where
             }),
         )
         .await?;
-        let peer = PeerInfo {
-            id: proven,
-            device_id: proven.to_string(),
-            name: clean_name(&h.name),
-            version: clean_name(&h.software_version),
-            listen_addr: peer_listen(remote, h.listen_port)?,
-        };
+        let peer = peer_info(proven, &h.name, &h.software_version, remote, h.listen_port)?;
         Ok(Handshake::New(peer, caps, agreed, token))
     };
     let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
